@@ -1,0 +1,380 @@
+"""HuggingFace <-> MindSpore checkpoint conversion, streamed tensor by tensor.
+
+    mfds convert hf-to-ms SRC DST [--dtype bf16|fp16|fp32] [--format safetensors|ckpt]
+    mfds convert ms-to-hf SRC DST [--dtype ...] [--format safetensors|bin] [--fp8]
+    mfds convert verify A B [--atol X --rtol Y]
+    mfds convert split / merge   (distributed shards; see parallel/shards.py)
+(also `python -m mindformers_ds.checkpoint.convert ...`)
+
+A conversion is planned from the headers alone: every output tensor is (name, dtype, shape)
+plus the list of *pieces* that produce its bytes, e.g. a stacked `experts.gate_up_proj` is
+[gate_0, up_0, gate_1, up_1, ...], each read (and FP8-dequantised, cast) only when written.
+So memory holds one source tensor at a time, never a layer's stacked experts or a shard.
+Shards are written to temp files and renamed; the index is written last; a shard already in
+place with the planned header is kept, so an interrupted conversion resumes where it stopped.
+Tensors whose dtype does not change are copied byte for byte: hf -> ms -> hf is bit-exact.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..models.deepseek.config import DeepseekConfig
+from ..models.deepseek.shapes import parameter_specs
+from ..utils.io import atomic_write_json
+from .fp8 import block_dequant, block_quant
+from .mapping import layer_of, ordered_names
+from .names import SCALE_SUFFIX, STACKED_RE, expert_key, is_mtp_passthrough
+from .reader import ST_INDEX, CheckpointReader
+from .safetensors_io import DTYPES, CheckpointError, SafetensorsFile, from_float32, to_float32
+
+log = logging.getLogger(__name__)
+DTYPE_TAGS = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", None: None}
+FLOAT_TAGS = ("F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F64")
+SOURCE_INDEX = "source_index.json"   # the HF index an MS checkpoint came from (restores shard names)
+# linears DeepSeek's FP8 releases quantise (embeddings, head, norms, router, eh_proj are not)
+FP8_LINEAR = re.compile(r"\.(self_attn\.(q_a_proj|q_b_proj|q_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)|"
+                        r"mlp\.(shared_experts\.|experts\.\d+\.)?(gate_proj|up_proj|down_proj))\.weight$")
+
+
+# ---------------------------------------------------------------------------------------
+# Plans: what to write, and how to produce each piece
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Piece:
+    """How to produce part of an output tensor: read `src` (all of it, or rows [r0, r1) of slice
+    `index` of a stacked tensor), decode, and encode as the output tag ('raw' keeps the bytes)."""
+    src: str
+    index: Optional[int] = None
+    r0: int = 0
+    r1: Optional[int] = None
+    quant: Optional[str] = None  # 'codes' | 'scale': FP8 block re-quantisation outputs
+
+
+@dataclass
+class OutTensor:
+    name: str
+    tag: str
+    shape: Tuple[int, ...]
+    pieces: List[Piece] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.tag].itemsize
+
+
+def _out_tag(src_tag: str, name: str, want: Optional[str]) -> str:
+    """Output dtype: the source's unless `want` is given (FP8 dequantises to bf16 by default).
+    Casting never lowers the router correction bias below float32, as every release keeps it."""
+    if name.endswith("e_score_correction_bias") and (want or src_tag.startswith("F8_")):
+        return "F32"
+    if src_tag not in FLOAT_TAGS:
+        return src_tag
+    if src_tag.startswith("F8_"):
+        return want or "BF16"
+    return want or src_tag
+
+
+def _check_shape(expected: Dict[str, Tuple[int, ...]], where: str, name: str, shape) -> None:
+    want = expected.get(name)
+    if want is not None and tuple(shape) != tuple(want):
+        raise CheckpointError(f"{where}: tensor {name!r} has shape {list(shape)} but config.json implies {list(want)}")
+
+
+def read_config(path: str) -> Tuple[DeepseekConfig, Dict]:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise CheckpointError(f"{path}: no config.json next to the weights")
+    with open(cfg_path, "r", encoding="utf-8") as f:
+        raw = json.load(f)
+    cfg = DeepseekConfig.from_hf_dict(raw, cfg_path)
+    problems = cfg.problems()
+    if problems:
+        raise CheckpointError(f"{cfg_path}: " + problems[0][1].replace("{p}", ""))
+    return cfg, raw
+
+
+def plan_hf_to_ms(reader: CheckpointReader, cfg: DeepseekConfig, dtype: Optional[str]) -> List[OutTensor]:
+    expected = {n: s for n, s, _ in parameter_specs(cfg)}
+    e, inter, h = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
+    n_layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers
+    plan: List[OutTensor] = []
+    done_prefix = set()
+    for name in ordered_names(reader.names()):
+        where = reader.weight_map[name]
+        tag, shape = reader.info(name)
+        if tag.startswith("F8_") and name + SCALE_SUFFIX not in reader:
+            raise CheckpointError(f"{where}: FP8 tensor {name!r} has no {name + SCALE_SUFFIX!r}")
+        k = expert_key(name)
+        if k is None:
+            if name not in expected and not is_mtp_passthrough(name, cfg.num_hidden_layers):
+                raise CheckpointError(f"{where}: tensor {name!r} is not part of a {cfg.model_type} model with this "
+                                      f"config.json (layers: {n_layers}; another architecture?)")
+            _check_shape(expected, where, name, shape)
+            if is_mtp_passthrough(name, cfg.num_hidden_layers):
+                _check_shape({name: (cfg.vocab_size, h)}, where, name, shape)
+            plan.append(OutTensor(name, _out_tag(tag, name, dtype), tuple(shape), [Piece(name)]))
+            continue
+        prefix, idx, proj = k
+        if idx >= e:
+            raise CheckpointError(f"{where}: tensor {name!r} is expert {idx} but config.json has n_routed_experts={e}")
+        _check_shape({name: (h, inter) if proj == "down_proj" else (inter, h)}, where, name, shape)
+        if prefix in done_prefix:
+            continue
+        done_prefix.add(prefix)
+        pieces_gu, pieces_d = [], []
+        for x in range(e):
+            for proj_name, bucket in (("gate_proj", pieces_gu), ("up_proj", pieces_gu), ("down_proj", pieces_d)):
+                src = f"{prefix}.{x}.{proj_name}.weight"
+                if src not in reader:
+                    raise CheckpointError(f"{reader.path}: tensor {src!r} is missing (expected {e} experts under {prefix})")
+                bucket.append(Piece(src))
+        out_tag = _out_tag(tag, name, dtype)
+        plan.append(OutTensor(f"{prefix}.gate_up_proj", out_tag, (e, 2 * inter, h), pieces_gu))
+        plan.append(OutTensor(f"{prefix}.down_proj", out_tag, (e, h, inter), pieces_d))
+    missing = [n for n in expected if n not in {t.name for t in plan}]
+    if missing:
+        raise CheckpointError(f"{reader.path}: checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing in all)")
+    return plan
+
+
+def plan_ms_to_hf(reader: CheckpointReader, dtype: Optional[str], fp8: bool) -> List[OutTensor]:
+    plan: List[OutTensor] = []
+    for name in reader.names():
+        tag, shape = reader.info(name)
+        m = STACKED_RE.match(name)
+        if not m:
+            plan += _maybe_fp8(OutTensor(name, _out_tag(tag, name, dtype), tuple(shape), [Piece(name)]), fp8)
+            continue
+        out_tag = _out_tag(tag, name, dtype)
+        for x in range(shape[0]):
+            if m["kind"] == "gate_up_proj":
+                inter = shape[1] // 2
+                for proj, r0 in (("gate_proj", 0), ("up_proj", inter)):
+                    plan += _maybe_fp8(OutTensor(f"{m['prefix']}.{x}.{proj}.weight", out_tag, (inter, shape[2]),
+                                                 [Piece(name, x, r0, r0 + inter)]), fp8)
+            else:
+                plan += _maybe_fp8(OutTensor(f"{m['prefix']}.{x}.down_proj.weight", out_tag, tuple(shape[1:]),
+                                             [Piece(name, x)]), fp8)
+    return plan
+
+
+def _maybe_fp8(t: OutTensor, fp8: bool) -> List[OutTensor]:
+    if not fp8 or len(t.shape) != 2 or not FP8_LINEAR.search(t.name):
+        return [t]
+    src = t.pieces[0]
+    scale_shape = (-(-t.shape[0] // 128), -(-t.shape[1] // 128))
+    return [OutTensor(t.name, "F8_E4M3", t.shape, [Piece(src.src, src.index, src.r0, src.r1, "codes")]),
+            OutTensor(t.name + SCALE_SUFFIX, "F32", scale_shape, [Piece(src.src, src.index, src.r0, src.r1, "scale")])]
+
+
+def produce(reader: CheckpointReader, piece: Piece, out_tag: str) -> np.ndarray:
+    """The storage array of one piece, in the output dtype."""
+    if piece.index is None:
+        tag, arr = reader.get(piece.src)
+    else:
+        tag, arr = reader._file(reader.weight_map[piece.src]).get_rows(piece.src, piece.index, piece.r0, piece.r1)
+    if tag.startswith("F8_"):
+        scale = reader.get(piece.src + SCALE_SUFFIX)[1].astype(np.float32)
+        try:
+            f32 = block_dequant(arr, scale, 128, tag)
+        except ValueError as e:
+            raise CheckpointError(f"{reader.weight_map[piece.src]}: tensor {piece.src!r}: {e}") from None
+    elif piece.quant is None and tag == out_tag:
+        return arr  # byte-exact copy
+    else:
+        f32 = to_float32(tag, arr)
+    if piece.quant is not None:
+        codes, scale = block_quant(f32)
+        return codes if piece.quant == "codes" else scale
+    if out_tag not in ("F32", "F16", "BF16"):
+        raise CheckpointError(f"{reader.weight_map[piece.src]}: cannot convert tensor {piece.src!r} from {tag} to {out_tag}")
+    return from_float32(f32, out_tag)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing shards
+# ---------------------------------------------------------------------------------------
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*", str(text), re.I)
+    if not m:
+        raise ValueError(f"bad size {text!r} (e.g. 5GB, 500MB)")
+    unit = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12}
+    return int(float(m.group(1)) * unit[m.group(2).upper()])
+
+
+def assign_shards(plan: List[OutTensor], max_bytes: int, stem: str, ext: str,
+                  source_index: Optional[Dict[str, str]] = None) -> Dict[str, List[OutTensor]]:
+    """Group the plan into shard files; reuse the shard names of `source_index` when it covers
+    every tensor (so a round trip reproduces the original index)."""
+    if source_index and all(t.name in source_index for t in plan):
+        shards: Dict[str, List[OutTensor]] = {}
+        for t in plan:
+            shards.setdefault(source_index[t.name], []).append(t)
+        return shards
+    groups: List[List[OutTensor]] = [[]]
+    size = 0
+    for t in plan:
+        if groups[-1] and size + t.nbytes > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.nbytes
+    if len(groups) == 1:
+        return {f"{stem}.{ext}": groups[0]}
+    n = len(groups)
+    return {f"{stem}-{i + 1:05d}-of-{n:05d}.{ext}": g for i, g in enumerate(groups)}
+
+
+def _shard_done(path: str, tensors: List[OutTensor]) -> bool:
+    """A shard already written with exactly the planned header (resuming an interrupted run)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with SafetensorsFile(path) as f:
+            return [(n, f.info(n)) for n in f.keys()] == [(t.name, (t.tag, t.shape)) for t in tensors]
+    except CheckpointError:
+        return False
+
+
+def _pieces(reader: CheckpointReader, t: OutTensor):
+    for p in t.pieces:
+        yield produce(reader, p, t.tag)
+
+
+def _write_shard(src: str, path: str, tensors: List[OutTensor], fmt: str, metadata: Dict[str, str], progress=None) -> str:
+    reader = CheckpointReader(src)
+    try:
+        if fmt == "safetensors":
+            if _shard_done(path, tensors):
+                if progress:
+                    progress(sum(t.nbytes for t in tensors))
+                return "kept"
+            from .safetensors_io import write_safetensors_stream
+            entries = [(t.name, t.tag, t.shape, _pieces(reader, t)) for t in tensors]
+            write_safetensors_stream(path, entries, metadata, progress)
+        else:
+            from .formats import write_other
+            write_other(path, fmt, [(t.name, t.tag, np.concatenate(
+                [produce(reader, p, t.tag).reshape(-1) for p in t.pieces]).reshape(t.shape)) for t in tensors], progress)
+        return "written"
+    finally:
+        reader.close()
+
+
+def _worker(args):
+    return _write_shard(*args)
+
+
+def write_plan(src: str, dst: str, plan: List[OutTensor], fmt: str, max_shard: int, workers: int,
+               metadata: Dict[str, str], source_index: Optional[Dict[str, str]] = None, bar: bool = True,
+               finish=None) -> Dict:
+    """Write the shards, then `finish()` (config and side files), then the index: a directory
+    interrupted at any point has no index (or no config.json) and is refused by readers."""
+    os.makedirs(dst, exist_ok=True)
+    ext = {"safetensors": "safetensors", "ckpt": "ckpt", "bin": "bin"}[fmt]
+    stem = "pytorch_model" if fmt == "bin" else "model"
+    shards = assign_shards(plan, max_shard, stem, ext, source_index)
+    total = sum(t.nbytes for t in plan)
+    from tqdm import tqdm
+    with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not bar) as pbar:
+        jobs = [(src, os.path.join(dst, fname), ts, fmt, metadata) for fname, ts in shards.items()]
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing as mp
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for (_, _, ts, _, _), _res in zip(jobs, pool.imap(_worker, jobs)):
+                    pbar.update(sum(t.nbytes for t in ts))
+        else:
+            for job in jobs:
+                _write_shard(*job, progress=pbar.update)
+    index_name = {"safetensors": ST_INDEX, "bin": "pytorch_model.bin.index.json", "ckpt": "model.ckpt.index.json"}[fmt]
+    weight_map = {t.name: fname for fname, ts in shards.items() for t in ts}
+    if source_index:  # keep the original order and metadata so a round trip reproduces the index
+        weight_map = {k: weight_map[k] for k in source_index if k in weight_map}
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    if finish is not None:
+        finish()
+    if len(shards) > 1 or source_index:
+        atomic_write_json(os.path.join(dst, index_name), index)   # last: marks the conversion complete
+    return {"tensors": len(plan), "bytes": total, "shards": len(shards)}
+
+
+def copy_side_files(src: str, dst: str, exclude=()) -> None:
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json"):
+        s = os.path.join(src, name)
+        if os.path.isfile(s) and name not in exclude:
+            shutil.copyfile(s, os.path.join(dst, name))
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------
+def _write_config(src: str, dst: str, raw: Dict, dtype: Optional[str], quantized: Optional[bool]) -> None:
+    """config.json for the output: copied byte for byte unless the dtype or the FP8 status changes."""
+    out = dict(raw)
+    if dtype:
+        out["torch_dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
+    if quantized is True:
+        out["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                      "weight_block_size": [128, 128]}
+    elif quantized is False:
+        out.pop("quantization_config", None)
+    if out == raw:
+        shutil.copyfile(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
+    else:
+        atomic_write_json(os.path.join(dst, "config.json"), out)
+
+
+def hf_to_ms(src: str, dst: str, dtype: Optional[str] = None, fmt: str = "safetensors", max_shard: str = "5GB",
+             workers: int = 1, bar: bool = True) -> Dict:
+    cfg, raw = read_config(src)
+    reader = CheckpointReader(src)
+    try:
+        plan = plan_hf_to_ms(reader, cfg, DTYPE_TAGS[dtype])
+        fp8_source = any(reader.info(n)[0].startswith("F8_") for n in reader.names())
+        src_index = os.path.isfile(os.path.join(src, ST_INDEX)) or None
+    finally:
+        reader.close()
+
+    def finish():
+        copy_side_files(src, dst, exclude=("config.json",))
+        if src_index is not None:  # remember the HF sharding so ms-to-hf can restore the same index
+            shutil.copyfile(os.path.join(src, ST_INDEX), os.path.join(dst, SOURCE_INDEX))
+        _write_config(src, dst, raw, dtype, False if fp8_source else None)
+    return write_plan(src, dst, plan, fmt, parse_size(max_shard), workers, {"format": "mindspore", "layout": "mindspore"},
+                      bar=bar, finish=finish)
+
+
+def ms_to_hf(src: str, dst: str, dtype: Optional[str] = None, fmt: str = "safetensors", fp8: bool = False,
+             max_shard: str = "5GB", workers: int = 1, bar: bool = True) -> Dict:
+    _, raw = read_config(src)
+    reader = CheckpointReader(src)
+    try:
+        plan = plan_ms_to_hf(reader, DTYPE_TAGS[dtype], fp8)
+    finally:
+        reader.close()
+    source_index = None
+    si = os.path.join(src, SOURCE_INDEX)
+    if os.path.isfile(si) and fmt == "safetensors":
+        with open(si, "r", encoding="utf-8") as f:
+            source_index = json.load(f).get("weight_map")
+
+    def finish():
+        copy_side_files(src, dst, exclude=("config.json",))
+        _write_config(src, dst, raw, dtype, True if fp8 else None)
+    return write_plan(src, dst, plan, fmt, parse_size(max_shard), workers, {"format": "pt"}, source_index, bar,
+                      finish)
+
+
+if __name__ == "__main__":
+    import sys
+    from .cli import convert_main
+    sys.exit(convert_main())

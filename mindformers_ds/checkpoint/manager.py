@@ -1,0 +1,107 @@
+"""Training checkpoints: `OUTPUT/checkpoints/step_00000100/` holding
+
+  model.safetensors      model weights (this stack's layout: stacked experts; router biases included)
+  optimizer.safetensors  AdamW moments and step
+  trainer_state.json     step, tokens seen, config digest; written last
+  config.json            the model's HF config
+
+A checkpoint is written into a hidden temp directory and renamed into place only when every
+file is complete and fsynced, so a run killed mid-save leaves nothing that looks complete;
+`latest` ignores such leftovers (and `prune` removes them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..utils.io import atomic_write_json, fsync_dir
+from .safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
+
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+STATE_FILE = "trainer_state.json"
+
+
+def step_dir(root: str, step: int) -> str:
+    return os.path.join(root, f"step_{step:08d}")
+
+
+def _arrays(params) -> List[Tuple[str, str, np.ndarray]]:
+    return [(p.name, "F32", np.ascontiguousarray(p.asnumpy(), np.float32)) for p in params]
+
+
+def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequence, state: Dict,
+         hf_config: Dict, keep_last: int) -> str:
+    os.makedirs(root, exist_ok=True)
+    final = step_dir(root, step)
+    tmp = tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root)
+    try:
+        write_safetensors(os.path.join(tmp, "model.safetensors"), _arrays(model_params), {"layout": "mindspore"})
+        if optimizer_params:
+            write_safetensors(os.path.join(tmp, "optimizer.safetensors"), _arrays(optimizer_params))
+        atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
+        atomic_write_json(os.path.join(tmp, STATE_FILE), dict(state, step=step))
+        fsync_dir(tmp)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    prune(root, keep_last)
+    return final
+
+
+def complete_steps(root: str) -> List[int]:
+    if not os.path.isdir(root):
+        return []
+    steps = []
+    for name in os.listdir(root):
+        m = STEP_DIR.match(name)
+        if m and os.path.isfile(os.path.join(root, name, STATE_FILE)):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def latest(root: str) -> Optional[str]:
+    steps = complete_steps(root)
+    return step_dir(root, steps[-1]) if steps else None
+
+
+def prune(root: str, keep_last: int) -> None:
+    for s in complete_steps(root)[:-keep_last]:
+        shutil.rmtree(step_dir(root, s), ignore_errors=True)
+    for name in os.listdir(root):
+        if name.startswith(".step_") and name.endswith(".tmp"):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def read_state(path: str) -> Dict:
+    with open(os.path.join(path, STATE_FILE), "r", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_params(path: str, filename: str, params: Sequence, required: bool = True) -> int:
+    """Set `params` from PATH/filename by name; every param must be present when `required`."""
+    full = os.path.join(path, filename)
+    import mindspore as ms
+    with SafetensorsFile(full) as f:
+        n = 0
+        for p in params:
+            if p.name not in f:
+                if required:
+                    raise CheckpointError(f"{full}: tensor {p.name!r} missing (checkpoint from another run setup?)")
+                continue
+            tag, shape = f.info(p.name)
+            if tuple(shape) != tuple(p.shape):
+                raise CheckpointError(f"{full}: tensor {p.name!r} has shape {list(shape)}, expected {list(p.shape)} "
+                                      f"(checkpoint of another architecture?)")
+            p.set_data(ms.Tensor(f.get_f32(p.name)))
+            n += 1
+    return n

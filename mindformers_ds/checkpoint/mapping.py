@@ -1,0 +1,71 @@
+"""Stream a HF-layout checkpoint as the model's float32 tensors, layer by layer.
+
+FP8 weights are dequantised with their `weight_scale_inv`; per-expert tensors are stacked
+once all experts of a layer have been read. Tensors are visited in layer order, so at most
+one layer's experts are held at a time.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Iterator, List, Tuple
+
+import numpy as np
+
+from .fp8 import block_dequant
+from .names import SCALE_SUFFIX, expert_key, stack_experts
+from .reader import CheckpointReader
+from .safetensors_io import CheckpointError, to_float32
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def layer_of(name: str) -> int:
+    m = _LAYER.match(name)
+    return int(m.group(1)) if m else -1
+
+
+def ordered_names(names: List[str]) -> List[str]:
+    """Checkpoint names grouped by layer (embeddings first, head and final norm last)."""
+    def key(n: str):
+        layer = layer_of(n)
+        tail = 0 if n.startswith("model.embed") else 2 if layer < 0 else 1
+        return (tail, layer, n)
+    return sorted((n for n in names if not n.endswith(SCALE_SUFFIX)), key=key)
+
+
+def read_float32(reader: CheckpointReader, name: str) -> np.ndarray:
+    tag, arr = reader.get(name, copy=False)
+    if tag.startswith("F8_"):
+        scale_name = name + SCALE_SUFFIX
+        if scale_name not in reader:
+            raise CheckpointError(f"{reader.weight_map[name]}: FP8 tensor {name!r} has no {scale_name!r}")
+        try:
+            return block_dequant(arr, reader.get(scale_name)[1].astype(np.float32), 128, tag)
+        except ValueError as e:
+            raise CheckpointError(f"{reader.weight_map[name]}: tensor {name!r}: {e}") from None
+    out = to_float32(tag, arr)
+    return np.array(out, np.float32, copy=True) if out is arr or not out.flags.writeable else out
+
+
+def iter_internal(reader: CheckpointReader, num_experts: int) -> Iterator[Tuple[str, np.ndarray]]:
+    """(internal name, float32 array), experts stacked per layer."""
+    pending: Dict[str, Dict[Tuple[int, str], np.ndarray]] = {}
+    for name in ordered_names(reader.names()):
+        k = expert_key(name)
+        if k is None:
+            yield name, read_float32(reader, name)
+            continue
+        prefix, e, proj = k
+        if e >= num_experts:
+            raise CheckpointError(f"{reader.weight_map[name]}: tensor {name!r} is expert {e} but the config has "
+                                  f"n_routed_experts={num_experts}")
+        group = pending.setdefault(prefix, {})
+        group[(e, proj)] = read_float32(reader, name)
+        if len(group) == 3 * num_experts:
+            yield from stack_experts(group, num_experts, prefix).items()
+            del pending[prefix]
+    for prefix, group in pending.items():
+        try:
+            stack_experts(group, num_experts, prefix)
+        except KeyError as e:
+            raise CheckpointError(f"{reader.path}: {e.args[0]}") from None

@@ -1,0 +1,111 @@
+"""`from_pretrained` / `save_pretrained` in the transformers style.
+
+`from_pretrained(path)` accepts a HuggingFace directory (config.json + safetensors or .bin,
+FP8 releases included: they are dequantised on the fly through the converter's code) or a
+directory written by this stack (stacked experts). `save_pretrained(dir)` writes a directory
+transformers can load (`layout="hf"`, per-expert tensors) or this stack's own layout
+(`layout="mindspore"`, stacked experts, what training checkpoints use).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import mindspore as ms
+
+from .mapping import iter_internal, layer_of
+from .names import is_mtp_passthrough, unstack_experts, STACKED_RE
+from .reader import CheckpointReader
+from .safetensors_io import CheckpointError, from_float32, write_safetensors
+from ..utils.io import atomic_write_json
+from ..models.deepseek.config import DeepseekConfig
+from ..models.deepseek.model import DeepseekForCausalLM
+
+log = logging.getLogger(__name__)
+
+
+def load_weights(model: DeepseekForCausalLM, path: str, allow_missing_mtp: bool = True) -> Dict[str, Any]:
+    """Copy a checkpoint's tensors into `model`. Shapes must match the model's config
+    (a checkpoint of another architecture is refused, naming the tensor); MTP layers absent
+    from the checkpoint keep their initial values when `allow_missing_mtp`."""
+    reader = CheckpointReader(path)
+    cfg = model.config
+    params = {p.name: p for p in model.get_parameters()}
+    loaded, skipped = set(), []
+    try:
+        for name, arr in iter_internal(reader, max(cfg.n_routed_experts, 1)):
+            if name in params:
+                p = params[name]
+                if tuple(arr.shape) != tuple(p.shape):
+                    raise CheckpointError(f"{reader.weight_map.get(name, path)}: tensor {name!r} has shape "
+                                          f"{list(arr.shape)} but the model config needs {list(p.shape)} "
+                                          f"(checkpoint of another architecture?)")
+                p.set_data(ms.Tensor(arr.astype(np.float32)))
+                loaded.add(name)
+            elif is_mtp_passthrough(name, cfg.num_hidden_layers) or \
+                    layer_of(name) >= cfg.num_hidden_layers + cfg.num_nextn_predict_layers:
+                skipped.append(name)
+            else:
+                raise CheckpointError(f"{reader.weight_map.get(name, path)}: tensor {name!r} has no place in a "
+                                      f"{cfg.model_type} model with this config (checkpoint of another architecture?)")
+    finally:
+        reader.close()
+    missing = sorted(set(params) - loaded)
+    mtp_missing = [n for n in missing if layer_of(n) >= cfg.num_hidden_layers]
+    other = [n for n in missing if n not in mtp_missing]
+    if other or (mtp_missing and not allow_missing_mtp):
+        first = (other or mtp_missing)[0]
+        raise CheckpointError(f"{path}: checkpoint lacks tensor {first!r} "
+                              f"({len(other) + len(mtp_missing)} missing in all)")
+    if mtp_missing:
+        log.warning("%s: no MTP weights in the checkpoint; %d MTP tensors keep their initial values",
+                    path, len(mtp_missing))
+    return {"loaded": len(loaded), "skipped": skipped, "initialised": mtp_missing}
+
+
+def from_pretrained(path: str, seed: int = 0, **overrides: Any) -> DeepseekForCausalLM:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise CheckpointError(f"{path}: no config.json (expected a HuggingFace or mindformers_ds model directory)")
+    cfg = DeepseekConfig.from_hf_file(cfg_path)
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    problems = cfg.problems()
+    if problems:
+        raise CheckpointError(f"{cfg_path}: " + problems[0][1].replace("{p}", ""))
+    model = DeepseekForCausalLM(cfg)
+    model.init_weights(seed)
+    load_weights(model, path)
+    return model
+
+
+def model_tensors(model: DeepseekForCausalLM, layout: str = "hf") -> Iterator[Tuple[str, np.ndarray]]:
+    for p in model.get_parameters():
+        if not p.name.startswith(("model.", "lm_head.")):
+            continue  # adapters, optimizer state
+        arr = p.asnumpy()
+        if layout == "hf" and STACKED_RE.match(p.name):
+            yield from unstack_experts(p.name, arr)
+        else:
+            yield p.name, arr
+
+
+def save_pretrained(model: DeepseekForCausalLM, directory: str, layout: str = "hf", dtype: str = "F32",
+                    extra_config: Optional[Dict[str, Any]] = None) -> str:
+    """Write config.json and model.safetensors (atomically) into `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    items = []
+    for name, arr in model_tensors(model, layout):
+        # the router correction bias stays float32 in every release
+        tag = "F32" if name.endswith("e_score_correction_bias") else dtype
+        items.append((name, tag, from_float32(np.ascontiguousarray(arr, np.float32), tag)))
+    write_safetensors(os.path.join(directory, "model.safetensors"), items, {"format": "pt", "layout": layout})
+    cfg = model.config.to_hf_dict()
+    cfg["torch_dtype"] = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype]
+    cfg.update(extra_config or {})
+    atomic_write_json(os.path.join(directory, "config.json"), cfg)
+    return directory

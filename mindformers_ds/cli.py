@@ -1,0 +1,173 @@
+"""`mfds`: train | convert | launch | plan | generate | eval | data | lora | report.
+
+Errors a user can fix (bad config, data, checkpoint) print one line naming the file and
+field and exit with status 2; nothing is written for them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+
+def _user_errors():
+    from .checkpoint.safetensors_io import CheckpointError
+    from .config import ConfigError
+    from .data.datasets import DataError
+    from .data.tokenizer import TokenizerError
+    return (ConfigError, DataError, TokenizerError, CheckpointError)
+
+
+def cmd_train(a) -> int:
+    from . import config
+    from .train.trainer import Trainer, set_graph_mode
+    cfg = config.load(a.config, a.set)
+    set_graph_mode()
+    summary = Trainer(cfg).run()
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    print()
+    if s.get("first_loss") is not None:
+        print(f"loss: {s['first_loss']:.4f} (first step) -> {s['final_loss']:.4f} (last step)")
+    if "eval_loss" in s:
+        print(f"held-out loss {s['eval_loss']:.4f}, perplexity {s['eval_ppl']:.2f}")
+    if "exact_match_after" in s:
+        before = s.get("exact_match_before")
+        b = f"{before:.1%}" if before is not None else "n/a (resumed)"
+        print(f"held-out exact match: {b} before -> {s['exact_match_after']:.1%} after fine-tuning")
+    for ex in s.get("examples", [])[:3]:
+        print(f"  sample: {ex['prompt'].strip()!r} -> {ex['got']!r} (expected {ex['expected']!r})")
+    if s.get("checkpoint"):
+        print(f"checkpoint: {s['checkpoint']}")
+
+
+def _load_for_inference(a):
+    """(model, tokenizer, seq_length) from --checkpoint (+ --config or --tokenizer)."""
+    from .checkpoint.pretrained import from_pretrained
+    from .data.tokenizer import Tokenizer
+    from .train.trainer import set_graph_mode
+    set_graph_mode()
+    model = from_pretrained(a.checkpoint)
+    tok_path, seq = a.tokenizer, a.max_length
+    if a.config:
+        from . import config
+        cfg = config.load(a.config, a.set)
+        tok_path = tok_path or cfg.data.tokenizer
+        seq = seq or cfg.data.seq_length
+    if not tok_path:
+        from .config import ConfigError
+        raise ConfigError("--tokenizer", "tokenizer", "give --tokenizer PATH or --config with data.tokenizer")
+    return model, Tokenizer(tok_path), seq or 128
+
+
+def cmd_generate(a) -> int:
+    from .generation import Generator
+    model, tok, seq = _load_for_inference(a)
+    gen = Generator(model, seq, batch_size=1, use_cache=not a.no_cache)
+    msgs = [{"role": "user", "content": a.prompt}]
+    prompt = tok.encode_prompt(msgs) if not a.raw else [tok.bos_id] + tok.encode(a.prompt)
+    out = gen.generate([prompt], a.max_new_tokens, eos_id=tok.eos_id, temperature=a.temperature,
+                       top_k=a.top_k, top_p=a.top_p, seed=a.seed)[0]
+    print(tok.decode(out))
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from . import config
+    from .data.datasets import load_samples, read_jsonl
+    from .data.packing import build_rows, fit_length
+    from .generation import Generator
+    from .train.evaluation import EvalSums, eval_loss, exact_match
+    cfg = config.load(a.config, a.set)
+    model, tok, seq = _load_for_inference(a)
+    path = cfg.data.eval_file or cfg.data.train_file
+    samples, _, _ = fit_length(load_samples(path, tok, cfg.data.format), seq, cfg.data.overlong)
+    rows = build_rows(samples, seq, tok.pad_id, False)
+    res = eval_loss(EvalSums(model), rows, min(cfg.train.micro_batch_size, len(rows)), 0)
+    recs = [r for _, r in read_jsonl(path) if "instruction" in r or "messages" in r][:a.exact_match_samples]
+    if recs:
+        em = exact_match(Generator(model, seq, batch_size=16), tok, recs, cfg.train.max_new_tokens)
+        res.update(exact_match=em["exact_match"], exact_match_n=em["n"])
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_data(a) -> int:
+    if a.data_cmd == "demo":
+        from .data import demo_tasks
+        demo_tasks.main(["--out", a.out, "--train", str(a.train), "--eval", str(a.eval), "--seed", str(a.seed)])
+        return 0
+    from . import config
+    from .data.mindrecord import prepare
+    cfg = config.load(a.config, a.set)
+    print(prepare(cfg, a.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mfds", description="MindSpore training stack for DeepSeek models")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(sp, required=True):
+        sp.add_argument("--config", required=required, help="run YAML")
+        sp.add_argument("--set", action="append", default=[], metavar="A.B=V", help="override a config field")
+
+    t = sub.add_parser("train", help="train / fine-tune from a YAML config")
+    with_config(t)
+    t.set_defaults(fn=cmd_train)
+
+    for name, fn, help_ in (("generate", cmd_generate, "generate text from a checkpoint"),
+                            ("eval", cmd_eval, "perplexity and exact match of a checkpoint")):
+        g = sub.add_parser(name, help=help_)
+        with_config(g, required=(name == "eval"))
+        g.add_argument("--checkpoint", required=True, help="HF directory or a checkpoint of this stack")
+        g.add_argument("--tokenizer", help="tokenizer.json (default: the config's data.tokenizer)")
+        g.add_argument("--max-length", type=int, default=None)
+        if name == "generate":
+            g.add_argument("--prompt", required=True)
+            g.add_argument("--raw", action="store_true", help="no chat template")
+            g.add_argument("--max-new-tokens", type=int, default=32)
+            g.add_argument("--temperature", type=float, default=0.0)
+            g.add_argument("--top-k", type=int, default=0)
+            g.add_argument("--top-p", type=float, default=1.0)
+            g.add_argument("--seed", type=int, default=0)
+            g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence per token")
+        else:
+            g.add_argument("--exact-match-samples", type=int, default=200)
+        g.set_defaults(fn=fn)
+
+    d = sub.add_parser("data", help="data tools")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    dd = dsub.add_parser("demo", help="write the demo instruction dataset")
+    dd.add_argument("--out", default="data/demo")
+    dd.add_argument("--train", type=int, default=6000)
+    dd.add_argument("--eval", type=int, default=200)
+    dd.add_argument("--seed", type=int, default=0)
+    dp = dsub.add_parser("prepare", help="tokenise a config's data into a MindRecord cache")
+    with_config(dp)
+    dp.add_argument("--out", default=None)
+    d.set_defaults(fn=cmd_data)
+
+    from .checkpoint.cli import add_convert_parser
+    add_convert_parser(sub)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

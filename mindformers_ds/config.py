@@ -1,0 +1,479 @@
+"""Run configuration: one YAML file -> a typed, validated, frozen `RunConfig`.
+
+* `base_config: other.yaml` inherits (path relative to the including file); dicts merge
+  recursively, anything else is replaced.
+* `--set a.b=c` overrides are parsed as YAML scalars (`--set optimizer.lr=1e-4`).
+* Every error is one line that names the file which set the value and the dotted field:
+  `configs/x.yaml: model.n_group=3 must divide model.n_routed_experts=16`.
+* `model.hf_config: path/config.json` reads the model section from a HuggingFace config
+  (HF field names); keys given next to it override it. `model.pretrained: DIR` implies
+  `DIR/config.json` when no other model fields are given.
+Paths inside a config are relative to the working directory, as in MindFormers.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from .models.deepseek.config import DeepseekConfig
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. `str()` is the one-line message shown to users."""
+
+    def __init__(self, file: str, field_path: str, message: str):
+        self.file, self.field, self.message = file, field_path, message
+        super().__init__(f"{file}: {message}" if file else message)
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSection(DeepseekConfig):
+    hf_config: Optional[str] = None     # HF config.json to read the hyper-parameters from
+    pretrained: Optional[str] = None    # HF directory or a checkpoint of this stack to start from
+
+    def model_config(self) -> DeepseekConfig:
+        names = {f.name for f in dataclasses.fields(DeepseekConfig)}
+        return DeepseekConfig(**{n: getattr(self, n) for n in names})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_file: Optional[str] = None
+    eval_file: Optional[str] = None
+    format: str = "auto"                # alpaca | chat | text | auto (decided per line)
+    tokenizer: Optional[str] = None     # tokenizer.json, or a directory holding one
+    chat_template: Optional[str] = None # jinja template overriding tokenizer_config.json's
+    seq_length: int = 128
+    packing: bool = False
+    overlong: str = "truncate"          # truncate | drop (samples longer than seq_length)
+    shuffle: bool = True
+    max_samples: Optional[int] = None
+    eval_fraction: float = 0.0          # split this share off train_file when eval_file is unset
+    cache_dir: Optional[str] = None     # MindRecord cache written by `mfds data prepare`
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = False
+    targets: List[str] = field(default_factory=lambda: ["q_b_proj", "kv_b_proj", "o_proj"])
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    start_step: int = 0
+    steps: int = 0                      # 0 disables profiling
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 1234
+    max_steps: int = 100
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0          # 0 disables clipping
+    eval_every: int = 0                 # 0: only at the end
+    eval_batches: int = 8
+    resume: str = "never"               # never | auto | a checkpoint directory
+    nan_policy: str = "stop"            # stop | skip
+    freeze: List[str] = field(default_factory=list)   # name patterns, e.g. ["*.mlp.gate.*", "model.embed_tokens.*"]
+    exact_match_samples: int = 0        # held-out samples scored by greedy generation (demo task)
+    max_new_tokens: int = 16
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+
+@dataclass(frozen=True)
+class LRScheduleConfig:
+    type: str = "cosine"                # cosine | linear | constant
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1           # final lr = lr * min_lr_ratio
+    decay_steps: Optional[int] = None   # default: train.max_steps
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    dp: int = 1
+    tp: int = 1
+    ep: int = 1
+    pp: int = 1
+    micro_batches: int = 1
+    pp_offset: Optional[List[int]] = None
+    sequence_parallel: bool = False
+    optimizer_shard: bool = False
+    recompute: Any = False              # bool, or a per-layer / per-stage list of bools
+    vocab_parallel: bool = False
+    executor: str = "auto"              # auto | ascend | explicit
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    save_every: int = 0                 # 0: only the final checkpoint
+    keep_last: int = 2
+    format: str = "safetensors"         # safetensors | ckpt
+    save_final: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_every: int = 1
+    progress_bar: bool = True
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    source: str = ""                    # the YAML this was loaded from (not a YAML field)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source", None)
+        return d
+
+    def replace(self, **sections: Any) -> "RunConfig":
+        return dataclasses.replace(self, **sections)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+Origins = Dict[str, str]
+
+
+def _read_yaml(path: str, origin: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(origin, "", f"config file {path!r} not found")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(path, "", f"malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", f"top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _mark(data: Any, prefix: str, origin: str, origins: Origins) -> None:
+    origins[prefix] = origin
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _mark(v, f"{prefix}.{k}" if prefix else str(k), origin, origins)
+
+
+def _merge(base: Dict[str, Any], over: Dict[str, Any], prefix: str, origin: Optional[str],
+           origins: Origins) -> None:
+    """Deep-merge `over` into `base`; record `origin` for the keys it sets (None: already recorded)."""
+    for k, v in over.items():
+        dotted = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v, dotted, origin, origins)
+        else:
+            base[k] = copy.deepcopy(v)
+            if origin is not None:
+                _mark(v, dotted, origin, origins)
+
+
+def _load_tree(path: str, origins: Origins, order: List[str], chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Merge `path` over its bases; `order` receives files in merge order (bases first)."""
+    real = os.path.realpath(path)
+    if real in chain:
+        raise ConfigError(path, "base_config", "base_config forms a cycle: " + " -> ".join(chain + (real,)))
+    data = _read_yaml(path, chain[-1] if chain else path)
+    base_ref = data.pop("base_config", None)
+    merged: Dict[str, Any] = {}
+    if base_ref is not None:
+        bases = base_ref if isinstance(base_ref, list) else [base_ref]
+        for b in bases:
+            if not isinstance(b, str):
+                raise ConfigError(path, "base_config", f"base_config={b!r} must be a path")
+            bpath = b if os.path.isabs(b) else os.path.join(os.path.dirname(path), b)
+            if not os.path.isfile(bpath):
+                raise ConfigError(path, "base_config", f"base_config={b!r}: file {bpath!r} not found")
+            # the recursive call already recorded which file set each of the base's keys
+            _merge(merged, _load_tree(bpath, origins, order, chain + (real,)), "", None, origins)
+    _merge(merged, data, "", path, origins)
+    order.append(path)
+    return merged
+
+
+def parse_override(item: str) -> Tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError("--set", item, f"override {item!r} must look like section.field=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(tree: Dict[str, Any], key: str, value: Any, origins: Origins) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError("--set", key, f"{'.'.join(parts[:i + 1])} is not a section; cannot set {key}")
+        node = nxt
+    node[parts[-1]] = value
+    _mark(value, key, "--set", origins)
+
+
+# ---------------------------------------------------------------------------------------
+# Typed construction
+# ---------------------------------------------------------------------------------------
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _coerce(value: Any, tp: Any, dotted: str, origins: Origins) -> Any:
+    origin_file = _origin(origins, dotted)
+    org = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if org is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, non_none[0], dotted, origins)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(origin_file, dotted, f"{dotted} must be a mapping, got {value!r}")
+        return _build(tp, value, dotted, origins)
+    if org in (list, tuple, List, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(origin_file, dotted, f"{dotted}={value!r} must be a list")
+        return [_coerce(v, args[0] if args else Any, f"{dotted}[{i}]", origins) for i, v in enumerate(value)]
+    if org in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(origin_file, dotted, f"{dotted}={value!r} must be a mapping")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(origin_file, dotted, f"{dotted}={value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(origin_file, dotted, f"{dotted}={value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(origin_file, dotted, f"{dotted}={value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(origin_file, dotted, f"{dotted}={value!r} must be a string")
+        return value
+    return value
+
+
+def _origin(origins: Origins, dotted: str) -> str:
+    key = dotted.split("[")[0]
+    while key:
+        if key in origins:
+            return origins[key]
+        key = key.rpartition(".")[0]
+    return origins.get("", "")
+
+
+def _build(cls: Any, data: Dict[str, Any], prefix: str, origins: Origins) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs = {}
+    for k, v in data.items():
+        dotted = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+            where = f"section {prefix!r}" if prefix else "the top level"
+            raise ConfigError(_origin(origins, dotted), dotted,
+                              f"{dotted} is not a known field of {where}{hint}")
+        kwargs[k] = _coerce(v, hints[k], dotted, origins)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation across fields and sections
+# ---------------------------------------------------------------------------------------
+def _choice(value: Any, allowed: Tuple[Any, ...], dotted: str, origins: Origins) -> None:
+    if value not in allowed:
+        raise ConfigError(_origin(origins, dotted), dotted, f"{dotted}={value!r} must be one of {list(allowed)}")
+
+
+def check_model(model: DeepseekConfig, file: str, prefix: str = "model.",
+                origins: Optional[Origins] = None) -> None:
+    problems = model.problems()
+    if problems:
+        fld, msg = problems[0]
+        where = _origin(origins, prefix + fld) if origins else file
+        raise ConfigError(where, prefix + fld, msg.replace("{p}", prefix))
+
+
+def _validate(cfg: RunConfig, origins: Origins) -> None:
+    o = origins
+    check_model(cfg.model, _origin(o, "model"), "model.", o)
+
+    def need(cond: bool, dotted: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(_origin(o, dotted), dotted, msg)
+
+    d, t, opt, lr, ck = cfg.data, cfg.train, cfg.optimizer, cfg.lr_schedule, cfg.checkpoint
+    _choice(d.format, ("auto", "alpaca", "chat", "text"), "data.format", o)
+    _choice(d.overlong, ("truncate", "drop"), "data.overlong", o)
+    need(d.seq_length > 1, "data.seq_length", f"data.seq_length={d.seq_length} must be > 1")
+    need(d.seq_length <= cfg.model.max_position_embeddings, "data.seq_length",
+         f"data.seq_length={d.seq_length} must be <= model.max_position_embeddings={cfg.model.max_position_embeddings}")
+    need(0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", f"data.eval_fraction={d.eval_fraction} must be in [0, 1)")
+    for name in ("train_file", "eval_file"):
+        path = getattr(d, name)
+        need(path is None or os.path.exists(path), f"data.{name}", f"data.{name}={path!r}: file not found")
+    need(d.tokenizer is None or os.path.exists(d.tokenizer), "data.tokenizer",
+         f"data.tokenizer={d.tokenizer!r}: file not found")
+    need(t.max_steps > 0, "train.max_steps", f"train.max_steps={t.max_steps} must be > 0")
+    need(t.micro_batch_size > 0, "train.micro_batch_size", f"train.micro_batch_size={t.micro_batch_size} must be > 0")
+    need(t.grad_accum_steps > 0, "train.grad_accum_steps", f"train.grad_accum_steps={t.grad_accum_steps} must be > 0")
+    need(t.max_grad_norm >= 0, "train.max_grad_norm", f"train.max_grad_norm={t.max_grad_norm} must be >= 0")
+    _choice(t.nan_policy, ("stop", "skip"), "train.nan_policy", o)
+    need(t.resume in ("never", "auto") or os.path.isdir(t.resume), "train.resume",
+         f"train.resume={t.resume!r} must be 'never', 'auto' or an existing checkpoint directory")
+    _choice(opt.name, ("adamw",), "optimizer.name", o)
+    need(opt.lr > 0, "optimizer.lr", f"optimizer.lr={opt.lr} must be > 0")
+    need(len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas), "optimizer.betas",
+         f"optimizer.betas={opt.betas} must be two numbers in [0, 1)")
+    need(opt.weight_decay >= 0, "optimizer.weight_decay", f"optimizer.weight_decay={opt.weight_decay} must be >= 0")
+    _choice(lr.type, ("cosine", "linear", "constant"), "lr_schedule.type", o)
+    need(lr.warmup_steps >= 0, "lr_schedule.warmup_steps", f"lr_schedule.warmup_steps={lr.warmup_steps} must be >= 0")
+    need(0 <= lr.min_lr_ratio <= 1, "lr_schedule.min_lr_ratio", f"lr_schedule.min_lr_ratio={lr.min_lr_ratio} must be in [0, 1]")
+    _choice(ck.format, ("safetensors", "ckpt"), "checkpoint.format", o)
+    need(ck.keep_last >= 1, "checkpoint.keep_last", f"checkpoint.keep_last={ck.keep_last} must be >= 1")
+    need(cfg.lora.rank > 0, "lora.rank", f"lora.rank={cfg.lora.rank} must be > 0")
+    need(0 <= cfg.lora.dropout < 1, "lora.dropout", f"lora.dropout={cfg.lora.dropout} must be in [0, 1)")
+    from .parallel.config import check_parallel  # parallel rules live with the parallel package
+    check_parallel(cfg.parallel, cfg.model, cfg.train, lambda dotted: _origin(o, dotted))
+
+
+def _resolve_model_section(tree: Dict[str, Any], origins: Origins, order: List[str]) -> None:
+    """Expand `model.hf_config` / `model.pretrained` into HF field values. Model keys set in the
+    file that names the HF config, or later (a child config, `--set`), override it; keys
+    inherited from earlier base files do not."""
+    model = tree.get("model")
+    if not isinstance(model, dict):
+        return
+    hf_path = model.get("hf_config")
+    pretrained = model.get("pretrained")
+    source_key = "model.hf_config"
+    if hf_path is None and isinstance(pretrained, str) and os.path.isfile(os.path.join(pretrained, "config.json")):
+        hf_path, source_key = os.path.join(pretrained, "config.json"), "model.pretrained"
+    if hf_path is None:
+        return
+    where = _origin(origins, source_key)
+    if not isinstance(hf_path, str):
+        raise ConfigError(where, "model.hf_config", f"model.hf_config={hf_path!r} must be a path")
+    if not os.path.isfile(hf_path):
+        raise ConfigError(where, "model.hf_config", f"model.hf_config={hf_path!r}: file not found")
+    hf = DeepseekConfig.from_hf_file(hf_path)
+    check_model(hf, hf_path, "")
+    rank = {f: i for i, f in enumerate(order + ["--set"])}
+    floor = rank.get(where, 0)
+    base = {f.name: getattr(hf, f.name) for f in dataclasses.fields(DeepseekConfig)}
+    if hf.rope_scaling is not None:
+        base["rope_scaling"] = dataclasses.asdict(hf.rope_scaling)
+
+    def overlay(dst: Dict[str, Any], src: Dict[str, Any], prefix: str) -> None:
+        for k, v in src.items():
+            dotted = f"{prefix}.{k}"
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                overlay(dst[k], v, dotted)
+            elif k in ("hf_config", "pretrained") or rank.get(_origin(origins, dotted), -1) >= floor:
+                dst[k] = v
+            else:
+                _mark(dst.get(k), dotted, hf_path, origins)
+    overlay(base, model, "model")
+    for k in base:
+        if k not in model:
+            _mark(base[k], f"model.{k}", hf_path, origins)
+    tree["model"] = base
+
+
+def load(path: str, overrides: Optional[List[str]] = None) -> RunConfig:
+    """Read, merge, override, type-check and validate a run config."""
+    origins: Origins = {"": path}
+    order: List[str] = []
+    tree = _load_tree(path, origins, order)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value, origins)
+    _resolve_model_section(tree, origins, order)
+    cfg = _build(RunConfig, tree, "", origins)
+    _validate(cfg, origins)
+    return dataclasses.replace(cfg, source=path)
+
+
+def from_dict(tree: Dict[str, Any], source: str = "<dict>") -> RunConfig:
+    """Build a RunConfig from an already-parsed mapping (tests, programmatic use)."""
+    origins: Origins = {"": source}
+    tree = copy.deepcopy(tree)
+    _mark(tree, "", source, origins)
+    _resolve_model_section(tree, origins, [source])
+    cfg = _build(RunConfig, tree, "", origins)
+    _validate(cfg, origins)
+    return dataclasses.replace(cfg, source=source)
+
+
+def model_config_from_dict(d: Dict[str, Any], source: str = "<model>") -> DeepseekConfig:
+    """A validated DeepseekConfig from a mapping with HF field names (YAML model section)."""
+    origins: Origins = {"": source}
+    _mark(d, "", source, origins)
+    cfg = _build(DeepseekConfig, d, "", origins)
+    check_model(cfg, source, "")
+    return cfg
+
+
+def dump_yaml(cfg: RunConfig, path: str) -> None:
+    from .utils.io import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,141 @@
+"""Multi-head Latent Attention (DeepSeek V2/V3) with decoupled, optionally YaRN-scaled RoPE.
+
+q = q_b(norm(q_a(x)))  (or q_proj(x) without q LoRA, as in V2-Lite)
+[c_kv, k_pe] = kv_a_proj_with_mqa(x);  [k_nope, v] = kv_b(norm(c_kv))
+score = q_nope.k_nope + q_pe.k_pe, where k_pe is one rotary key shared by all heads: it is
+multiplied as a single [B, S, d_rope] tensor and never copied per head.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Tensor
+
+from ...ops import composite
+from .config import DeepseekConfig, RopeScaling, yarn_mscale
+from .layers import DTYPES, Linear, RMSNorm
+
+MASK_VALUE = -1e30  # added to masked scores in float32; exp() of it is exactly 0
+
+
+def rope_inv_freq(dim: int, base: float, scaling: Optional[RopeScaling]) -> Tuple[np.ndarray, float]:
+    """Inverse frequencies [dim/2] (float32) and the cos/sin attention factor, as transformers
+    computes them for `default` and `yarn` rope types (float32 arithmetic, same order)."""
+    f32 = np.float32
+    pos_freqs = f32(base) ** (np.arange(0, dim, 2, dtype=f32) / f32(dim))
+    inv_freq = (f32(1.0) / pos_freqs).astype(f32)
+    if scaling is None or scaling.type == "default":
+        return inv_freq, 1.0
+    factor = scaling.factor
+    if scaling.mscale and scaling.mscale_all_dim:
+        attention_factor = yarn_mscale(factor, scaling.mscale) / yarn_mscale(factor, scaling.mscale_all_dim)
+    else:
+        attention_factor = yarn_mscale(factor)
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(scaling.original_max_position_embeddings / (rotations * 2 * math.pi))) / (
+            2 * math.log(base))
+
+    low = max(math.floor(correction_dim(scaling.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(scaling.beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=f32) - f32(low)) / f32(high - low), 0, 1).astype(f32)
+    extrapolation = f32(1) - ramp
+    interpolation = (f32(1.0) / (f32(factor) * pos_freqs)).astype(f32)
+    inv_freq = interpolation * (f32(1) - extrapolation) + inv_freq * extrapolation
+    return inv_freq.astype(f32), float(attention_factor)
+
+
+class RotaryEmbedding(nn.Cell):
+    """cos/sin [B, 1, S, d/2] for position ids [B, S]; shared by all layers of a model."""
+
+    def __init__(self, config: DeepseekConfig):
+        super().__init__()
+        inv_freq, self.attention_factor = rope_inv_freq(config.qk_rope_head_dim, config.rope_theta,
+                                                        config.rope_scaling)
+        self.inv_freq = Tensor(inv_freq)
+        self.fused = "rope" in config.fused_ops
+
+    def construct(self, position_ids):
+        return composite.rope_cos_sin(position_ids, self.inv_freq, self.attention_factor)
+
+
+class MLAttention(nn.Cell):
+    def __init__(self, config: DeepseekConfig):
+        super().__init__()
+        c = config
+        dt = DTYPES[c.compute_dtype]
+        self.num_heads = c.num_attention_heads
+        self.nope_dim, self.rope_dim, self.v_dim = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+        self.kv_lora_rank = c.kv_lora_rank
+        self.use_q_lora = c.q_lora_rank is not None
+        qk_dim = self.nope_dim + self.rope_dim
+        if self.use_q_lora:
+            self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank, c.attention_bias, dt)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, 1e-6, "rms_norm" in c.fused_ops)
+            self.q_b_proj = Linear(c.q_lora_rank, self.num_heads * qk_dim, False, dt)
+        else:
+            self.q_proj = Linear(c.hidden_size, self.num_heads * qk_dim, False, dt)
+        self.kv_a_proj_with_mqa = Linear(c.hidden_size, c.kv_lora_rank + self.rope_dim, c.attention_bias, dt)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, 1e-6, "rms_norm" in c.fused_ops)
+        self.kv_b_proj = Linear(c.kv_lora_rank, self.num_heads * (self.nope_dim + self.v_dim), False, dt)
+        self.o_proj = Linear(self.num_heads * self.v_dim, c.hidden_size, c.attention_bias, dt)
+        self.scale = c.softmax_scale()
+        self.interleave = c.rope_interleave
+        self.rope = composite.apply_rope
+        if "rope" in c.fused_ops:
+            from ...ops import kernels
+            self.rope = kernels.rope_op(self.interleave)
+        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+        self.bmm = ops.BatchMatMul()
+        self.compute_dtype = dt
+
+    def project_kv_latent(self, x, cos, sin):
+        """The per-token cache of MLA: normalised latent c_kv [B, S, r] and rotated k_pe [B, S, d_rope]."""
+        b, s, _ = x.shape
+        kv = self.kv_a_proj_with_mqa(x)
+        c_kv = self.kv_a_layernorm(kv[..., :self.kv_lora_rank])
+        k_pe = kv[..., self.kv_lora_rank:].reshape(b, 1, s, self.rope_dim)
+        k_pe = self.rope(k_pe, cos, sin, self.interleave).reshape(b, s, self.rope_dim)
+        return c_kv, k_pe
+
+    def project_q(self, x, cos, sin):
+        b, s, _ = x.shape
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.use_q_lora else self.q_proj(x)
+        q = q.reshape(b, s, self.num_heads, self.nope_dim + self.rope_dim).transpose(0, 2, 1, 3)
+        q_nope, q_pe = q[..., :self.nope_dim], q[..., self.nope_dim:]
+        return q_nope, self.rope(q_pe, cos, sin, self.interleave)
+
+    def attend(self, q_nope, q_pe, c_kv, k_pe, mask):
+        """Attention of queries [B, H, Sq, *] over latent keys [B, Sk, *]; mask [B|1, 1, Sq, Sk] (bool)."""
+        b, h, sq, _ = q_nope.shape
+        sk = c_kv.shape[1]
+        kv = self.kv_b_proj(c_kv).reshape(b, sk, h, self.nope_dim + self.v_dim).transpose(0, 2, 1, 3)
+        k_nope, v = kv[..., :self.nope_dim], kv[..., self.nope_dim:]
+        scores = self.bmm_nt(q_nope, k_nope)
+        # The shared rotary key: one [B, H*Sq, d] x [B, Sk, d]^T product instead of H copies of k_pe.
+        scores_pe = self.bmm_nt(q_pe.reshape(b, h * sq, self.rope_dim), k_pe).reshape(b, h, sq, sk)
+        scores = (scores + scores_pe).astype(ms.float32) * self.scale
+        scores = ops.where(mask, scores, ops.full_like(scores, MASK_VALUE))
+        probs = ops.softmax(scores, -1).astype(v.dtype)
+        out = self.bmm(probs, v).transpose(0, 2, 1, 3).reshape(b, sq, h * self.v_dim)
+        return self.o_proj(out)
+
+    def construct(self, x, cos, sin, mask):
+        q_nope, q_pe = self.project_q(x, cos, sin)
+        c_kv, k_pe = self.project_kv_latent(x, cos, sin)
+        return self.attend(q_nope, q_pe, c_kv, k_pe, mask)
+
+    def forward_cached(self, x, cos, sin, mask, cache_c, cache_k, write):
+        """Attention through a latent cache [B, L, *]: the new tokens' latents are blended in where
+        `write` [B, L, 1] is 1 (all positions for a prefill of L tokens, one per row for a decode
+        step), then the queries attend over the cache under `mask`."""
+        q_nope, q_pe = self.project_q(x, cos, sin)
+        c_new, k_new = self.project_kv_latent(x, cos, sin)
+        cache_c = cache_c * (1.0 - write) + c_new * write
+        cache_k = cache_k * (1.0 - write) + k_new * write
+        return self.attend(q_nope, q_pe, cache_c, cache_k, mask), cache_c, cache_k

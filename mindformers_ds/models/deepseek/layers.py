@@ -1,0 +1,94 @@
+"""Basic layers with HuggingFace parameter names and layouts (Linear weight is [out, in]).
+
+Parameters are created as zeros; `model.init_weights` fills them deterministically from a
+seed, so every process (and every parallel rank) builds the same model.
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Parameter, Tensor
+
+from ...ops import composite
+
+DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
+
+
+def zeros_param(shape, name: str, requires_grad: bool = True) -> Parameter:
+    return Parameter(Tensor(np.zeros(shape, np.float32)), name=name, requires_grad=requires_grad)
+
+
+class Linear(nn.Cell):
+    """y = x W^T (+ b). Optional LoRA adapters (`lora_a` [r, in], `lora_b` [out, r]) add
+    (alpha/r) * x A^T B^T; they are attached by `train.lora.apply_lora`, never by default."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype=ms.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = zeros_param((out_features, in_features), "weight")
+        self.has_bias = bias
+        if bias:
+            self.bias = zeros_param((out_features,), "bias")
+        self.compute_dtype = compute_dtype
+        self.cast_needed = compute_dtype != ms.float32
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.lora_rank = 0
+        self.lora_scale = 0.0
+
+    def construct(self, x):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        w = self.weight
+        if self.cast_needed:
+            x2 = x2.astype(self.compute_dtype)
+            w = w.astype(self.compute_dtype)
+        y = self.matmul(x2, w)
+        if self.has_bias:
+            y = y + self.bias.astype(y.dtype)
+        if self.lora_rank > 0:
+            h = self.lora_matmul_a(self.lora_dropout(x2), self.lora_a.astype(x2.dtype))
+            y = y + self.lora_matmul_b(h, self.lora_b.astype(x2.dtype)) * self.lora_scale
+        return y.reshape(shape[:-1] + (self.out_features,))
+
+
+class RMSNorm(nn.Cell):
+    def __init__(self, dim: int, eps: float = 1e-6, fused: bool = False):
+        super().__init__()
+        self.weight = Parameter(Tensor(np.ones((dim,), np.float32)), name="weight")
+        self.eps = eps
+        self.norm = composite.rms_norm
+        if fused:
+            from ...ops import kernels
+            self.norm = kernels.rms_norm_op(eps)
+
+    def construct(self, x):
+        return self.norm(x, self.weight, self.eps)
+
+
+class MLP(nn.Cell):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); used dense and as the shared experts."""
+
+    def __init__(self, hidden: int, intermediate: int, compute_dtype=ms.float32, fused_swiglu: bool = False):
+        super().__init__()
+        self.gate_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype)
+        self.up_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype)
+        self.down_proj = Linear(intermediate, hidden, compute_dtype=compute_dtype)
+        self.fused = fused_swiglu
+        if fused_swiglu:
+            from ...ops import kernels
+            self.act = kernels.swiglu_op()
+
+    def construct(self, x):
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if self.fused:  # the kernel reads one [.., 2I] buffer, as the routed experts produce it
+            return self.down_proj(self.act(ops.concat((gate, up), -1)))
+        return self.down_proj(ops.silu(gate) * up)
+
+
+class Embedding(nn.Cell):
+    def __init__(self, vocab: int, hidden: int):
+        super().__init__()
+        self.weight = zeros_param((vocab, hidden), "weight")
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)

@@ -1,0 +1,241 @@
+"""DeepSeek V2/V3 causal LM: embedding, decoder layers (dense then MoE), final norm, head, MTP.
+
+Parameter names equal HuggingFace's (`model.layers.3.mlp.gate.e_score_correction_bias`,
+`lm_head.weight`). MTP modules live at `model.layers.{num_hidden_layers + d}` as in the
+official releases; they share the embedding and output head with the main model.
+
+`construct(input_ids)` returns logits [B, S, V]; with labels it returns (loss, logits).
+`forward_train` returns everything the training step needs (loss sums and token counts, so
+that gradient accumulation and data parallelism average over tokens exactly).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from .attention import MLAttention, RotaryEmbedding
+from .config import DeepseekConfig
+from .layers import DTYPES, MLP, Embedding, Linear, RMSNorm
+from .moe import MoE
+
+IGNORE_INDEX = -100
+
+
+class DecoderLayer(nn.Cell):
+    def __init__(self, config: DeepseekConfig, layer_idx: int):
+        super().__init__()
+        c = config
+        fused_norm = "rms_norm" in c.fused_ops
+        self.self_attn = MLAttention(c)
+        self.is_moe = c.is_moe_layer(layer_idx)
+        self.mlp = MoE(c) if self.is_moe else MLP(c.hidden_size, c.intermediate_size, DTYPES[c.compute_dtype],
+                                                 "swiglu" in c.fused_ops)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
+
+    def construct(self, h, cos, sin, mask):
+        """-> (hidden, tokens per expert [E] or None, balance loss)"""
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask).astype(h.dtype)
+        return self.feed_forward(h)
+
+    def forward_cached(self, h, cos, sin, mask, cache_c, cache_k, write):
+        """Inference through the MLA latent cache (see MLAttention.forward_cached)."""
+        out, cache_c, cache_k = self.self_attn.forward_cached(self.input_layernorm(h), cos, sin, mask,
+                                                              cache_c, cache_k, write)
+        return self.feed_forward(h + out.astype(h.dtype))[0], cache_c, cache_k
+
+    def feed_forward(self, h):
+        x = self.post_attention_layernorm(h)
+        if self.is_moe:
+            out, counts, aux = self.mlp(x)
+            return h + out, counts, aux
+        return h + self.mlp(x).astype(h.dtype), None, ops.zeros((), ms.float32)
+
+
+class SharedHead(nn.Cell):
+    """Holds the MTP output norm (`shared_head.norm`); the head matrix itself is the main lm_head."""
+
+    def __init__(self, config: DeepseekConfig):
+        super().__init__()
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "rms_norm" in config.fused_ops)
+
+    def construct(self, h):
+        return self.norm(h)
+
+
+class MTPLayer(DecoderLayer):
+    """One multi-token-prediction depth: h = block(eh_proj([enorm(emb(t_{i+d})); hnorm(h_prev)]))."""
+
+    def __init__(self, config: DeepseekConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        c = config
+        fused_norm = "rms_norm" in c.fused_ops
+        self.enorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
+        self.hnorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
+        self.eh_proj = Linear(2 * c.hidden_size, c.hidden_size, False, DTYPES[c.compute_dtype])
+        self.shared_head = SharedHead(c)
+
+    def mtp_forward(self, emb, h_prev, cos, sin, mask):
+        x = self.eh_proj(ops.concat((self.enorm(emb), self.hnorm(h_prev)), -1))
+        return self.construct(x, cos, sin, mask)
+
+
+class DeepseekModel(nn.Cell):
+    def __init__(self, config: DeepseekConfig):
+        super().__init__()
+        c = config
+        self.num_layers = c.num_hidden_layers
+        self.num_mtp = c.num_nextn_predict_layers
+        self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
+        layers = [DecoderLayer(c, i) for i in range(c.num_hidden_layers)]
+        layers += [MTPLayer(c, c.num_hidden_layers + d) for d in range(c.num_nextn_predict_layers)]
+        self.layers = nn.CellList(layers)
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "rms_norm" in c.fused_ops)
+        self.rotary_emb = RotaryEmbedding(c)
+
+
+def attention_mask(batch: int, seq: int, segment_ids=None):
+    """Causal mask [B|1, 1, S, S] (True = may attend); with segment ids it is block-diagonal,
+    so packed samples never see each other."""
+    pos = ops.arange(seq, dtype=ms.int32)
+    causal = (pos.expand_dims(0) <= pos.expand_dims(1)).reshape(1, 1, seq, seq)
+    if segment_ids is None:
+        return causal
+    same = segment_ids.expand_dims(2) == segment_ids.expand_dims(1)
+    return ops.logical_and(causal, same.expand_dims(1))
+
+
+def shift_left(x, n: int, fill):
+    """x[:, n:] padded on the right with `fill` to the original length."""
+    pad = ops.full((x.shape[0], n), fill, dtype=x.dtype)
+    return ops.concat((x[:, n:], pad), 1)
+
+
+def shifted_targets(labels, n: int, segment_ids=None):
+    """Targets at offset n (labels[i + n] for position i), ignored when they fall in another
+    packed sample than position i."""
+    targets = shift_left(labels, n, IGNORE_INDEX)
+    if segment_ids is None:
+        return targets
+    same = shift_left(segment_ids, n, -1) == segment_ids
+    return ops.where(same, targets, ops.full_like(targets, IGNORE_INDEX))
+
+
+def token_nll(logits, targets):
+    """(sum of -log p(target), number of targets) over targets != IGNORE_INDEX, in float32."""
+    lf = logits.astype(ms.float32)
+    valid = targets != IGNORE_INDEX
+    safe = ops.where(valid, targets, ops.zeros_like(targets))
+    picked = ops.gather_elements(lf, -1, safe.expand_dims(-1)).squeeze(-1)
+    nll = (ops.logsumexp(lf, -1) - picked) * valid.astype(ms.float32)
+    return nll.sum(), valid.astype(ms.float32).sum()
+
+
+class DeepseekForCausalLM(nn.Cell):
+    def __init__(self, config: DeepseekConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.model = DeepseekModel(c)
+        self.tie = c.tie_word_embeddings
+        if not self.tie:
+            self.lm_head = Linear(c.hidden_size, c.vocab_size, False, DTYPES[c.compute_dtype])
+        self.head_matmul = ops.MatMul(transpose_b=True)
+        self.num_layers, self.num_mtp = c.num_hidden_layers, c.num_nextn_predict_layers
+        self.mtp_factor = c.mtp_loss_factor
+        self.num_moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers + self.num_mtp))
+
+    # ---- pieces ------------------------------------------------------------------------
+    def head(self, h):
+        if self.tie:
+            b, s, d = h.shape
+            w = self.model.embed_tokens.weight.astype(h.dtype)
+            return self.head_matmul(h.reshape(b * s, d), w).reshape(b, s, -1)
+        return self.lm_head(h)
+
+    def backbone(self, input_ids, position_ids=None, segment_ids=None):
+        """-> (final normed hidden [B, S, H], pre-norm hidden, cos, sin, mask, loads tuple, aux sum)"""
+        b, s = input_ids.shape
+        if position_ids is None:
+            position_ids = ops.broadcast_to(ops.arange(s, dtype=ms.int32).expand_dims(0), (b, s))
+        cos, sin = self.model.rotary_emb(position_ids)
+        mask = attention_mask(b, s, segment_ids)
+        h = self.model.embed_tokens(input_ids)
+        loads = ()
+        aux = ops.zeros((), ms.float32)
+        for i in range(self.num_layers):
+            h, counts, layer_aux = self.model.layers[i](h, cos, sin, mask)
+            if counts is not None:
+                loads = loads + (counts,)
+            aux = aux + layer_aux
+        return self.model.norm(h), cos, sin, mask, loads, aux
+
+    # ---- entry points --------------------------------------------------------------------
+    def forward_train(self, input_ids, labels, position_ids=None, segment_ids=None):
+        """-> (lm nll sum, lm token count, mtp nll sum (mean over depths), mtp token count,
+               balance loss, expert load [n_moe_layers, E] or a 0-size tensor)"""
+        hidden, cos, sin, mask, loads, aux = self.backbone(input_ids, position_ids, segment_ids)
+        lm_sum, lm_count = token_nll(self.head(hidden), shifted_targets(labels, 1, segment_ids))
+        mtp_sum = ops.zeros((), ms.float32)
+        mtp_count = ops.zeros((), ms.float32)
+        h_prev = hidden
+        for d in range(self.num_mtp):
+            layer = self.model.layers[self.num_layers + d]
+            emb = self.model.embed_tokens(shift_left(input_ids, d + 1, 0))
+            h_prev, counts, layer_aux = layer.mtp_forward(emb, h_prev, cos, sin, mask)
+            if counts is not None:
+                loads = loads + (counts,)
+            aux = aux + layer_aux
+            d_sum, d_count = token_nll(self.head(layer.shared_head(h_prev)),
+                                       shifted_targets(labels, d + 2, segment_ids))
+            mtp_sum = mtp_sum + d_sum / self.num_mtp
+            mtp_count = mtp_count + d_count / self.num_mtp
+        load = ops.stack(loads).astype(ms.float32) if loads else ops.zeros((0,), ms.float32)
+        return lm_sum, lm_count, mtp_sum, mtp_count, aux, load
+
+    def construct(self, input_ids, labels=None, position_ids=None, segment_ids=None):
+        if labels is None:
+            hidden = self.backbone(input_ids, position_ids, segment_ids)[0]
+            return self.head(hidden)
+        lm_sum, lm_count, mtp_sum, mtp_count, aux, _ = self.forward_train(input_ids, labels, position_ids,
+                                                                          segment_ids)
+        loss = lm_sum / ops.maximum(lm_count, 1.0) + aux
+        if self.num_mtp > 0:
+            loss = loss + self.mtp_factor * mtp_sum / ops.maximum(mtp_count, 1.0)
+        return loss
+
+    # ---- transformers-style loading ---------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str, **overrides) -> "DeepseekForCausalLM":
+        """A model from a HuggingFace directory or a directory/checkpoint written by this stack."""
+        from ...checkpoint.pretrained import from_pretrained
+        return from_pretrained(path, **overrides)
+
+    def save_pretrained(self, directory: str, layout: str = "hf", dtype: str = "F32") -> str:
+        from ...checkpoint.pretrained import save_pretrained
+        return save_pretrained(self, directory, layout, dtype)
+
+    # ---- initialisation ------------------------------------------------------------------
+    def init_weights(self, seed: int = 0) -> None:
+        """Deterministic init from `seed` (same on every process): N(0, initializer_range) for
+        matrices, ones for norms, zeros for biases and the router correction bias. Each
+        parameter draws from its own stream keyed by name, so adding a module never
+        changes the others."""
+        std = self.config.initializer_range
+        for p in self.get_parameters():
+            name = p.name
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                continue  # created as ones
+            if name.endswith("bias") or p.ndim < 2:
+                p.set_data(ms.Tensor(np.zeros(p.shape, np.float32)))
+                continue
+            key = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+            rng = np.random.default_rng([seed, key])
+            p.set_data(ms.Tensor(rng.normal(0.0, std, p.shape).astype(np.float32)))
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        params = self.trainable_params() if trainable_only else self.get_parameters()
+        return int(sum(int(np.prod(p.shape)) for p in params))

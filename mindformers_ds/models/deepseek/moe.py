@@ -1,0 +1,117 @@
+"""DeepSeekMoE: shared experts plus routed experts stored stacked ([E, 2I, H] and [E, H, I]).
+
+The router (`gate`) picks top-k experts per token (V2 softmax / V3 sigmoid + correction
+bias, group-limited); tokens are permuted into per-expert blocks, run through a grouped
+matmul, and combined back with the routing weights. The layer also returns the per-expert
+load of the step (for aux-loss-free balancing, which updates `e_score_correction_bias`
+outside of autograd) and the optional sequence-wise balance loss.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from ...ops import composite
+from .config import DeepseekConfig
+from .layers import DTYPES, MLP, zeros_param
+
+
+class TopkRouter(nn.Cell):
+    def __init__(self, config: DeepseekConfig):
+        super().__init__()
+        c = config
+        self.weight = zeros_param((c.n_routed_experts, c.hidden_size), "weight")
+        self.has_bias = c.uses_correction_bias
+        if self.has_bias:
+            # Steers the choice only; updated by the trainer from the expert load, never by gradients.
+            self.e_score_correction_bias = zeros_param((c.n_routed_experts,), "e_score_correction_bias",
+                                                       requires_grad=False)
+        self.args = (c.num_experts_per_tok, c.n_group, c.topk_group, c.scoring_func, c.topk_method,
+                     c.norm_topk_prob, c.routed_scaling_factor)
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.topk = composite.router_topk
+        if "router_topk" in c.fused_ops:
+            from ...ops import kernels
+            self.topk = kernels.router_topk_op(*self.args)
+
+    def construct(self, x2d):
+        logits = self.matmul(x2d.astype(ms.float32), self.weight.astype(ms.float32))
+        bias = self.e_score_correction_bias if self.has_bias else None
+        return self.topk(logits, bias, *self.args)
+
+
+class Experts(nn.Cell):
+    """Routed experts; `gate_up_proj` rows are [gate; up] per expert, as in transformers v5."""
+
+    def __init__(self, config: DeepseekConfig):
+        super().__init__()
+        c = config
+        self.num_experts = c.n_routed_experts
+        self.gate_up_proj = zeros_param((c.n_routed_experts, 2 * c.moe_intermediate_size, c.hidden_size),
+                                        "gate_up_proj")
+        self.down_proj = zeros_param((c.n_routed_experts, c.hidden_size, c.moe_intermediate_size), "down_proj")
+        self.block = c.moe_block_size
+        self.compute_dtype = DTYPES[c.compute_dtype]
+        self.permute, self.unpermute = composite.moe_permute, composite.moe_unpermute
+        self.gmm = composite.grouped_matmul
+        self.act = composite.swiglu
+        if "moe_permute" in c.fused_ops:
+            from ...ops import kernels
+            self.permute, self.unpermute = kernels.moe_permute_op(), kernels.moe_unpermute_op()
+            self.block = 1  # the kernels keep groups contiguous without padding
+        if "grouped_matmul" in c.fused_ops:
+            from ...ops import kernels
+            self.gmm = kernels.grouped_matmul_op()
+        if "swiglu" in c.fused_ops:
+            from ...ops import kernels
+            self.act = kernels.swiglu_op()
+
+    def construct(self, x2d, topk_idx, topk_weight):
+        """x2d [N, H] -> (combined expert output [N, H], tokens per expert [E])."""
+        n = x2d.shape[0]
+        x_perm, slot_of_row, block_expert, counts = self.permute(
+            x2d.astype(self.compute_dtype), topk_idx, self.num_experts, self.block)
+        w_gu = self.gate_up_proj.astype(self.compute_dtype)
+        w_down = self.down_proj.astype(self.compute_dtype)
+        h = self.act(self.gmm(x_perm, w_gu, block_expert, self.block))
+        y = self.gmm(h, w_down, block_expert, self.block)
+        return self.unpermute(y, slot_of_row, topk_weight, n), counts
+
+
+class MoE(nn.Cell):
+    def __init__(self, config: DeepseekConfig):
+        super().__init__()
+        c = config
+        self.gate = TopkRouter(c)
+        self.experts = Experts(c)
+        self.has_shared = c.n_shared_experts > 0
+        if self.has_shared:
+            self.shared_experts = MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts,
+                                      DTYPES[c.compute_dtype], "swiglu" in c.fused_ops)
+        self.top_k = c.num_experts_per_tok
+        self.num_experts = c.n_routed_experts
+        self.aux_alpha = c.aux_loss_alpha
+        self.normalise_scores = c.scoring_func == "sigmoid"
+
+    def balance_loss(self, scores, topk_idx, batch: int):
+        """Sequence-wise balance loss of DeepSeek-V3: alpha * mean_b sum_e f_be * P_be with
+        f = E/(k*S) * tokens routed to e in sequence b, P = mean over the sequence of the
+        token's normalised affinity for e."""
+        seq = scores.shape[0] // batch
+        probs = scores / scores.sum(-1, keepdims=True) if self.normalise_scores else scores
+        probs = probs.reshape(batch, seq, self.num_experts).mean(1)
+        chosen = ops.one_hot(topk_idx.reshape(batch, seq * self.top_k), self.num_experts,
+                             ops.ones((), ms.float32), ops.zeros((), ms.float32)).sum(1)
+        f = ops.stop_gradient(chosen * (self.num_experts / (self.top_k * seq)))
+        return (f * probs).sum(-1).mean() * self.aux_alpha
+
+    def construct(self, x):
+        b, s, hdim = x.shape
+        x2d = x.reshape(b * s, hdim)
+        weights, idx, scores = self.gate(x2d)
+        routed, counts = self.experts(x2d, idx, weights)
+        out = routed.reshape(b, s, hdim).astype(x.dtype)
+        if self.has_shared:
+            out = out + self.shared_experts(x)
+        aux = self.balance_loss(scores, idx, b) if self.aux_alpha > 0 else ops.zeros((), ms.float32)
+        return out, counts, aux

@@ -1,0 +1,139 @@
+"""Composite (plain MindSpore) implementations of the operators the model needs.
+
+These are the reference semantics: the fused kernels in `ops/` must match them, and they
+are what runs when no kernel is built. Everything here has static shapes so it compiles
+in graph mode on any backend.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import ops
+
+_bmm_nt = ops.BatchMatMul(transpose_b=True)
+
+
+def rms_norm(x, weight, eps: float):
+    """weight * x / sqrt(mean(x^2) + eps), computed in float32 like transformers."""
+    xf = x.astype(ms.float32)
+    var = (xf * xf).mean(-1, keep_dims=True)
+    return weight * (xf * ops.rsqrt(var + eps)).astype(x.dtype)
+
+
+def swiglu(gate_up):
+    """silu(gate) * up on the fused [.., 2I] projection (gate rows first, as transformers stores them)."""
+    gate, up = ops.split(gate_up, gate_up.shape[-1] // 2, -1)
+    return ops.silu(gate) * up
+
+
+def rope_cos_sin(position_ids, inv_freq, attention_factor: float):
+    """cos/sin of shape [B, 1, S, D/2] for positions [B, S] (float32, as transformers computes them)."""
+    freqs = position_ids.astype(ms.float32).expand_dims(-1) * inv_freq
+    cos = ops.cos(freqs) * attention_factor
+    sin = ops.sin(freqs) * attention_factor
+    return cos.expand_dims(1), sin.expand_dims(1)
+
+
+def apply_rope(x, cos, sin, interleave: bool):
+    """Rotate pairs of the last dim of x [B, H, S, D]; pairs are (2i, 2i+1) when interleaved
+    (DeepSeek's layout) or (i, i + D/2). The output puts all first elements, then all second
+    elements, as transformers' V3 code does: q.k is the same whichever order is used."""
+    half = x.shape[-1] // 2
+    if interleave:
+        pairs = x.reshape(x.shape[:-1] + (half, 2))
+        x1, x2 = pairs[..., 0], pairs[..., 1]
+    else:
+        x1, x2 = x[..., :half], x[..., half:]
+    return ops.concat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
+
+
+# ---------------------------------------------------------------------------------------
+# MoE dispatch: blocked grouped matmul with static shapes
+# ---------------------------------------------------------------------------------------
+def moe_padded_rows(num_assignments: int, num_experts: int, block: int) -> int:
+    """Static row count of the permuted buffer: every expert's group padded to `block` rows."""
+    rows = num_assignments + num_experts * (block - 1)
+    return -(-rows // block) * block
+
+
+def moe_permute(x, topk_idx, num_experts: int, block: int):
+    """Sort token copies by expert into block-aligned groups.
+
+    x [N, H], topk_idx [N, k] -> (x_perm [P, H], slot_of_row [P], block_expert [P/block], counts [E]).
+    `slot_of_row` is the flat index n*k+j of the routing choice each row holds, or N*k for a padding
+    row (whose input is a zero row). Row order inside a group follows token order, so the result is
+    deterministic.
+    """
+    n, k = topk_idx.shape
+    t = n * k
+    flat = topk_idx.reshape(t)
+    onehot = ops.one_hot(flat, num_experts, ms.Tensor(1, ms.int32), ms.Tensor(0, ms.int32))
+    counts = onehot.sum(0)
+    rank_in_group = (ops.cumsum(onehot, 0) * onehot).sum(1) - 1
+    padded = (counts + (block - 1)) // block * block
+    pad_end = ops.cumsum(padded, 0)
+    pad_start = pad_end - padded
+    dest = ops.gather(pad_start, flat, 0) + rank_in_group
+    p = moe_padded_rows(t, num_experts, block)
+    slot_of_row = ops.tensor_scatter_update(ops.fill(ms.int32, (p,), t), dest.reshape(t, 1),
+                                            ops.arange(t, dtype=ms.int32))
+    x_pad = ops.concat((x, ops.zeros((1, x.shape[1]), x.dtype)), 0)
+    x_perm = ops.gather(x_pad, slot_of_row // k, 0)
+    block_start = ops.arange(p // block, dtype=ms.int32) * block
+    block_expert = (pad_end.expand_dims(0) <= block_start.expand_dims(1)).astype(ms.int32).sum(1)
+    block_expert = ops.minimum(block_expert, num_experts - 1)
+    return x_perm, slot_of_row, block_expert, counts
+
+
+def grouped_matmul(x_perm, weight, block_expert, block: int):
+    """y[r] = x_perm[r] @ weight[e(r)]^T for each block of rows; weight is [E, M, K] (HF layout)."""
+    p, kdim = x_perm.shape
+    xb = x_perm.reshape(p // block, block, kdim)
+    wb = ops.gather(weight, block_expert, 0)
+    return _bmm_nt(xb, wb).reshape(p, weight.shape[1])
+
+
+def moe_unpermute(y_perm, slot_of_row, topk_weight, num_tokens: int):
+    """Weighted combine back to tokens: out[n] = sum_j w[n, j] * y[row of (n, j)]."""
+    k = topk_weight.shape[1]
+    w_flat = ops.concat((topk_weight.reshape(-1), ops.zeros((1,), topk_weight.dtype)), 0)
+    row_w = ops.gather(w_flat, slot_of_row, 0).astype(y_perm.dtype)
+    rows = y_perm * row_w.expand_dims(1)
+    out = ops.unsorted_segment_sum(rows, slot_of_row // k, num_tokens + 1)
+    return out[:num_tokens]
+
+
+def router_topk(logits, bias, top_k: int, n_group: int, topk_group: int, scoring: str, method: str,
+                norm_topk_prob: bool, routed_scaling_factor: float):
+    """DeepSeek routers on float32 logits [N, E] -> (weights [N, k], indices [N, k] int32, scores [N, E]).
+
+    V3 (`noaux_tc`): sigmoid scores; the bias only steers the choice; groups ranked by the sum of
+    their top-2 biased scores; masked experts get -inf. V2: softmax scores; `group_limited_greedy`
+    ranks groups by their best score and masks with 0. Weights are the unbiased scores of the
+    chosen experts, normalised when `norm_topk_prob` (V3 then scales; V2 scales only otherwise).
+    """
+    n, e = logits.shape
+    scores = ops.sigmoid(logits) if scoring == "sigmoid" else ops.softmax(logits, -1)
+    choice = scores + bias if bias is not None else scores
+    if method != "greedy" and n_group > 1:
+        grouped = choice.reshape(n, n_group, e // n_group)
+        if method == "noaux_tc":
+            group_score = ops.topk(grouped, 2)[0].sum(-1)
+        else:
+            group_score = grouped.max(-1)
+        group_idx = ops.topk(group_score, topk_group)[1]
+        group_mask = ops.one_hot(group_idx, n_group, ms.Tensor(1.0, ms.float32),
+                                 ms.Tensor(0.0, ms.float32)).sum(1)
+        expert_mask = ops.broadcast_to(group_mask.expand_dims(-1), (n, n_group, e // n_group)).reshape(n, e)
+        fill = float("-inf") if method == "noaux_tc" else 0.0
+        choice = ops.where(expert_mask > 0, choice, ops.full_like(choice, fill))
+    indices = ops.topk(choice, top_k)[1].astype(ms.int32)
+    weights = ops.gather_elements(scores, 1, indices)
+    if scoring == "sigmoid":                       # V3: normalise, then scale
+        if norm_topk_prob:
+            weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+        weights = weights * routed_scaling_factor
+    elif norm_topk_prob and top_k > 1:             # V2: normalise *or* scale
+        weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+    else:
+        weights = weights * routed_scaling_factor
+    return weights, indices, scores

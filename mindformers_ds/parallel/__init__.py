@@ -1,0 +1,1 @@
+"""Parallel layouts: config, layout table, executors, planner."""

@@ -1,0 +1,139 @@
+"""The jit-compiled training step.
+
+Losses are token sums scaled by 1/(tokens in the whole global batch), passed in from the
+host, so summing the gradients of micro-batches (and of data-parallel ranks) gives exactly
+the gradient of the global token-mean loss. The step then clips by global norm, applies
+AdamW, and moves each router's correction bias toward balance:
+    bias += rate * sign(mean(load) - load)
+from the expert load counted during the step (no gradient involved). A step whose loss or
+gradient norm is not finite changes nothing.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import mindspore as ms
+from mindspore import nn, ops, Parameter
+
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+
+
+@_square_sum.register("Tensor")
+def _sq(g):
+    g = g.astype(ms.float32)
+    return (g * g).sum()
+
+
+_scale = ops.MultitypeFuncGraph("scale")
+
+
+@_scale.register("Tensor", "Tensor")
+def _scale_grad(coef, g):
+    return g * coef.astype(g.dtype)
+
+
+_add = ops.MultitypeFuncGraph("add")
+
+
+@_add.register("Tensor", "Tensor")
+def _add_grad(a, b):
+    return a + b
+
+
+class LossCell(nn.Cell):
+    """Scaled loss of one micro-batch (first output, differentiated) plus its parts for logging."""
+
+    def __init__(self, model):
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.has_mtp = model.num_mtp > 0
+        self.mtp_factor = model.mtp_factor
+
+    def construct(self, input_ids, labels, position_ids, segment_ids, inv_lm_tokens, inv_mtp_tokens, aux_scale):
+        lm_sum, lm_count, mtp_sum, mtp_count, aux, load = self.model.forward_train(
+            input_ids, labels, position_ids, segment_ids)
+        loss = lm_sum * inv_lm_tokens + aux * aux_scale
+        if self.has_mtp:
+            loss = loss + self.mtp_factor * mtp_sum * inv_mtp_tokens
+        return loss, lm_sum, lm_count, mtp_sum, mtp_count, aux, load
+
+
+class GradStep(nn.Cell):
+    """Forward + backward of one micro-batch -> (loss parts..., load, grads)."""
+
+    def __init__(self, loss_cell: LossCell, weights: Sequence[Parameter]):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+        self.weights = ms.ParameterTuple(list(weights))
+        self.grad_fn = ms.value_and_grad(loss_cell, None, self.weights, has_aux=True)
+
+    def construct(self, input_ids, labels, position_ids, segment_ids, inv_lm_tokens, inv_mtp_tokens, aux_scale):
+        outs, grads = self.grad_fn(input_ids, labels, position_ids, segment_ids, inv_lm_tokens,
+                                   inv_mtp_tokens, aux_scale)
+        return outs, grads
+
+
+class ApplyStep(nn.Cell):
+    """Clip, AdamW, router-bias update; `reducer` (data parallel) sums grads and loads over ranks."""
+
+    def __init__(self, optimizer, router_biases: List[Parameter], bias_rate: float, max_grad_norm: float,
+                 reducer=None):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.biases = ms.ParameterTuple(router_biases) if router_biases else ()
+        self.num_biases = len(router_biases)
+        self.bias_rate = bias_rate
+        self.max_grad_norm = max_grad_norm
+        self.reducer = reducer
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, grads, load, loss, lr):
+        if self.reducer is not None:
+            grads, load = self.reducer(grads, load)
+        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(loss))
+        if self.max_grad_norm > 0:
+            coef = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
+            grads = self.hyper_map(ops.partial(_scale, coef), grads)
+        self.optimizer(grads, lr, finite)
+        for i in range(self.num_biases):
+            bias = self.biases[i]
+            row = load[i]
+            new = bias + self.bias_rate * ops.sign(row.mean() - row)
+            ops.assign(bias, ops.select(finite, new, bias))
+        return norm, finite
+
+
+class TrainStep(nn.Cell):
+    """One whole optimizer step for one micro-batch per step, in one graph."""
+
+    def __init__(self, grad_step: GradStep, apply_step: ApplyStep):
+        super().__init__(auto_prefix=False)
+        self.grad_step = grad_step
+        self.apply_step = apply_step
+
+    def construct(self, input_ids, labels, position_ids, segment_ids, inv_lm_tokens, inv_mtp_tokens, aux_scale, lr):
+        outs, grads = self.grad_step(input_ids, labels, position_ids, segment_ids, inv_lm_tokens,
+                                     inv_mtp_tokens, aux_scale)
+        norm, finite = self.apply_step(grads, outs[6], outs[0], lr)
+        return outs, norm, finite
+
+
+class AccumulateGrads(nn.Cell):
+    """Elementwise sum of two gradient tuples (gradient accumulation over micro-batches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, a, b):
+        return self.hyper_map(_add, a, b)
+
+
+def router_bias_parameters(model) -> List[Parameter]:
+    """Correction biases in the order `forward_train` stacks expert loads (main layers, then MTP)."""
+    out = []
+    for layer in model.model.layers:
+        if getattr(layer, "is_moe", False) and layer.mlp.gate.has_bias:
+            out.append(layer.mlp.gate.e_score_correction_bias)
+    return out

@@ -1,0 +1,88 @@
+"""Shared fixtures: MindSpore graph mode on CPU, and tiny random HuggingFace DeepSeek models
+built with transformers (the numerical oracle) and saved to disk once per session."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only
+
+import mindspore as ms  # noqa: E402
+
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_device("CPU")
+
+YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 32,
+        "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1}
+
+V3_TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+               num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1,
+               n_routed_experts=8, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, v_head_dim=16,
+               qk_nope_head_dim=16, n_group=4, topk_group=2, num_experts_per_tok=2, first_k_dense_replace=1,
+               max_position_embeddings=256, rope_parameters=YARN, initializer_range=0.1)
+
+V2_LITE_TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_shared_experts=2,
+                    n_routed_experts=8, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, v_head_dim=16,
+                    qk_nope_head_dim=16, n_group=1, topk_group=1, topk_method="greedy", num_experts_per_tok=3,
+                    first_k_dense_replace=1, max_position_embeddings=256,
+                    rope_parameters=dict(YARN, mscale=0.707, mscale_all_dim=0.707), initializer_range=0.1)
+
+
+def build_hf(kind: str, seed: int = 0, **overrides):
+    """A random transformers DeepSeek model (eval mode, float32). V3 gets a non-zero router bias."""
+    import torch
+    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+    torch.manual_seed(seed)
+    if kind == "v3":
+        cfg = DeepseekV3Config(**{**V3_TINY, **overrides})
+        model = DeepseekV3ForCausalLM(cfg)
+        with torch.no_grad():
+            for m in model.modules():
+                if hasattr(m, "e_score_correction_bias"):
+                    m.e_score_correction_bias.normal_(0.0, 0.05)
+    else:
+        cfg = DeepseekV2Config(**{**V2_LITE_TINY, **overrides})
+        model = DeepseekV2ForCausalLM(cfg)
+    return model.float().eval()
+
+
+def save_hf(model, path: str, mtp_layers: int = 0) -> str:
+    """save_pretrained; transformers' tiny models have no MTP weights, so the saved config says so
+    unless `mtp_layers` asks otherwise."""
+    model.save_pretrained(path)
+    cfg_path = os.path.join(path, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["num_nextn_predict_layers"] = mtp_layers
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_v3_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("hf_v3"))
+    return save_hf(build_hf("v3"), path)
+
+
+@pytest.fixture(scope="session")
+def hf_v2_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("hf_v2"))
+    return save_hf(build_hf("v2"), path)
+
+
+def random_ids(batch: int, seq: int, vocab: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, (batch, seq)).astype(np.int32)
+
+
+def load_hf(path: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
