@@ -109,6 +109,16 @@ def cmd_data(a) -> int:
     return 0
 
 
+def cmd_lora(a) -> int:
+    from . import config
+    from .train.lora import merge_checkpoint
+    from .train.trainer import set_graph_mode
+    cfg = config.load(a.config, a.set)
+    set_graph_mode()
+    print(merge_checkpoint(cfg, a.adapter, a.out, a.layout))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mfds", description="MindSpore training stack for DeepSeek models")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -152,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(dp)
     dp.add_argument("--out", default=None)
     d.set_defaults(fn=cmd_data)
+
+    lo = sub.add_parser("lora", help="LoRA tools")
+    lsub = lo.add_subparsers(dest="lora_cmd", required=True)
+    lm = lsub.add_parser("merge", help="fold a LoRA checkpoint's adapters into its base model")
+    with_config(lm)
+    lm.add_argument("--adapter", required=True, help="checkpoint directory holding adapter.safetensors")
+    lm.add_argument("--out", required=True)
+    lm.add_argument("--layout", choices=["hf", "mindspore"], default="mindspore")
+    lo.set_defaults(fn=cmd_lora)
 
     from .checkpoint.cli import add_convert_parser
     add_convert_parser(sub)

@@ -18,7 +18,7 @@ from test_train_step import make_step, step_inputs
 def tiny(**overrides) -> DeepseekForCausalLM:
     with open(os.path.join(ROOT, "configs/deepseek_v3/tiny.yaml")) as f:
         d = yaml.safe_load(f)["model"]
-    d.update(hidden_size=64, num_hidden_layers=2, vocab_size=128, **overrides)
+    d.update({"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 128, **overrides})
     model = DeepseekForCausalLM(model_config_from_dict(d))
     model.init_weights(0)
     return model

@@ -1,6 +1,7 @@
 """Training checkpoints: `OUTPUT/checkpoints/step_00000100/` holding
 
-  model.safetensors      model weights (this stack's layout: stacked experts; router biases included)
+  model.safetensors      model weights (this stack's layout: stacked experts; router biases included),
+                         or adapter.safetensors (LoRA runs: only the adapters; the base is unchanged)
   optimizer.safetensors  AdamW moments and step
   trainer_state.json     step, tokens seen, config digest; written last
   config.json            the model's HF config
@@ -32,16 +33,18 @@ def step_dir(root: str, step: int) -> str:
 
 
 def _arrays(params) -> List[Tuple[str, str, np.ndarray]]:
-    return [(p.name, "F32", np.ascontiguousarray(p.asnumpy(), np.float32)) for p in params]
+    # np.array keeps 0-d tensors 0-d (np.ascontiguousarray would make the optimizer step [1])
+    return [(p.name, "F32", np.array(p.asnumpy(), np.float32, order="C")) for p in params]
 
 
 def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequence, state: Dict,
-         hf_config: Dict, keep_last: int) -> str:
+         hf_config: Dict, keep_last: int, model_file: str = "model.safetensors") -> str:
     os.makedirs(root, exist_ok=True)
     final = step_dir(root, step)
     tmp = tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root)
     try:
-        write_safetensors(os.path.join(tmp, "model.safetensors"), _arrays(model_params), {"layout": "mindspore"})
+        write_safetensors(os.path.join(tmp, model_file), _arrays(model_params), {"layout": "mindspore"})
+        _fault_injection(step)
         if optimizer_params:
             write_safetensors(os.path.join(tmp, "optimizer.safetensors"), _arrays(optimizer_params))
         atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
@@ -56,6 +59,17 @@ def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequenc
             shutil.rmtree(tmp, ignore_errors=True)
     prune(root, keep_last)
     return final
+
+
+def _fault_injection(step: int) -> None:
+    """MFDS_FAULT_SAVE_PAUSE=STEP:SECONDS pauses the save of STEP half-way (model file written,
+    the rest not), so tests can kill a real process in the middle of a save."""
+    spec = os.environ.get("MFDS_FAULT_SAVE_PAUSE", "")
+    if spec and int(spec.split(":")[0]) == step:
+        import sys
+        import time
+        print(f"fault injection: pausing the save of step {step}", file=sys.stderr, flush=True)
+        time.sleep(float(spec.split(":")[1]))
 
 
 def complete_steps(root: str) -> List[int]:

@@ -49,7 +49,7 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     """Round-to-nearest-even float32 -> bfloat16 bits (NaN stays NaN)."""
-    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    u = np.array(x, np.float32, order="C").view(np.uint32)  # keeps 0-d arrays 0-d
     rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
     nan = np.isnan(x)
     out = rounded.astype(np.uint16)

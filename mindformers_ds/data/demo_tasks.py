@@ -3,10 +3,10 @@
 Tasks operate on short strings of symbols written without spaces; the demo tokenizer
 never merges symbols (see tools/train_demo_tokenizer.py), so every symbol is one token in
 the question and in the answer alike and exact match is a fair test of what was learned:
-  copy    "a7k"    -> "a7k"
+  copy    "a7kz0"  -> "a7kz0"
   reverse "a7k"    -> "k7a"
-  sort    "925"    -> "259"
-  add     "37+45"  -> "82"
+  sort    "92513"  -> "12359"
+  add     "37+5"   -> "42"
 Deterministic from the seed:
     python -m mindformers_ds.data.demo_tasks --out data/demo --train 6000 --eval 200 --seed 0
 """
@@ -32,16 +32,21 @@ INSTRUCTIONS = {
 SYMBOLS = list(string.ascii_lowercase + string.digits)
 
 
-def make_record(rng: np.random.Generator, task: str, min_len: int = 3, max_len: int = 6) -> Dict[str, str]:
-    n = int(rng.integers(min_len, max_len + 1))
+# Symbols per task. Fixed lengths make copy/reverse look-ups at fixed relative positions, which
+# a tiny model learns in a few hundred steps; variable lengths need induction heads, which take
+# thousands (measured: 14% copy after 2000 steps with lengths 3-6).
+LENGTHS = {"copy": 5, "reverse": 3, "sort": 5}
+
+
+def make_record(rng: np.random.Generator, task: str) -> Dict[str, str]:
     if task in ("copy", "reverse"):
-        seq = [SYMBOLS[i] for i in rng.integers(0, len(SYMBOLS), n)]
+        seq = [SYMBOLS[i] for i in rng.integers(0, len(SYMBOLS), LENGTHS[task])]
         out = seq if task == "copy" else seq[::-1]
         return {"instruction": INSTRUCTIONS[task], "input": "".join(seq), "output": "".join(out)}
     if task == "sort":
-        seq = [str(d) for d in rng.integers(0, 10, n)]
+        seq = [str(d) for d in rng.integers(0, 10, LENGTHS[task])]
         return {"instruction": INSTRUCTIONS[task], "input": "".join(seq), "output": "".join(sorted(seq))}
-    a, b = (int(x) for x in rng.integers(0, 100, 2))
+    a, b = int(rng.integers(10, 100)), int(rng.integers(0, 10))
     return {"instruction": INSTRUCTIONS[task], "input": f"{a}+{b}", "output": str(a + b)}
 
 

@@ -62,7 +62,10 @@ def adapter_parameters(model) -> List[Parameter]:
 
 
 def merge_lora(model) -> int:
-    """Fold every adapter into its base weight and detach the adapters; returns how many."""
+    """Fold every adapter into its base weight and detach the adapters; returns how many.
+
+    MindSpore caches a compiled graph per top-level cell and does not notice the changed
+    structure: call this before compiling, or run the merged model through a new cell."""
     n = 0
     for name, cell in model.cells_and_names():
         if isinstance(cell, Linear) and cell.lora_rank > 0:
@@ -73,3 +76,19 @@ def merge_lora(model) -> int:
             del cell.lora_a, cell.lora_b
             n += 1
     return n
+
+
+def merge_checkpoint(cfg, adapter_dir: str, out_dir: str, layout: str = "mindspore") -> str:
+    """Base model of `cfg` + adapters of a LoRA checkpoint -> a merged model directory."""
+    import os
+    from ..checkpoint import manager
+    from ..checkpoint.pretrained import save_pretrained
+    from .trainer import build_model
+    model = build_model(cfg)
+    apply_lora(model, cfg.lora, cfg.train.seed)
+    manager.load_params(adapter_dir, "adapter.safetensors", adapter_parameters(model))
+    n = merge_lora(model)
+    for p in model.get_parameters():
+        p.requires_grad = True
+    save_pretrained(model, out_dir, layout=layout)
+    return f"merged {n} adapters into {os.path.join(out_dir, 'model.safetensors')}"

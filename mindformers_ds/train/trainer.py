@@ -8,11 +8,13 @@ router biases.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -92,6 +94,7 @@ class Trainer:
 
     # ---- setup ---------------------------------------------------------------------------
     def _setup_data(self) -> None:
+        from ..data import mindrecord
         d = self.cfg.data
         if not d.tokenizer:
             raise ConfigError(self.cfg.source, "data.tokenizer", "data.tokenizer is required (a tokenizer.json)")
@@ -102,23 +105,29 @@ class Trainer:
             raise ConfigError(self.cfg.source, "model.vocab_size",
                               f"model.vocab_size={self.cfg.model.vocab_size} is smaller than the tokenizer's "
                               f"{self.tok.vocab_size} tokens ({d.tokenizer})")
-        train = load_samples(d.train_file, self.tok, d.format, d.max_samples)
-        if d.eval_file:
-            evals = load_samples(d.eval_file, self.tok, d.format)
-            self.eval_records = [r for _, r in read_jsonl(d.eval_file)]
+        self.eval_records = [r for _, r in read_jsonl(d.eval_file)] if d.eval_file else []
+        cached = mindrecord.load_or_none(d, "train") if d.eval_fraction == 0 else None
+        n_trunc = n_drop = n_train = 0
+        evals = load_samples(d.eval_file, self.tok, d.format) if d.eval_file else []
+        if cached is not None:
+            self.rows = cached
+            log.info("train rows read from the MindRecord cache %s", mindrecord.cache_path(d, "train"))
         else:
-            n_eval = int(len(train) * d.eval_fraction)
-            evals, train = train[len(train) - n_eval:], train[:len(train) - n_eval]
-            self.eval_records = []
-        train, n_trunc, n_drop = fit_length(train, d.seq_length, d.overlong)
+            train = load_samples(d.train_file, self.tok, d.format, d.max_samples)
+            if not d.eval_file and d.eval_fraction > 0:
+                n_eval = int(len(train) * d.eval_fraction)
+                evals, train = train[len(train) - n_eval:], train[:len(train) - n_eval]
+            train, n_trunc, n_drop = fit_length(train, d.seq_length, d.overlong)
+            if not train:
+                raise DataError(f"{d.train_file}: no sample fits data.seq_length={d.seq_length} with data.overlong=drop")
+            n_train = len(train)
+            self.rows = build_rows(train, d.seq_length, self.tok.pad_id, d.packing)
         evals, _, _ = fit_length(evals, d.seq_length, d.overlong)
-        if not train:
-            raise DataError(f"{d.train_file}: no sample fits data.seq_length={d.seq_length} with data.overlong=drop")
-        self.rows = build_rows(train, d.seq_length, self.tok.pad_id, d.packing)
         self.eval_rows = build_rows(evals, d.seq_length, self.tok.pad_id, d.packing) if evals else None
-        log.info("data: %d train samples -> %d rows of %d tokens (packing=%s; %d truncated, %d dropped); %d eval samples",
-                 len(train), len(self.rows), d.seq_length, d.packing, n_trunc, n_drop, len(evals))
-        self.data_stats = {"train_samples": len(train), "train_rows": len(self.rows), "truncated": n_trunc,
+        log.info("data: %s train samples -> %d rows of %d tokens (packing=%s; %d truncated, %d dropped as longer "
+                 "than seq_length); %d eval samples", n_train or "cached", len(self.rows), d.seq_length, d.packing,
+                 n_trunc, n_drop, len(evals))
+        self.data_stats = {"train_samples": n_train, "train_rows": len(self.rows), "truncated": n_trunc,
                            "dropped": n_drop, "eval_samples": len(evals)}
         t = self.cfg.train
         self.loader = BatchLoader(self.rows, t.micro_batch_size, t.grad_accum_steps, self.env.dp, self.env.dp_rank,
@@ -128,7 +137,8 @@ class Trainer:
         cfg = self.cfg
         self.model = build_model(cfg)
         frozen = apply_freeze(self.model, cfg.train.freeze)
-        if cfg.lora.enabled:
+        self.lora = cfg.lora.enabled
+        if self.lora:
             from .lora import apply_lora
             apply_lora(self.model, cfg.lora, cfg.train.seed)
         trainable = self.model.trainable_params()
@@ -136,13 +146,16 @@ class Trainer:
             raise ConfigError(cfg.source, "train.freeze", "every parameter is frozen; nothing to train")
         self.n_params = self.model.num_parameters()
         self.n_trainable = int(sum(int(np.prod(p.shape)) for p in trainable))
-        log.info("model %s: %d parameters, %d trainable (%d frozen tensors)", cfg.model.model_type,
-                 self.n_params, self.n_trainable, frozen)
+        log.info("model %s: %d parameters, %d trainable (%.2f%%; %d frozen tensors%s)", cfg.model.model_type,
+                 self.n_params, self.n_trainable, 100.0 * self.n_trainable / self.n_params, frozen,
+                 ", LoRA adapters only" if self.lora else "")
         o = cfg.optimizer
         self.optimizer = AdamW(trainable, tuple(o.betas), o.eps, o.weight_decay)
         grad_step = GradStep(LossCell(self.model), trainable)
-        apply_step = ApplyStep(self.optimizer, router_bias_parameters(self.model), cfg.model.bias_update_rate,
-                               cfg.train.max_grad_norm, self.env.reducer)
+        # LoRA keeps the whole base model fixed, router correction biases included
+        biases = [] if self.lora else router_bias_parameters(self.model)
+        apply_step = ApplyStep(self.optimizer, biases, cfg.model.bias_update_rate, cfg.train.max_grad_norm,
+                               self.env.reducer)
         self.grad_step, self.apply_step = grad_step, apply_step
         self.fused_step = TrainStep(grad_step, apply_step)
         self.accumulate = AccumulateGrads()
@@ -153,7 +166,11 @@ class Trainer:
         path = ckpt.latest(self.ckpt_root) if mode == "auto" else (None if mode == "never" else mode)
         if path is None:
             return 0
-        ckpt.load_params(path, "model.safetensors", list(self.model.get_parameters()))
+        if self.lora:
+            from .lora import adapter_parameters
+            ckpt.load_params(path, "adapter.safetensors", adapter_parameters(self.model))
+        else:
+            ckpt.load_params(path, "model.safetensors", list(self.model.get_parameters()))
         ckpt.load_params(path, "optimizer.safetensors", self.optimizer.state_parameters())
         step = int(ckpt.read_state(path)["step"])
         log.info("resumed from %s at step %d", path, step)
@@ -223,6 +240,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         losses: List[float] = []
         bar = tqdm(total=t.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
                    disable=not (cfg.logging.progress_bar and self.env.is_main))
         tokens_seen = 0
         for step in range(start, t.max_steps):
@@ -284,9 +302,16 @@ class Trainer:
     def _save(self, step: int, tokens_seen: int) -> None:
         if not self.env.is_main:
             return
-        path = ckpt.save(self.ckpt_root, step, list(self.model.get_parameters()), self.optimizer.state_parameters(),
-                         {"tokens_seen": tokens_seen, "config": self.cfg.source},
-                         self.model.config.to_hf_dict(), self.cfg.checkpoint.keep_last)
+        state = {"tokens_seen": tokens_seen, "config": self.cfg.source}
+        if self.lora:
+            from .lora import adapter_parameters
+            state["lora"] = {"base": self.cfg.model.pretrained, "seed": self.cfg.train.seed,
+                             **dataclasses.asdict(self.cfg.lora)}
+            params, filename = adapter_parameters(self.model), "adapter.safetensors"
+        else:
+            params, filename = list(self.model.get_parameters()), "model.safetensors"
+        path = ckpt.save(self.ckpt_root, step, params, self.optimizer.state_parameters(), state,
+                         self.model.config.to_hf_dict(), self.cfg.checkpoint.keep_last, model_file=filename)
         self.last_checkpoint = path
         log.info("saved checkpoint %s", path)
 
