@@ -22,12 +22,23 @@ def _user_errors():
 
 def cmd_train(a) -> int:
     from . import config
-    from .train.trainer import Trainer, set_graph_mode
+    from .parallel.explicit import distributed_world, init_context
+    from .train.trainer import DistEnv, Trainer, set_graph_mode
     cfg = config.load(a.config, a.set)
     set_graph_mode()
-    summary = Trainer(cfg).run()
-    _print_summary(summary)
+    env = DistEnv()
+    if distributed_world() > 1:  # started by msrun (mfds launch)
+        env = DistEnv(init_context(cfg.parallel))
+    summary = Trainer(cfg, env).run()
+    if env.is_main:
+        _print_summary(summary)
     return 0
+
+
+def cmd_launch(a) -> int:
+    from .parallel.launch import launch
+    args = a.train_args[1:] if a.train_args[:1] == ["--"] else a.train_args
+    return launch(a.nproc, args, a.nnodes, a.node_rank, a.master_addr, a.master_port, a.log_dir, a.cluster_timeout)
 
 
 def _print_summary(s: dict) -> None:
@@ -162,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(dp)
     dp.add_argument("--out", default=None)
     d.set_defaults(fn=cmd_data)
+
+    la = sub.add_parser("launch", help="run an mfds command on N workers with msrun",
+                        description="mfds launch --nproc 4 -- train --config X.yaml")
+    la.add_argument("--nproc", type=int, required=True, help="workers on this node")
+    la.add_argument("--nnodes", type=int, default=1)
+    la.add_argument("--node-rank", type=int, default=0)
+    la.add_argument("--master-addr", default="127.0.0.1")
+    la.add_argument("--master-port", type=int, default=8118)
+    la.add_argument("--log-dir", default=None, help="default: <train.output_dir>/logs")
+    la.add_argument("--cluster-timeout", type=int, default=120, help="seconds msrun waits for a missing worker")
+    la.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the mfds command, e.g. train --config X")
+    la.set_defaults(fn=cmd_launch)
 
     lo = sub.add_parser("lora", help="LoRA tools")
     lsub = lo.add_subparsers(dest="lora_cmd", required=True)

@@ -354,7 +354,7 @@ def check_model(model: DeepseekConfig, file: str, prefix: str = "model.",
         raise ConfigError(where, prefix + fld, msg.replace("{p}", prefix))
 
 
-def _validate(cfg: RunConfig, origins: Origins) -> None:
+def _validate(cfg: RunConfig, origins: Origins, check_paths: bool = True) -> None:
     o = origins
     check_model(cfg.model, _origin(o, "model"), "model.", o)
 
@@ -369,17 +369,15 @@ def _validate(cfg: RunConfig, origins: Origins) -> None:
     need(d.seq_length <= cfg.model.max_position_embeddings, "data.seq_length",
          f"data.seq_length={d.seq_length} must be <= model.max_position_embeddings={cfg.model.max_position_embeddings}")
     need(0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", f"data.eval_fraction={d.eval_fraction} must be in [0, 1)")
-    for name in ("train_file", "eval_file"):
+    for name in ("train_file", "eval_file", "tokenizer") if check_paths else ():
         path = getattr(d, name)
         need(path is None or os.path.exists(path), f"data.{name}", f"data.{name}={path!r}: file not found")
-    need(d.tokenizer is None or os.path.exists(d.tokenizer), "data.tokenizer",
-         f"data.tokenizer={d.tokenizer!r}: file not found")
     need(t.max_steps > 0, "train.max_steps", f"train.max_steps={t.max_steps} must be > 0")
     need(t.micro_batch_size > 0, "train.micro_batch_size", f"train.micro_batch_size={t.micro_batch_size} must be > 0")
     need(t.grad_accum_steps > 0, "train.grad_accum_steps", f"train.grad_accum_steps={t.grad_accum_steps} must be > 0")
     need(t.max_grad_norm >= 0, "train.max_grad_norm", f"train.max_grad_norm={t.max_grad_norm} must be >= 0")
     _choice(t.nan_policy, ("stop", "skip"), "train.nan_policy", o)
-    need(t.resume in ("never", "auto") or os.path.isdir(t.resume), "train.resume",
+    need(t.resume in ("never", "auto") or os.path.isdir(t.resume) or not check_paths, "train.resume",
          f"train.resume={t.resume!r} must be 'never', 'auto' or an existing checkpoint directory")
     _choice(opt.name, ("adamw",), "optimizer.name", o)
     need(opt.lr > 0, "optimizer.lr", f"optimizer.lr={opt.lr} must be > 0")
@@ -440,8 +438,9 @@ def _resolve_model_section(tree: Dict[str, Any], origins: Origins, order: List[s
     tree["model"] = base
 
 
-def load(path: str, overrides: Optional[List[str]] = None) -> RunConfig:
-    """Read, merge, override, type-check and validate a run config."""
+def load(path: str, overrides: Optional[List[str]] = None, check_paths: bool = True) -> RunConfig:
+    """Read, merge, override, type-check and validate a run config. `check_paths=False`
+    validates a config meant for another machine (data paths are not looked at)."""
     origins: Origins = {"": path}
     order: List[str] = []
     tree = _load_tree(path, origins, order)
@@ -450,7 +449,7 @@ def load(path: str, overrides: Optional[List[str]] = None) -> RunConfig:
         _set_dotted(tree, key, value, origins)
     _resolve_model_section(tree, origins, order)
     cfg = _build(RunConfig, tree, "", origins)
-    _validate(cfg, origins)
+    _validate(cfg, origins, check_paths)
     return dataclasses.replace(cfg, source=path)
 
 

@@ -86,3 +86,20 @@ def load_hf(path: str):
     import torch
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A 30-step config-driven fine-tune of a small V3 on the demo data, shared by several tests."""
+    from mindformers_ds import config
+    from mindformers_ds.train.trainer import Trainer
+    tmp = tmp_path_factory.mktemp("trainer")
+    sets = [f"train.output_dir={tmp / 'run'}", "train.max_steps=30", "train.micro_batch_size=8",
+            "train.eval_every=15", "train.eval_batches=2", "train.exact_match_samples=8", "train.max_new_tokens=6",
+            "data.max_samples=400", "data.packing=true", "data.seq_length=96", "checkpoint.save_every=10",
+            "checkpoint.keep_last=2", "logging.progress_bar=false", "logging.log_every=1",
+            "model.hidden_size=64", "model.moe_intermediate_size=32", "model.intermediate_size=128"]
+    cfg = config.load(os.path.join(ROOT, "configs/deepseek_v3/finetune_tiny.yaml"), sets)
+    os.chdir(ROOT)
+    summary = Trainer(cfg).run()
+    return cfg, summary

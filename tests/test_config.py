@@ -42,6 +42,14 @@ def test_shipped_configs_load_and_validate():
         assert cfg.model.problems() == []
 
 
+def test_real_hardware_configs_validate():
+    for rel in ("configs/deepseek_v3/finetune_671b_lora.yaml", "configs/deepseek_v2_lite/finetune.yaml"):
+        cfg = config.load(os.path.join(ROOT, rel), check_paths=False)
+        assert cfg.model.compute_dtype == "bfloat16" and cfg.parallel.world_size in (8, 128)
+    with pytest.raises(ConfigError, match="data.train_file='/data/sft/train.jsonl': file not found"):
+        config.load(os.path.join(ROOT, "configs/deepseek_v3/finetune_671b_lora.yaml"))
+
+
 def test_published_hyper_parameters():
     v3 = config.load(os.path.join(ROOT, "configs/deepseek_v3/deepseek_v3_671b.yaml")).model
     assert (v3.hidden_size, v3.num_hidden_layers, v3.n_routed_experts, v3.num_experts_per_tok) == (7168, 61, 256, 8)

@@ -13,28 +13,10 @@ from conftest import ROOT
 from mindformers_ds import config
 from mindformers_ds.checkpoint import manager
 from mindformers_ds.checkpoint.safetensors_io import SafetensorsFile
-from mindformers_ds.train.trainer import Trainer
 from mindformers_ds.utils.logging import read_metrics
 
 DEMO = os.path.join(ROOT, "configs/deepseek_v3/finetune_tiny.yaml")
-
-
-def small_run(tmp_path, *extra):
-    sets = [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=30", "train.micro_batch_size=8",
-            "train.eval_every=15", "train.eval_batches=2", "train.exact_match_samples=8", "train.max_new_tokens=6",
-            "data.max_samples=400", "data.packing=true", "data.seq_length=96", "checkpoint.save_every=10",
-            "checkpoint.keep_last=2", "logging.progress_bar=false", "logging.log_every=1",
-            "model.hidden_size=64", "model.moe_intermediate_size=32", "model.intermediate_size=128", *extra]
-    return config.load(DEMO, sets)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("trainer")
-    cfg = small_run(tmp)
-    os.chdir(ROOT)
-    summary = Trainer(cfg).run()
-    return cfg, summary
+# `finished_run` (conftest.py): a 30-step fine-tune of a small V3 on the demo data
 
 
 def test_run_writes_log_metrics_checkpoints_and_summary(finished_run):

@@ -28,10 +28,11 @@ from ..models.deepseek.model import DeepseekForCausalLM
 log = logging.getLogger(__name__)
 
 
-def load_weights(model: DeepseekForCausalLM, path: str, allow_missing_mtp: bool = True) -> Dict[str, Any]:
+def load_weights(model: DeepseekForCausalLM, path: str, allow_missing_mtp: bool = True, layout=None) -> Dict[str, Any]:
     """Copy a checkpoint's tensors into `model`. Shapes must match the model's config
     (a checkpoint of another architecture is refused, naming the tensor); MTP layers absent
-    from the checkpoint keep their initial values when `allow_missing_mtp`."""
+    from the checkpoint keep their initial values when `allow_missing_mtp`. `layout` (name ->
+    (full shape, slicer)) loads a parallel rank's slices out of the full tensors."""
     reader = CheckpointReader(path)
     cfg = model.config
     params = {p.name: p for p in model.get_parameters()}
@@ -40,11 +41,12 @@ def load_weights(model: DeepseekForCausalLM, path: str, allow_missing_mtp: bool 
         for name, arr in iter_internal(reader, max(cfg.n_routed_experts, 1)):
             if name in params:
                 p = params[name]
-                if tuple(arr.shape) != tuple(p.shape):
+                want, slicer = layout(name) if layout is not None else (p.shape, None)
+                if tuple(arr.shape) != tuple(want):
                     raise CheckpointError(f"{reader.weight_map.get(name, path)}: tensor {name!r} has shape "
-                                          f"{list(arr.shape)} but the model config needs {list(p.shape)} "
+                                          f"{list(arr.shape)} but the model config needs {list(want)} "
                                           f"(checkpoint of another architecture?)")
-                p.set_data(ms.Tensor(arr.astype(np.float32)))
+                p.set_data(ms.Tensor((slicer(arr) if slicer is not None else arr).astype(np.float32)))
                 loaded.add(name)
             elif is_mtp_passthrough(name, cfg.num_hidden_layers) or \
                     layer_of(name) >= cfg.num_hidden_layers + cfg.num_nextn_predict_layers:

@@ -74,12 +74,14 @@ class GradStep(nn.Cell):
 
 
 class ApplyStep(nn.Cell):
-    """Clip, AdamW, router-bias update; `reducer` (data parallel) sums grads and loads over ranks."""
+    """Clip, AdamW, router-bias update; `reducer` (data parallel) sums grads and loads over ranks,
+    `global_norm` measures the gradient norm of the whole model when parameters are split."""
 
     def __init__(self, optimizer, router_biases: List[Parameter], bias_rate: float, max_grad_norm: float,
-                 reducer=None):
+                 reducer=None, global_norm=None):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
+        self.global_norm = global_norm  # parallel runs: the norm of the whole model, same on all ranks
         self.biases = ms.ParameterTuple(router_biases) if router_biases else ()
         self.num_biases = len(router_biases)
         self.bias_rate = bias_rate
@@ -90,7 +92,10 @@ class ApplyStep(nn.Cell):
     def construct(self, grads, load, loss, lr):
         if self.reducer is not None:
             grads, load = self.reducer(grads, load)
-        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        if self.global_norm is not None:
+            norm = self.global_norm(grads)
+        else:
+            norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
         finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(loss))
         if self.max_grad_norm > 0:
             coef = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)

@@ -49,12 +49,25 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class DistEnv:
-    """Where this process sits in a data-parallel job (the explicit executor fills it in)."""
-    rank: int = 0
-    world: int = 1
-    dp: int = 1
-    dp_rank: int = 0
-    reducer: object = None
+    """Where this process sits in a parallel job: `ctx` is the explicit executor's
+    ParallelContext (None for a single process)."""
+    ctx: object = None
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.ctx is None else self.ctx.rank
+
+    @property
+    def world(self) -> int:
+        return 1 if self.ctx is None else self.ctx.world
+
+    @property
+    def dp(self) -> int:
+        return 1 if self.ctx is None else self.ctx.dp
+
+    @property
+    def dp_rank(self) -> int:
+        return 0 if self.ctx is None else self.ctx.dp_rank
 
     @property
     def is_main(self) -> bool:
@@ -67,11 +80,17 @@ def set_graph_mode(device: Optional[str] = None) -> None:
     ms.set_device(target)
 
 
-def build_model(cfg: RunConfig) -> DeepseekForCausalLM:
-    model = DeepseekForCausalLM(cfg.model.model_config())
-    model.init_weights(cfg.train.seed)
+def build_model(cfg: RunConfig, ctx=None, table=None) -> DeepseekForCausalLM:
+    """The model (this rank's slices of it under the explicit executor), initialised from the
+    seed or `model.pretrained`; every layout starts from the same full weights."""
+    model = DeepseekForCausalLM(cfg.model.model_config(), parallel=ctx)
+    layout = None
+    if ctx is not None:
+        from ..parallel.explicit import layout_init
+        layout = layout_init(table, ctx)
+    model.init_weights(cfg.train.seed, layout)
     if cfg.model.pretrained:
-        report = load_weights(model, cfg.model.pretrained)
+        report = load_weights(model, cfg.model.pretrained, layout=layout)
         log.info("loaded %d tensors from %s", report["loaded"], cfg.model.pretrained)
     return model
 
@@ -135,7 +154,12 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        self.model = build_model(cfg)
+        ctx = self.env.ctx
+        self.table = None
+        if ctx is not None:
+            from ..parallel.layout import layout_table
+            self.table = layout_table(cfg.model.model_config(), cfg.parallel)
+        self.model = build_model(cfg, ctx, self.table)
         frozen = apply_freeze(self.model, cfg.train.freeze)
         self.lora = cfg.lora.enabled
         if self.lora:
@@ -154,8 +178,15 @@ class Trainer:
         grad_step = GradStep(LossCell(self.model), trainable)
         # LoRA keeps the whole base model fixed, router correction biases included
         biases = [] if self.lora else router_bias_parameters(self.model)
+        reducer = global_norm = None
+        self.sum_parts = None
+        if ctx is not None:
+            from ..parallel.explicit import GlobalNorm, GradReducer, SumOverDP
+            reducer = GradReducer(trainable, self.table, ctx)
+            global_norm = GlobalNorm(trainable, self.table, ctx)
+            self.sum_parts = SumOverDP(ctx)
         apply_step = ApplyStep(self.optimizer, biases, cfg.model.bias_update_rate, cfg.train.max_grad_norm,
-                               self.env.reducer)
+                               reducer, global_norm)
         self.grad_step, self.apply_step = grad_step, apply_step
         self.fused_step = TrainStep(grad_step, apply_step)
         self.accumulate = AccumulateGrads()
@@ -169,9 +200,12 @@ class Trainer:
         if self.lora:
             from .lora import adapter_parameters
             ckpt.load_params(path, "adapter.safetensors", adapter_parameters(self.model))
+            ckpt.load_params(path, "optimizer.safetensors", self.optimizer.state_parameters())
         else:
-            ckpt.load_params(path, "model.safetensors", list(self.model.get_parameters()))
-        ckpt.load_params(path, "optimizer.safetensors", self.optimizer.state_parameters())
+            # any layout: a single-process checkpoint, or the shards of another parallel layout
+            from ..parallel.shards import load_into
+            load_into(path, "model.safetensors", list(self.model.get_parameters()), self.table, self.env.ctx)
+            load_into(path, "optimizer.safetensors", self.optimizer.state_parameters(), self.table, self.env.ctx)
         step = int(ckpt.read_state(path)["step"])
         log.info("resumed from %s at step %d", path, step)
         return step
@@ -206,6 +240,9 @@ class Trainer:
                 cur = [o.asnumpy() for o in outs]
                 parts = cur if parts is None else [a + b for a, b in zip(parts, cur)]
             norm, finite = self.apply_step(grads, ms.Tensor(parts[6]), ms.Tensor(parts[0], ms.float32), lr)
+        if self.sum_parts is not None:  # losses of the whole global batch, on every rank
+            summed = self.sum_parts(ms.Tensor(np.array(parts[1:6], np.float32))).asnumpy()
+            parts = [parts[0], *summed, self.sum_parts(ms.Tensor(parts[6])).asnumpy()]
         return batch, parts, float(norm.asnumpy()), bool(finite.asnumpy()), float(lr.asnumpy())
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -224,7 +261,7 @@ class Trainer:
                                 keep_until_step=start if start > 0 else None)
         summary: Dict = {"start_step": start, "n_params": self.n_params, "n_trainable": self.n_trainable,
                          **self.data_stats}
-        if t.exact_match_samples > 0 and start == 0 and self.env.is_main:
+        if t.exact_match_samples > 0 and start == 0:  # every rank decodes in lockstep (collectives)
             summary["exact_match_before"] = self._exact_match()["exact_match"]
             log.info("held-out exact match before training: %.3f", summary["exact_match_before"])
             metrics.write({"type": "eval", "step": 0, "exact_match": summary["exact_match_before"]})
@@ -232,8 +269,7 @@ class Trainer:
         metrics.close()
         summary["final_loss"] = losses[-1] if losses else None
         summary["first_loss"] = losses[0] if losses else None
-        if self.env.is_main:
-            self._finish(summary)
+        self._finish(summary)
         return summary
 
     def _loop(self, start: int, metrics: MetricsWriter, summary: Dict) -> List[float]:
@@ -271,7 +307,7 @@ class Trainer:
                 metrics.write(rec)
                 log.info("step %d loss %.4f lr %.2e grad_norm %.3f %.0f tok/s", step + 1, lm_loss, lr, norm,
                          n_tok / dt)
-            bar.set_postfix(loss=f"{lm_loss:.4f}", lr=f"{lr:.1e}", tok_s=f"{n_tok / dt:.0f}")
+            bar.set_postfix(loss=f"{lm_loss:.4f}", lr=f"{lr:.1e}", tok_s=f"{n_tok / dt:.0f}", refresh=False)
             bar.update(1)
             done = step + 1 == t.max_steps
             if t.eval_every and (step + 1) % t.eval_every == 0 and not done and self.eval_rows is not None:
@@ -283,7 +319,8 @@ class Trainer:
         return losses
 
     def _eval_loss(self) -> Dict[str, float]:
-        res = eval_loss(self.eval_sums, self.eval_rows, min(self.cfg.train.micro_batch_size, len(self.eval_rows)),
+        # the global batch size, so the rows evaluated do not depend on the parallel layout
+        res = eval_loss(self.eval_sums, self.eval_rows, min(self.cfg.train.micro_batch_size * self.env.dp, len(self.eval_rows)),
                         self.cfg.train.eval_batches)
         log.info("eval loss %.4f ppl %.2f", res["eval_loss"], res["eval_ppl"])
         return res
@@ -300,9 +337,18 @@ class Trainer:
         return exact_match(self._generator(), self.tok, recs, self.cfg.train.max_new_tokens)
 
     def _save(self, step: int, tokens_seen: int) -> None:
+        state = {"tokens_seen": tokens_seen, "config": self.cfg.source}
+        if self.env.ctx is not None and self.env.world > 1:
+            from ..parallel.explicit import barrier
+            from ..parallel.shards import save_sharded
+            path = save_sharded(self.ckpt_root, step, self.env.ctx, list(self.model.get_parameters()),
+                                self.optimizer.state_parameters(), state, self.model.config.to_hf_dict(),
+                                self.cfg.checkpoint.keep_last, self.table, barrier)
+            self.last_checkpoint = path
+            log.info("saved checkpoint %s (rank %d of %d)", path, self.env.rank, self.env.world)
+            return
         if not self.env.is_main:
             return
-        state = {"tokens_seen": tokens_seen, "config": self.cfg.source}
         if self.lora:
             from .lora import adapter_parameters
             state["lora"] = {"base": self.cfg.model.pretrained, "seed": self.cfg.train.seed,
@@ -324,4 +370,5 @@ class Trainer:
             summary["examples"] = em["examples"]
             log.info("held-out exact match after training: %.3f", em["exact_match"])
         summary["checkpoint"] = getattr(self, "last_checkpoint", None) or ckpt.latest(self.ckpt_root)
-        atomic_write_json(os.path.join(self.out, "summary.json"), summary)
+        if self.env.is_main:
+            atomic_write_json(os.path.join(self.out, "summary.json"), summary)

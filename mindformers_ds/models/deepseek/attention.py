@@ -16,6 +16,7 @@ from mindspore import nn, ops, Tensor
 
 from ...ops import composite
 from .config import DeepseekConfig, RopeScaling, yarn_mscale
+from ...parallel.comm import CopyToGroup, make, tp_size
 from .layers import DTYPES, Linear, RMSNorm
 
 MASK_VALUE = -1e30  # added to masked scores in float32; exp() of it is exactly 0
@@ -65,25 +66,30 @@ class RotaryEmbedding(nn.Cell):
 
 
 class MLAttention(nn.Cell):
-    def __init__(self, config: DeepseekConfig):
+    """With tensor parallelism each rank keeps num_heads/tp heads: q_b/q and kv_b are column-
+    parallel (head-major rows), o_proj row-parallel; the latent projections stay replicated."""
+
+    def __init__(self, config: DeepseekConfig, ctx=None):
         super().__init__()
         c = config
         dt = DTYPES[c.compute_dtype]
-        self.num_heads = c.num_attention_heads
+        self.num_heads = c.num_attention_heads // tp_size(ctx)
         self.nope_dim, self.rope_dim, self.v_dim = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
         self.kv_lora_rank = c.kv_lora_rank
         self.use_q_lora = c.q_lora_rank is not None
         qk_dim = self.nope_dim + self.rope_dim
+        heads = c.num_attention_heads  # Linear divides the split dims by tp itself
         if self.use_q_lora:
             self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank, c.attention_bias, dt)
             self.q_a_layernorm = RMSNorm(c.q_lora_rank, 1e-6, "rms_norm" in c.fused_ops)
-            self.q_b_proj = Linear(c.q_lora_rank, self.num_heads * qk_dim, False, dt)
+            self.q_b_proj = Linear(c.q_lora_rank, heads * qk_dim, False, dt, "col", ctx)
         else:
-            self.q_proj = Linear(c.hidden_size, self.num_heads * qk_dim, False, dt)
+            self.q_proj = Linear(c.hidden_size, heads * qk_dim, False, dt, "col", ctx)
         self.kv_a_proj_with_mqa = Linear(c.hidden_size, c.kv_lora_rank + self.rope_dim, c.attention_bias, dt)
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, 1e-6, "rms_norm" in c.fused_ops)
-        self.kv_b_proj = Linear(c.kv_lora_rank, self.num_heads * (self.nope_dim + self.v_dim), False, dt)
-        self.o_proj = Linear(self.num_heads * self.v_dim, c.hidden_size, c.attention_bias, dt)
+        self.kv_b_proj = Linear(c.kv_lora_rank, heads * (self.nope_dim + self.v_dim), False, dt, "col", ctx)
+        self.o_proj = Linear(heads * self.v_dim, c.hidden_size, c.attention_bias, dt, "row", ctx)
+        self.shared_key = make(CopyToGroup, ctx, "tp")  # k_pe feeds only this rank's heads
         self.scale = c.softmax_scale()
         self.interleave = c.rope_interleave
         self.rope = composite.apply_rope
@@ -118,7 +124,7 @@ class MLAttention(nn.Cell):
         k_nope, v = kv[..., :self.nope_dim], kv[..., self.nope_dim:]
         scores = self.bmm_nt(q_nope, k_nope)
         # The shared rotary key: one [B, H*Sq, d] x [B, Sk, d]^T product instead of H copies of k_pe.
-        scores_pe = self.bmm_nt(q_pe.reshape(b, h * sq, self.rope_dim), k_pe).reshape(b, h, sq, sk)
+        scores_pe = self.bmm_nt(q_pe.reshape(b, h * sq, self.rope_dim), self.shared_key(k_pe)).reshape(b, h, sq, sk)
         scores = (scores + scores_pe).astype(ms.float32) * self.scale
         scores = ops.where(mask, scores, ops.full_like(scores, MASK_VALUE))
         probs = ops.softmax(scores, -1).astype(v.dtype)

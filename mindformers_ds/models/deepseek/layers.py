@@ -5,11 +5,14 @@ seed, so every process (and every parallel rank) builds the same model.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 
 from ...ops import composite
+from ...parallel.comm import CopyToGroup, Identity, ReduceFromGroup, make, tp_size
 
 DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
@@ -20,10 +23,22 @@ def zeros_param(shape, name: str, requires_grad: bool = True) -> Parameter:
 
 class Linear(nn.Cell):
     """y = x W^T (+ b). Optional LoRA adapters (`lora_a` [r, in], `lora_b` [out, r]) add
-    (alpha/r) * x A^T B^T; they are attached by `train.lora.apply_lora`, never by default."""
+    (alpha/r) * x A^T B^T; they are attached by `train.lora.apply_lora`, never by default.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype=ms.float32):
+    With a parallel context of tp > 1, `parallel="col"` keeps out/tp output rows (its input
+    passes Megatron's f: gradient all-reduced) and `parallel="row"` keeps in/tp input columns
+    (its output passes g: all-reduced), so the same code runs split or whole."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype=ms.float32,
+                 parallel: Optional[str] = None, ctx=None):
         super().__init__()
+        tp = tp_size(ctx) if parallel else 1
+        if parallel == "col":
+            out_features //= tp
+        elif parallel == "row":
+            in_features //= tp
+        self.enter = make(CopyToGroup, ctx, "tp") if parallel == "col" else Identity()
+        self.leave = make(ReduceFromGroup, ctx, "tp") if parallel == "row" else Identity()
         self.in_features, self.out_features = in_features, out_features
         self.weight = zeros_param((out_features, in_features), "weight")
         self.has_bias = bias
@@ -37,17 +52,18 @@ class Linear(nn.Cell):
 
     def construct(self, x):
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
+        x2 = self.enter(x.reshape(-1, shape[-1]))
         w = self.weight
         if self.cast_needed:
             x2 = x2.astype(self.compute_dtype)
             w = w.astype(self.compute_dtype)
         y = self.matmul(x2, w)
-        if self.has_bias:
-            y = y + self.bias.astype(y.dtype)
         if self.lora_rank > 0:
             h = self.lora_matmul_a(self.lora_dropout(x2), self.lora_a.astype(x2.dtype))
             y = y + self.lora_matmul_b(h, self.lora_b.astype(x2.dtype)) * self.lora_scale
+        y = self.leave(y)
+        if self.has_bias:
+            y = y + self.bias.astype(y.dtype)
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
@@ -68,11 +84,11 @@ class RMSNorm(nn.Cell):
 class MLP(nn.Cell):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); used dense and as the shared experts."""
 
-    def __init__(self, hidden: int, intermediate: int, compute_dtype=ms.float32, fused_swiglu: bool = False):
+    def __init__(self, hidden: int, intermediate: int, compute_dtype=ms.float32, fused_swiglu: bool = False, ctx=None):
         super().__init__()
-        self.gate_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype)
-        self.up_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype)
-        self.down_proj = Linear(intermediate, hidden, compute_dtype=compute_dtype)
+        self.gate_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype, parallel="col", ctx=ctx)
+        self.up_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype, parallel="col", ctx=ctx)
+        self.down_proj = Linear(intermediate, hidden, compute_dtype=compute_dtype, parallel="row", ctx=ctx)
         self.fused = fused_swiglu
         if fused_swiglu:
             from ...ops import kernels

@@ -25,14 +25,14 @@ IGNORE_INDEX = -100
 
 
 class DecoderLayer(nn.Cell):
-    def __init__(self, config: DeepseekConfig, layer_idx: int):
+    def __init__(self, config: DeepseekConfig, layer_idx: int, ctx=None):
         super().__init__()
         c = config
         fused_norm = "rms_norm" in c.fused_ops
-        self.self_attn = MLAttention(c)
+        self.self_attn = MLAttention(c, ctx)
         self.is_moe = c.is_moe_layer(layer_idx)
-        self.mlp = MoE(c) if self.is_moe else MLP(c.hidden_size, c.intermediate_size, DTYPES[c.compute_dtype],
-                                                 "swiglu" in c.fused_ops)
+        self.mlp = MoE(c, ctx) if self.is_moe else MLP(c.hidden_size, c.intermediate_size, DTYPES[c.compute_dtype],
+                                                       "swiglu" in c.fused_ops, ctx)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
 
@@ -69,8 +69,8 @@ class SharedHead(nn.Cell):
 class MTPLayer(DecoderLayer):
     """One multi-token-prediction depth: h = block(eh_proj([enorm(emb(t_{i+d})); hnorm(h_prev)]))."""
 
-    def __init__(self, config: DeepseekConfig, layer_idx: int):
-        super().__init__(config, layer_idx)
+    def __init__(self, config: DeepseekConfig, layer_idx: int, ctx=None):
+        super().__init__(config, layer_idx, ctx)
         c = config
         fused_norm = "rms_norm" in c.fused_ops
         self.enorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
@@ -84,14 +84,14 @@ class MTPLayer(DecoderLayer):
 
 
 class DeepseekModel(nn.Cell):
-    def __init__(self, config: DeepseekConfig):
+    def __init__(self, config: DeepseekConfig, ctx=None):
         super().__init__()
         c = config
         self.num_layers = c.num_hidden_layers
         self.num_mtp = c.num_nextn_predict_layers
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
-        layers = [DecoderLayer(c, i) for i in range(c.num_hidden_layers)]
-        layers += [MTPLayer(c, c.num_hidden_layers + d) for d in range(c.num_nextn_predict_layers)]
+        layers = [DecoderLayer(c, i, ctx) for i in range(c.num_hidden_layers)]
+        layers += [MTPLayer(c, c.num_hidden_layers + d, ctx) for d in range(c.num_nextn_predict_layers)]
         self.layers = nn.CellList(layers)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "rms_norm" in c.fused_ops)
         self.rotary_emb = RotaryEmbedding(c)
@@ -135,11 +135,14 @@ def token_nll(logits, targets):
 
 
 class DeepseekForCausalLM(nn.Cell):
-    def __init__(self, config: DeepseekConfig):
+    def __init__(self, config: DeepseekConfig, parallel=None):
+        """`parallel`: a ParallelContext of the explicit executor; this rank then holds only
+        its slices (heads / FFN width over tp, experts over ep). None: the whole model."""
         super().__init__()
         self.config = config
+        self.parallel = parallel
         c = config
-        self.model = DeepseekModel(c)
+        self.model = DeepseekModel(c, parallel)
         self.tie = c.tie_word_embeddings
         if not self.tie:
             self.lm_head = Linear(c.hidden_size, c.vocab_size, False, DTYPES[c.compute_dtype])
@@ -219,22 +222,24 @@ class DeepseekForCausalLM(nn.Cell):
         return save_pretrained(self, directory, layout, dtype)
 
     # ---- initialisation ------------------------------------------------------------------
-    def init_weights(self, seed: int = 0) -> None:
+    def init_weights(self, seed: int = 0, layout=None) -> None:
         """Deterministic init from `seed` (same on every process): N(0, initializer_range) for
         matrices, ones for norms, zeros for biases and the router correction bias. Each
-        parameter draws from its own stream keyed by name, so adding a module never
-        changes the others."""
+        parameter draws from its own stream keyed by name, so adding a module never changes
+        the others. With `layout` (a callable name -> (full shape, slicer)), the full tensor is
+        drawn and this rank keeps its slice, so every parallel layout starts from the same model."""
         std = self.config.initializer_range
         for p in self.get_parameters():
             name = p.name
-            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+            if name.endswith("norm.weight"):
                 continue  # created as ones
             if name.endswith("bias") or p.ndim < 2:
                 p.set_data(ms.Tensor(np.zeros(p.shape, np.float32)))
                 continue
+            full_shape, slicer = layout(name) if layout is not None else (p.shape, None)
             key = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-            rng = np.random.default_rng([seed, key])
-            p.set_data(ms.Tensor(rng.normal(0.0, std, p.shape).astype(np.float32)))
+            values = np.random.default_rng([seed, key]).normal(0.0, std, full_shape).astype(np.float32)
+            p.set_data(ms.Tensor(slicer(values) if slicer is not None else values))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         params = self.trainable_params() if trainable_only else self.get_parameters()

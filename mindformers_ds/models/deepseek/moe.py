@@ -12,6 +12,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ...ops import composite
+from ...parallel.comm import GatherFromGroup, ScatterSumToGroup, ep_info, make
 from .config import DeepseekConfig
 from .layers import DTYPES, MLP, zeros_param
 
@@ -41,15 +42,24 @@ class TopkRouter(nn.Cell):
 
 
 class Experts(nn.Cell):
-    """Routed experts; `gate_up_proj` rows are [gate; up] per expert, as in transformers v5."""
+    """Routed experts; `gate_up_proj` rows are [gate; up] per expert, as in transformers v5.
 
-    def __init__(self, config: DeepseekConfig):
+    With expert parallelism this rank holds experts [ep_rank*E/ep, (ep_rank+1)*E/ep): the
+    tokens of its EP group are gathered, routed to its local experts (choices of other
+    ranks' experts get weight 0), and the group's contributions are summed back per token."""
+
+    def __init__(self, config: DeepseekConfig, ctx=None):
         super().__init__()
         c = config
-        self.num_experts = c.n_routed_experts
-        self.gate_up_proj = zeros_param((c.n_routed_experts, 2 * c.moe_intermediate_size, c.hidden_size),
+        ep, ep_rank = ep_info(ctx)
+        self.num_experts = c.n_routed_experts // ep
+        self.first_expert = ep_rank * self.num_experts
+        self.expert_parallel = ep > 1
+        self.dispatch = make(GatherFromGroup, ctx, "ep")
+        self.combine = make(ScatterSumToGroup, ctx, "ep")
+        self.gate_up_proj = zeros_param((self.num_experts, 2 * c.moe_intermediate_size, c.hidden_size),
                                         "gate_up_proj")
-        self.down_proj = zeros_param((c.n_routed_experts, c.hidden_size, c.moe_intermediate_size), "down_proj")
+        self.down_proj = zeros_param((self.num_experts, c.hidden_size, c.moe_intermediate_size), "down_proj")
         self.block = c.moe_block_size
         self.compute_dtype = DTYPES[c.compute_dtype]
         self.permute, self.unpermute = composite.moe_permute, composite.moe_unpermute
@@ -67,27 +77,34 @@ class Experts(nn.Cell):
             self.act = kernels.swiglu_op()
 
     def construct(self, x2d, topk_idx, topk_weight):
-        """x2d [N, H] -> (combined expert output [N, H], tokens per expert [E])."""
+        """x2d [N, H] -> combined expert output [N, H]."""
+        if self.expert_parallel:
+            # expert ids travel as float32 (exact for these small integers): mccl reduces floats only
+            x2d, topk_weight = self.dispatch(x2d), self.dispatch(topk_weight)
+            topk_idx = self.dispatch(topk_idx.astype(ms.float32)).astype(ms.int32)
+            local = ops.logical_and(topk_idx >= self.first_expert, topk_idx < self.first_expert + self.num_experts)
+            topk_weight = ops.where(local, topk_weight, ops.zeros_like(topk_weight))
+            topk_idx = ops.where(local, topk_idx - self.first_expert, ops.zeros_like(topk_idx))
         n = x2d.shape[0]
-        x_perm, slot_of_row, block_expert, counts = self.permute(
+        x_perm, slot_of_row, block_expert, _ = self.permute(
             x2d.astype(self.compute_dtype), topk_idx, self.num_experts, self.block)
         w_gu = self.gate_up_proj.astype(self.compute_dtype)
         w_down = self.down_proj.astype(self.compute_dtype)
         h = self.act(self.gmm(x_perm, w_gu, block_expert, self.block))
         y = self.gmm(h, w_down, block_expert, self.block)
-        return self.unpermute(y, slot_of_row, topk_weight, n), counts
+        return self.combine(self.unpermute(y, slot_of_row, topk_weight, n))
 
 
 class MoE(nn.Cell):
-    def __init__(self, config: DeepseekConfig):
+    def __init__(self, config: DeepseekConfig, ctx=None):
         super().__init__()
         c = config
         self.gate = TopkRouter(c)
-        self.experts = Experts(c)
+        self.experts = Experts(c, ctx)
         self.has_shared = c.n_shared_experts > 0
         if self.has_shared:
             self.shared_experts = MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts,
-                                      DTYPES[c.compute_dtype], "swiglu" in c.fused_ops)
+                                      DTYPES[c.compute_dtype], "swiglu" in c.fused_ops, ctx)
         self.top_k = c.num_experts_per_tok
         self.num_experts = c.n_routed_experts
         self.aux_alpha = c.aux_loss_alpha
@@ -109,7 +126,10 @@ class MoE(nn.Cell):
         b, s, hdim = x.shape
         x2d = x.reshape(b * s, hdim)
         weights, idx, scores = self.gate(x2d)
-        routed, counts = self.experts(x2d, idx, weights)
+        # the load of this rank's own tokens (data-parallel ranks sum theirs for the bias update)
+        counts = ops.one_hot(idx.reshape(-1), self.num_experts, ops.ones((), ms.int32),
+                             ops.zeros((), ms.int32)).sum(0)
+        routed = self.experts(x2d, idx, weights)
         out = routed.reshape(b, s, hdim).astype(x.dtype)
         if self.has_shared:
             out = out + self.shared_experts(x)

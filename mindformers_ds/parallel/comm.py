@@ -1,0 +1,191 @@
+"""Process groups and the collective cells of the explicit executor.
+
+Ranks are laid out tp-fastest: rank = dp_rank * tp + tp_rank. Expert parallelism is carved
+out of data parallelism: an EP group is `ep` consecutive dp ranks with the same tp rank, so
+each holds E/ep experts; ranks with the same experts form the expert-data-parallel group.
+
+The cells carry their collectives in custom bprops (Megatron's f/g pair, and the
+dispatch/combine pair of MoE), and are identities when their group has one member. On CPU,
+mccl only all-gathers over the world group, so a group all-gather is an all-reduce of
+zero-padded buffers there; on Ascend it is HCCL's all-gather.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import mindspore as ms
+from mindspore import nn, ops
+
+
+@dataclass
+class ParallelContext:
+    world: int
+    rank: int
+    dp: int
+    tp: int
+    ep: int
+    device: str = "CPU"
+    groups: Dict[str, str] = field(default_factory=dict)        # axis -> group name
+    members: Dict[str, List[int]] = field(default_factory=dict)  # axis -> ranks
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp
+
+    @property
+    def ep_rank(self) -> int:
+        return self.dp_rank % self.ep
+
+    def coords(self) -> Dict[str, int]:
+        return {"dp": self.dp_rank, "tp": self.tp_rank, "ep": self.ep_rank, "pp": 0}
+
+    def sizes(self) -> Dict[str, int]:
+        return {"dp": self.dp, "tp": self.tp, "ep": self.ep, "pp": 1}
+
+    def size(self, axis: str) -> int:
+        return len(self.members.get(axis, [self.rank]))
+
+    def index(self, axis: str) -> int:
+        return self.members.get(axis, [self.rank]).index(self.rank)
+
+    @staticmethod
+    def layout_members(world: int, rank: int, dp: int, tp: int, ep: int) -> Dict[str, List[int]]:
+        d, t = rank // tp, rank % tp
+        block = d // ep
+        return {
+            "tp": [d * tp + i for i in range(tp)],
+            "dp": [i * tp + t for i in range(dp)],
+            "ep": [(block * ep + i) * tp + t for i in range(ep)],
+            "edp": [(b * ep + d % ep) * tp + t for b in range(dp // ep)],   # same experts
+        }
+
+    def create_groups(self) -> None:
+        """Create the communication groups this rank belongs to (mccl/HCCL want exactly those)."""
+        from mindspore.communication import create_group
+        self.members = self.layout_members(self.world, self.rank, self.dp, self.tp, self.ep)
+        for axis, ranks in self.members.items():
+            if len(ranks) > 1:
+                name = f"{axis}_" + "_".join(map(str, ranks))
+                if len(ranks) == self.world:
+                    name = "__world__"
+                else:
+                    create_group(name, ranks)
+                self.groups[axis] = name
+
+
+class Identity(nn.Cell):
+    def construct(self, x):
+        return x
+
+
+def _all_reduce(ctx: ParallelContext, axis: str):
+    group = ctx.groups[axis]
+    return ops.AllReduce(ops.ReduceOp.SUM) if group == "__world__" else ops.AllReduce(ops.ReduceOp.SUM, group)
+
+
+class GroupAllGather(nn.Cell):
+    """Concatenate x [n, ...] of every member along axis 0 -> [size * n, ...]."""
+
+    def __init__(self, ctx: ParallelContext, axis: str):
+        super().__init__()
+        self.size, self.index = ctx.size(axis), ctx.index(axis)
+        self.native = ctx.device != "CPU" or ctx.groups[axis] == "__world__"
+        if self.native:
+            group = ctx.groups[axis]
+            self.gather = ops.AllGather() if group == "__world__" else ops.AllGather(group)
+        else:
+            self.reduce = _all_reduce(ctx, axis)
+
+    def construct(self, x):
+        if self.native:
+            return self.gather(x)
+        n = x.shape[0]
+        pieces = ()
+        for i in range(self.size):
+            pieces = pieces + ((x if i == self.index else ops.zeros_like(x)),)
+        return self.reduce(ops.concat(pieces, 0)[:self.size * n])
+
+
+class CopyToGroup(nn.Cell):
+    """f: identity forward, all-reduce of the gradient backward (before a column-parallel op)."""
+
+    def __init__(self, ctx: ParallelContext, axis: str):
+        super().__init__()
+        self.reduce = _all_reduce(ctx, axis)
+
+    def construct(self, x):
+        return x
+
+    def bprop(self, x, out, dout):
+        return (self.reduce(dout),)
+
+
+class ReduceFromGroup(nn.Cell):
+    """g: all-reduce forward, identity backward (after a row-parallel op)."""
+
+    def __init__(self, ctx: ParallelContext, axis: str):
+        super().__init__()
+        self.reduce = _all_reduce(ctx, axis)
+
+    def construct(self, x):
+        return self.reduce(x)
+
+    def bprop(self, x, out, dout):
+        return (dout,)
+
+
+class GatherFromGroup(nn.Cell):
+    """MoE dispatch: every member's tokens [n, ...] -> [size * n, ...]; backward sums the
+    gradient over members and keeps this member's slice (a reduce-scatter)."""
+
+    def __init__(self, ctx: ParallelContext, axis: str):
+        super().__init__()
+        self.gather = GroupAllGather(ctx, axis)
+        self.reduce = _all_reduce(ctx, axis)
+        self.index = ctx.index(axis)
+
+    def construct(self, x):
+        return self.gather(x)
+
+    def bprop(self, x, out, dout):
+        n = x.shape[0]
+        return (self.reduce(dout)[self.index * n:(self.index + 1) * n],)
+
+
+class ScatterSumToGroup(nn.Cell):
+    """MoE combine: sum the members' [size * n, ...] contributions and keep this member's n rows
+    (all-reduce + slice: mccl has no reduce-scatter); backward all-gathers the gradient."""
+
+    def __init__(self, ctx: ParallelContext, axis: str):
+        super().__init__()
+        self.gather = GroupAllGather(ctx, axis)
+        self.reduce = _all_reduce(ctx, axis)
+        self.size, self.index = ctx.size(axis), ctx.index(axis)
+
+    def construct(self, x):
+        n = x.shape[0] // self.size
+        return self.reduce(x)[self.index * n:(self.index + 1) * n]
+
+    def bprop(self, x, out, dout):
+        return (self.gather(dout),)
+
+
+def make(cls, ctx, axis: str):
+    """`cls(ctx, axis)`, or an identity when there is no context or the axis has one member."""
+    if ctx is None or axis not in ctx.groups:
+        return Identity()
+    return cls(ctx, axis)
+
+
+def tp_size(ctx) -> int:
+    return 1 if ctx is None else ctx.tp
+
+
+def ep_info(ctx):
+    """(ep size, ep rank) of a context (1, 0 without one)."""
+    return (1, 0) if ctx is None else (ctx.ep, ctx.ep_rank)

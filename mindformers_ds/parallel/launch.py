@@ -1,0 +1,111 @@
+"""`mfds launch --nproc N [...] -- train --config X.yaml [--set ...]`: msrun with guard rails.
+
+* The layout is validated before any worker starts (world size, divisibility, executor limits).
+* Workers run `python -m`-equivalent `mindformers_ds` with the same interpreter (its directory
+  first on PATH, as msrun starts `python` from PATH).
+* msrun always gets `--cluster_time_out`, and the launcher watches each worker: one that dies
+  (SIGKILL, OOM) without finishing makes the launch stop the job and exit non-zero naming the
+  rank, instead of the survivors waiting in a collective forever.
+* Multi-node: run the same command on every node with `--nnodes`, `--node-rank` and the first
+  node's `--master-addr`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+
+
+def _train_config(train_args: List[str]):
+    """The run config named by the worker command line (to validate it up front)."""
+    from .. import config
+    if not train_args or train_args[0] != "train" or "--config" not in train_args:
+        return None
+    path = train_args[train_args.index("--config") + 1]
+    sets = [train_args[i + 1] for i, a in enumerate(train_args) if a == "--set" and i + 1 < len(train_args)]
+    return config.load(path, sets)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by msrun) counts as dead
+        with open(f"/proc/{pid}/stat", "r") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
+           master_port: int = 8118, log_dir: Optional[str] = None, cluster_timeout: int = 120,
+           poll: float = 0.5) -> int:
+    from ..config import ConfigError
+    world = nproc * nnodes
+    cfg = _train_config(train_args)
+    if cfg is not None:
+        from .explicit import check_explicit_layout
+        if cfg.parallel.executor != "ascend":
+            check_explicit_layout(cfg.parallel, world, cfg.source)
+        elif cfg.parallel.world_size != world:
+            raise ConfigError(cfg.source, "parallel", f"parallel.dp*tp*pp={cfg.parallel.world_size} must equal "
+                              f"--nproc*--nnodes={world}")
+        log_dir = log_dir or os.path.join(cfg.train.output_dir, "logs")
+    log_dir = os.path.abspath(log_dir or "msrun_logs")
+    status_dir = os.path.join(log_dir, "status")
+    os.makedirs(status_dir, exist_ok=True)
+    for f in os.listdir(status_dir):
+        os.unlink(os.path.join(status_dir, f))
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["MFDS_STATUS_DIR"] = status_dir
+    cmd = ["msrun", f"--worker_num={world}", f"--local_worker_num={nproc}", f"--master_addr={master_addr}",
+           f"--master_port={master_port}", f"--node_rank={node_rank}", f"--log_dir={log_dir}", "--join=True",
+           f"--cluster_time_out={cluster_timeout}", WORKER, *train_args]
+    print(f"launch: {world} workers ({nproc} on this node), logs in {log_dir}", flush=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    local_ranks = range(node_rank * nproc, (node_rank + 1) * nproc)
+    dead = None
+    while proc.poll() is None:
+        time.sleep(poll)
+        for r in local_ranks:
+            pid_file = os.path.join(status_dir, f"rank_{r}.pid")
+            done_file = os.path.join(status_dir, f"rank_{r}.done")
+            if os.path.isfile(pid_file) and not os.path.isfile(done_file):
+                try:
+                    pid = int(open(pid_file).read().strip() or 0)
+                except (OSError, ValueError):
+                    continue
+                if pid and not _alive(pid) and not os.path.isfile(done_file):
+                    dead = (r, pid)
+                    break
+        if dead:
+            break
+    if dead:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        print(f"error: worker rank {dead[0]} (pid {dead[1]}) died without finishing; stopped the job "
+              f"(its log: {os.path.join(log_dir, f'worker_{dead[0]}.log')})", file=sys.stderr, flush=True)
+        return 1
+    code = proc.returncode
+    failed = [r for r in local_ranks if os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")) and
+              open(os.path.join(status_dir, f"rank_{r}.done")).read().strip() not in ("0", "")]
+    if code != 0 or failed:
+        which = f" (rank {', '.join(map(str, failed))} exited with an error)" if failed else ""
+        print(f"error: distributed job failed with status {code}{which}; see {log_dir}", file=sys.stderr, flush=True)
+        return code or 1
+    return 0

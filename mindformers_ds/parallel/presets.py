@@ -1,0 +1,80 @@
+"""Cluster presets (`parallel/*.yaml`): a cluster description, a model config and a layout.
+
+    cluster: {nodes, devices_per_node, device, device_memory_gb, peak_tflops_bf16,
+              intra_node_gbps, inter_node_gbps}
+    model: configs/...yaml          (its model section is used)
+    train: {seq_length, micro_batch_size, global_batch_size}
+    parallel: {dp, tp, ep, pp, ...}
+`load_preset` validates it: the layout must fill the cluster exactly and pass every rule of
+the parallel config (heads/experts/layers divisibility) for that model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import yaml
+
+from ..config import ConfigError, RunConfig, load
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    nodes: int
+    devices_per_node: int
+    device: str
+    device_memory_gb: float
+    peak_tflops_bf16: float
+    intra_node_gbps: float
+    inter_node_gbps: float
+
+    @property
+    def devices(self) -> int:
+        return self.nodes * self.devices_per_node
+
+
+@dataclass(frozen=True)
+class Preset:
+    path: str
+    cluster: Cluster
+    run: RunConfig
+    seq_length: int
+    micro_batch_size: int
+    global_batch_size: int
+
+
+def load_preset(path: str, root: Optional[str] = None, run: Optional[RunConfig] = None) -> Preset:
+    """Read and validate a preset. `run` (from `mfds plan --config`) replaces the preset's model."""
+    with open(path, "r", encoding="utf-8") as f:
+        doc: Dict[str, Any] = yaml.safe_load(f) or {}
+    try:
+        cluster = Cluster(**doc["cluster"])
+    except (KeyError, TypeError) as e:
+        raise ConfigError(path, "cluster", f"cluster section is missing or malformed ({e})") from None
+    train = doc.get("train", {})
+    if run is None:
+        model_path = doc.get("model")
+        if not model_path:
+            raise ConfigError(path, "model", "model: path to a run config is required")
+        full = model_path if os.path.isabs(model_path) else os.path.join(root or os.getcwd(), model_path)
+        run = load(full, check_paths=False)
+    from ..config import _build, _mark, _validate
+    origins = {"": path}
+    _mark(doc.get("parallel", {}), "parallel", path, origins)
+    par = _build(type(run.parallel), doc.get("parallel", {}), "parallel", origins)
+    seq = int(train.get("seq_length", run.data.seq_length))
+    run = dataclasses.replace(run, parallel=par, data=dataclasses.replace(run.data, seq_length=seq),
+                              source=path)
+    _validate(run, {"": path, **{k: path for k in origins}}, check_paths=False)
+    if par.world_size != cluster.devices:
+        raise ConfigError(path, "parallel", f"parallel.dp*tp*pp={par.world_size} must equal the cluster's "
+                          f"{cluster.nodes} nodes x {cluster.devices_per_node} devices = {cluster.devices}")
+    mbs = int(train.get("micro_batch_size", 1))
+    gbs = int(train.get("global_batch_size", mbs * par.dp))
+    if gbs % (mbs * par.dp):
+        raise ConfigError(path, "train.global_batch_size", f"train.global_batch_size={gbs} must be a multiple of "
+                          f"micro_batch_size*dp={mbs * par.dp}")
+    return Preset(path, cluster, run, seq, mbs, gbs)

@@ -1,0 +1,199 @@
+"""Distributed checkpoints: per-rank shards described by the layout table.
+
+    step_N/layout.json            dp/tp/ep, each rank's coordinates, each parameter's full
+                                  shape and split {axis: dim}
+    step_N/rank_R/model.safetensors, rank_R/optimizer.safetensors   this rank's slices
+    step_N/config.json, trainer_state.json (last)
+
+Every rank writes its files into the same hidden temp directory; after a barrier rank 0
+writes the layout and state and renames the directory, so a killed job never leaves a
+checkpoint that looks complete. Loading works under any layout: a rank whose layout equals
+the saved one reads its own file; otherwise each tensor is reassembled from the saved pieces
+and cut for the new layout. `mfds convert merge/split` go between this and a single full file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..checkpoint import manager
+from ..checkpoint.safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
+from ..utils.io import atomic_write_json, fsync_dir
+from .layout import ParamLayout, layout_table
+
+LAYOUT_FILE = "layout.json"
+OPT_PREFIXES = ("optimizer.exp_avg.", "optimizer.exp_avg_sq.")
+
+
+def _base(name: str) -> str:
+    for p in OPT_PREFIXES:
+        if name.startswith(p):
+            return name[len(p):]
+    return name
+
+
+def layout_doc(table: Dict[str, ParamLayout], sizes: Dict[str, int], coords: Dict[int, Dict[str, int]]) -> Dict:
+    return {"sizes": sizes, "ranks": {str(r): c for r, c in coords.items()},
+            "params": {n: {"shape": list(p.shape), "split": p.split} for n, p in table.items()}}
+
+
+def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: Sequence, state: Dict,
+                 hf_config: Dict, keep_last: int, table: Dict[str, ParamLayout], barrier) -> str:
+    tmp = os.path.join(root, f".step_{step:08d}.partial")
+    mine = os.path.join(tmp, f"rank_{ctx.rank}")
+    if ctx.rank == 0 and os.path.isdir(tmp):
+        shutil.rmtree(tmp)  # leftovers of an interrupted save
+    barrier()
+    os.makedirs(mine, exist_ok=True)
+    arrays = lambda ps: [(p.name, "F32", np.array(p.asnumpy(), np.float32, order="C")) for p in ps]
+    write_safetensors(os.path.join(mine, "model.safetensors"), arrays(model_params), {"layout": "sharded"})
+    write_safetensors(os.path.join(mine, "optimizer.safetensors"), arrays(opt_params))
+    barrier()
+    final = manager.step_dir(root, step)
+    if ctx.rank == 0:
+        coords = {r: _coords_of(r, ctx) for r in range(ctx.world)}
+        atomic_write_json(os.path.join(tmp, LAYOUT_FILE), layout_doc(table, ctx.sizes(), coords))
+        atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
+        atomic_write_json(os.path.join(tmp, manager.STATE_FILE), dict(state, step=step))
+        fsync_dir(tmp)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+        manager.prune(root, keep_last)
+    barrier()
+    return final
+
+
+def _coords_of(rank: int, ctx) -> Dict[str, int]:
+    d, t = rank // ctx.tp, rank % ctx.tp
+    return {"dp": d, "tp": t, "ep": d % ctx.ep, "pp": 0}
+
+
+class ShardedCheckpoint:
+    """Read full tensors (or any layout's slices) out of a sharded or a full checkpoint."""
+
+    def __init__(self, path: str):
+        self.path = path
+        layout_path = os.path.join(path, LAYOUT_FILE)
+        self.sharded = os.path.isfile(layout_path)
+        if self.sharded:
+            with open(layout_path, "r", encoding="utf-8") as f:
+                self.doc = json.load(f)
+            self.sizes = self.doc["sizes"]
+            self.ranks = {int(r): c for r, c in self.doc["ranks"].items()}
+        self._files: Dict[Tuple[int, str], SafetensorsFile] = {}
+
+    def _file(self, rank: Optional[int], filename: str) -> SafetensorsFile:
+        key = (rank, filename)
+        if key not in self._files:
+            sub = os.path.join(self.path, f"rank_{rank}", filename) if rank is not None else os.path.join(self.path, filename)
+            self._files[key] = SafetensorsFile(sub)
+        return self._files[key]
+
+    def names(self, filename: str) -> List[str]:
+        return self._file(0 if self.sharded else None, filename).keys()
+
+    def full(self, name: str, filename: str) -> np.ndarray:
+        if not self.sharded:
+            return self._file(None, filename).get_f32(name)
+        info = self.doc["params"].get(_base(name))
+        split = info["split"] if info else {}
+        if not split:
+            return self._file(0, filename).get_f32(name)
+        pieces = {}
+        axes = list(split)
+        for r, c in self.ranks.items():
+            key = tuple(c[a] for a in axes)
+            if key not in pieces:
+                pieces[key] = self._file(r, filename).get_f32(name)
+        layout = ParamLayout(name, tuple(info["shape"]), "", {a: int(d) for a, d in split.items()})
+        return layout.unshard(pieces, self.sizes)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+
+def load_into(path: str, filename: str, params: Sequence, table: Optional[Dict[str, ParamLayout]], ctx) -> int:
+    """Set this rank's `params` (model or optimizer state) from a checkpoint of any layout."""
+    import mindspore as ms
+    ck = ShardedCheckpoint(path)
+    try:
+        same = ck.sharded and ctx is not None and ck.sizes == ctx.sizes() and ck.ranks.get(ctx.rank) == ctx.coords()
+        for p in params:
+            if same:
+                arr = ck._file(ctx.rank, filename).get_f32(p.name)
+            else:
+                arr = ck.full(p.name, filename)
+                base = table.get(_base(p.name)) if table else None
+                if base is not None and ctx is not None:
+                    arr = base.shard(arr, ctx.sizes(), ctx.coords())
+            if tuple(arr.shape) != tuple(p.shape):
+                raise CheckpointError(f"{path}: tensor {p.name!r} has shape {list(arr.shape)} for this rank, expected "
+                                      f"{list(p.shape)} (checkpoint of another architecture?)")
+            p.set_data(ms.Tensor(arr))
+    finally:
+        ck.close()
+    return len(params)
+
+
+def merge_checkpoint(src: str, dst: str) -> str:
+    """Sharded checkpoint -> one full checkpoint (the single-process format)."""
+    ck = ShardedCheckpoint(src)
+    if not ck.sharded:
+        raise CheckpointError(f"{src}: no {LAYOUT_FILE}; not a sharded checkpoint")
+    try:
+        os.makedirs(dst, exist_ok=True)
+        for filename in ("model.safetensors", "optimizer.safetensors"):
+            if not os.path.isfile(os.path.join(src, "rank_0", filename)):
+                continue
+            items = [(n, "F32", ck.full(n, filename)) for n in ck.names(filename)]
+            write_safetensors(os.path.join(dst, filename), items, {"layout": "mindspore"})
+    finally:
+        ck.close()
+    for side in ("config.json", manager.STATE_FILE):
+        if os.path.isfile(os.path.join(src, side)):
+            shutil.copyfile(os.path.join(src, side), os.path.join(dst, side))
+    return f"merged {len(ck.ranks)} ranks of {src} into {dst}"
+
+
+def split_checkpoint(src: str, dst: str, cfg) -> str:
+    """A full (or differently sharded) checkpoint -> the shards of `cfg.parallel` (dp x tp ranks)."""
+    from .comm import ParallelContext
+    from .explicit import check_explicit_layout
+    par = cfg.parallel
+    world = par.dp * par.tp
+    check_explicit_layout(par, world, cfg.source)
+    table = layout_table(cfg.model, par)
+    ck = ShardedCheckpoint(src)
+    try:
+        os.makedirs(dst, exist_ok=True)
+        coords = {}
+        for rank in range(world):
+            ctx = ParallelContext(world, rank, par.dp, par.tp, par.ep)
+            coords[rank] = ctx.coords()
+            for filename in ("model.safetensors", "optimizer.safetensors"):
+                src_file = os.path.join(src, "rank_0" if ck.sharded else "", filename)
+                if not os.path.isfile(src_file):
+                    continue
+                items = []
+                for n in ck.names(filename):
+                    arr = ck.full(n, filename)
+                    if _base(n) in table:
+                        arr = table[_base(n)].shard(arr, ctx.sizes(), ctx.coords())
+                    items.append((n, "F32", np.array(arr, np.float32, order="C")))
+                write_safetensors(os.path.join(dst, f"rank_{rank}", filename), items, {"layout": "sharded"})
+        atomic_write_json(os.path.join(dst, LAYOUT_FILE), layout_doc(table, {"dp": par.dp, "tp": par.tp, "ep": par.ep,
+                                                                          "pp": 1}, coords))
+    finally:
+        ck.close()
+    for side in ("config.json", manager.STATE_FILE):
+        if os.path.isfile(os.path.join(src, side)):
+            shutil.copyfile(os.path.join(src, side), os.path.join(dst, side))
+    return f"split {src} into {world} rank shards in {dst}"

@@ -1,0 +1,143 @@
+"""The explicit executor under real msrun (mccl on CPU): every layout reproduces a single-process
+run on the same global batch, step by step, and shards merge back to the same weights."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from mindformers_ds.checkpoint import manager
+from mindformers_ds.checkpoint.safetensors_io import SafetensorsFile
+from mindformers_ds.parallel.shards import merge_checkpoint
+from mindformers_ds.utils.logging import read_metrics
+
+CFG = os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml")
+GLOBAL_ROWS = 8
+PORT = [8400 + (os.getpid() % 200) * 5]
+
+
+def sets(out, dp=1, tp=1, ep=1, steps=4, extra=()):
+    return ["--set", f"train.output_dir={out}", "--set", f"parallel.dp={dp}", "--set", f"parallel.tp={tp}",
+            "--set", f"parallel.ep={ep}", "--set", f"train.micro_batch_size={GLOBAL_ROWS // dp}",
+            "--set", f"train.max_steps={steps}", "--set", "train.resume=auto", *extra]
+
+
+def train(out, dp=1, tp=1, ep=1, steps=4, extra=(), timeout=600):
+    world = dp * tp
+    cmd = [sys.executable, "-m", "mindformers_ds"]
+    if world > 1:
+        PORT[0] += 1
+        cmd += ["launch", "--nproc", str(world), "--master-port", str(PORT[0]), "--cluster-timeout", "60", "--"]
+    cmd += ["train", "--config", CFG, *sets(out, dp, tp, ep, steps, extra)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def losses(out):
+    return {r["step"]: r["loss"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r}
+
+
+def full_weights(out, tmp):
+    ck = manager.latest(os.path.join(out, "checkpoints"))
+    if os.path.isfile(os.path.join(ck, "layout.json")):
+        merged = os.path.join(tmp, os.path.basename(out) + "_merged")
+        merge_checkpoint(ck, merged)
+        ck = merged
+    with SafetensorsFile(os.path.join(ck, "model.safetensors")) as f:
+        return {n: f.get_f32(n) for n in f.keys()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("single") / "run")
+    train(out)
+    return out
+
+
+def assert_same_run(out, ref, tmp, steps=range(1, 5)):
+    a, b = losses(ref), losses(out)
+    np.testing.assert_allclose([b[s] for s in steps], [a[s] for s in steps], rtol=1e-5, atol=0)
+    wa, wb = full_weights(ref, tmp), full_weights(out, tmp)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        scale = max(np.abs(wa[name]).max(), 1e-6)
+        assert np.abs(wb[name] - wa[name]).max() <= 1e-5 * scale, name
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("layout", [dict(dp=2), dict(tp=2), dict(dp=2, ep=2)], ids=["dp2", "tp2", "ep2"])
+def test_two_workers_match_a_single_process(layout, reference, tmp_path):
+    out = str(tmp_path / "run")
+    train(out, **layout)
+    ck = manager.latest(os.path.join(out, "checkpoints"))
+    assert sorted(os.listdir(ck)) == ["config.json", "layout.json", "rank_0", "rank_1", "trainer_state.json"]
+    if "tp" in layout:  # each rank holds half of the heads' projections
+        with SafetensorsFile(os.path.join(ck, "rank_1", "model.safetensors")) as f:
+            assert f.info("model.layers.0.self_attn.kv_b_proj.weight")[1][0] == 4 * (32 + 32) // 2
+    if "ep" in layout:  # and half of the experts
+        with SafetensorsFile(os.path.join(ck, "rank_0", "model.safetensors")) as f:
+            assert f.info("model.layers.1.mlp.experts.gate_up_proj")[1][0] == 4
+    assert_same_run(out, reference, str(tmp_path))
+
+
+@pytest.mark.timeout(1200)
+def test_four_workers_and_resume_under_other_layouts(reference, tmp_path):
+    # DP=2 x EP=2 on 4 workers (four data-parallel ranks, experts split in pairs)
+    out = str(tmp_path / "dp4ep2")
+    train(out, dp=4, ep=2)
+    assert_same_run(out, reference, str(tmp_path))
+    # save under DP=2 x TP=2 after 2 steps ...
+    saved = str(tmp_path / "dp2tp2")
+    train(saved, dp=2, tp=2, steps=2)
+    assert manager.complete_steps(os.path.join(saved, "checkpoints")) == [2]
+    # ... resume under EP=2, and under a single process: the losses continue exactly
+    for name, layout in (("resume_ep2", dict(dp=2, ep=2)), ("resume_single", {})):
+        out = str(tmp_path / name)
+        os.makedirs(os.path.join(out, "checkpoints"))
+        os.symlink(os.path.join(saved, "checkpoints", "step_00000002"), os.path.join(out, "checkpoints", "step_00000002"))
+        import shutil
+        shutil.copy(os.path.join(saved, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
+        train(out, **layout)
+        assert_same_run(out, reference, str(tmp_path))
+
+
+@pytest.mark.timeout(600)
+def test_a_dead_worker_fails_the_launch_naming_the_rank(tmp_path):
+    PORT[0] += 1
+    cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--master-port", str(PORT[0]),
+           "--cluster-timeout", "60", "--", "train", "--config", CFG,
+           *sets(str(tmp_path / "run"), dp=2, steps=200)]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status = os.path.join(str(tmp_path / "run"), "logs", "status")
+    t0 = time.time()
+    while not os.path.isfile(os.path.join(status, "rank_1.pid")) or not os.path.isfile(
+            os.path.join(str(tmp_path / "run"), "metrics.jsonl")):
+        assert p.poll() is None and time.time() - t0 < 300
+        time.sleep(0.5)
+    os.kill(int(open(os.path.join(status, "rank_1.pid")).read()), signal.SIGKILL)
+    t_kill = time.time()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    assert "worker rank 1" in err and "died" in err
+    assert time.time() - t_kill < 60   # well within msrun's cluster timeout
+
+
+def test_bad_layout_fails_before_any_worker_starts(tmp_path):
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--", "train", "--config",
+                        CFG, "--set", f"train.output_dir={tmp_path}", "--set", "parallel.tp=3"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: --set: parallel.tp=3 must divide model.num_attention_heads=4"
+    assert not os.path.exists(os.path.join(str(tmp_path), "logs"))
+    r = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "4", "--", "train", "--config",
+                        CFG, "--set", f"train.output_dir={tmp_path}", "--set", "parallel.dp=2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "parallel.dp*parallel.tp=2 must equal the number of workers (4)" in r.stderr
