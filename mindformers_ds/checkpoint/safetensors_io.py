@@ -135,21 +135,25 @@ class SafetensorsFile:
         _, _, b, e = self.entries[name]
         return e - b
 
-    def _read(self, offset: int, nbytes: int) -> bytes:
+    def _read(self, offset: int, nbytes: int) -> np.ndarray:
+        """nbytes at `offset` of the data section, read straight into a fresh numpy buffer."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        data = os.pread(self._fd, nbytes, self.data_start + offset)
-        if len(data) != nbytes:
-            raise CheckpointError(f"{self.path}: short read at byte {self.data_start + offset} (file changed?)")
-        return data
+        buf = np.empty(nbytes, np.uint8)
+        view, done = memoryview(buf), 0
+        while done < nbytes:
+            got = os.preadv(self._fd, [view[done:]], self.data_start + offset + done)
+            if got <= 0:
+                raise CheckpointError(f"{self.path}: short read at byte {self.data_start + offset + done} (file changed?)")
+            done += got
+        return buf
 
     def get(self, name: str, copy: bool = True) -> Tagged:
         """(tag, storage array), read with pread (not mmap, so memory stays bounded)."""
         if name not in self.entries:
             raise CheckpointError(f"{self.path}: tensor {name!r} not found")
         tag, shape, b, e = self.entries[name]
-        arr = np.frombuffer(bytearray(self._read(b, e - b)), dtype=DTYPES[tag]).reshape(shape)
-        return tag, arr
+        return tag, self._read(b, e - b).view(DTYPES[tag]).reshape(shape)
 
     def get_rows(self, name: str, index: int, row_start: int = 0, row_end: Optional[int] = None) -> Tagged:
         """Rows [row_start, row_end) of slice `index` along axis 0 of a >=2-D tensor, reading only
@@ -161,7 +165,7 @@ class SafetensorsFile:
         row_end = inner[0] if row_end is None else row_end
         start = b + index * inner[0] * row_bytes + row_start * row_bytes
         data = self._read(start, (row_end - row_start) * row_bytes)
-        return tag, np.frombuffer(bytearray(data), dtype=DTYPES[tag]).reshape((row_end - row_start,) + inner[1:])
+        return tag, data.view(DTYPES[tag]).reshape((row_end - row_start,) + inner[1:])
 
     def get_f32(self, name: str) -> np.ndarray:
         tag, arr = self.get(name)
@@ -231,11 +235,11 @@ def write_safetensors_stream(path: str, entries, metadata: Optional[Dict[str, st
                 for piece in pieces:
                     if piece.dtype != DTYPES[tag]:
                         raise CheckpointError(f"{path}: tensor {name!r} piece has dtype {piece.dtype}, expected {tag}")
-                    buf = np.ascontiguousarray(piece).tobytes()
-                    f.write(buf)
-                    got += len(buf)
+                    piece = np.ascontiguousarray(piece)
+                    f.write(memoryview(piece.reshape(-1).view(np.uint8)))  # no copy
+                    got += piece.nbytes
                     if progress is not None:
-                        progress(len(buf))
+                        progress(piece.nbytes)
                 if got != want:
                     raise CheckpointError(f"{path}: tensor {name!r} produced {got} bytes, expected {want}")
     return 8 + len(raw) + offset
