@@ -80,8 +80,8 @@ def moe_permute(x, topk_idx, num_experts: int, block: int):
     x_perm = ops.gather(x_pad, slot_of_row // k, 0)
     block_start = ops.arange(p // block, dtype=ms.int32) * block
     block_expert = (pad_end.expand_dims(0) <= block_start.expand_dims(1)).astype(ms.int32).sum(1)
-    block_expert = ops.minimum(block_expert, num_experts - 1)
-    return x_perm, slot_of_row, block_expert, counts
+    block_expert = ops.minimum(block_expert, num_experts - 1).astype(ms.int32)  # sums widen to int64
+    return x_perm, slot_of_row, block_expert, counts.astype(ms.int32)
 
 
 def grouped_matmul(x_perm, weight, block_expert, block: int):

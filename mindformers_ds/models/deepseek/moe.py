@@ -33,7 +33,7 @@ class TopkRouter(nn.Cell):
         self.topk = composite.router_topk
         if "router_topk" in c.fused_ops:
             from ...ops import kernels
-            self.topk = kernels.router_topk_op(*self.args)
+            self.topk = kernels.router_topk_op(*self.args, c.n_routed_experts, self.has_bias)
 
     def construct(self, x2d):
         logits = self.matmul(x2d.astype(ms.float32), self.weight.astype(ms.float32))
@@ -67,8 +67,10 @@ class Experts(nn.Cell):
         self.act = composite.swiglu
         if "moe_permute" in c.fused_ops:
             from ...ops import kernels
-            self.permute, self.unpermute = kernels.moe_permute_op(), kernels.moe_unpermute_op()
-            self.block = 1  # the kernels keep groups contiguous without padding
+            permute, unpermute = kernels.moe_permute_op(self.num_experts), kernels.moe_unpermute_op()
+            if permute is not None and unpermute is not None:
+                self.permute, self.unpermute = permute, unpermute
+                self.block = 1  # the kernels keep groups contiguous without padding
         if "grouped_matmul" in c.fused_ops:
             from ...ops import kernels
             self.gmm = kernels.grouped_matmul_op()

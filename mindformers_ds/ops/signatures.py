@@ -1,0 +1,57 @@
+"""One table of every custom operator's interface: kernel names per target and the inputs /
+outputs (name, dtype). The CPU faces, the Ascend registration (`CustomRegOp`) and the
+consistency check (tools/check_ops.py, against ops/ascendc/<op>/<op>.json and op_host) all
+read it, so the three cannot drift apart silently.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+IO = List[Tuple[str, str]]
+
+SIGNATURES: Dict[str, Dict] = {
+    "rms_norm": dict(cpu="RmsNorm", cpu_grad="RmsNormGrad", ascend="MfdsRmsNorm", ascend_grad="MfdsRmsNormGrad",
+                     inputs=[("x", "float"), ("gamma", "float"), ("eps", "float32")],
+                     outputs=[("y", "float"), ("rstd", "float32")],
+                     grad_inputs=[("dy", "float"), ("x", "float"), ("gamma", "float"), ("rstd", "float32")],
+                     grad_outputs=[("dx", "float"), ("dgamma", "float")]),
+    "swiglu": dict(cpu="Swiglu", cpu_grad="SwigluGrad", ascend="MfdsSwiglu", ascend_grad="MfdsSwigluGrad",
+                   inputs=[("gate_up", "float")], outputs=[("y", "float")],
+                   grad_inputs=[("gate_up", "float"), ("dy", "float")], grad_outputs=[("dgate_up", "float")]),
+    "rope": dict(cpu="Rope", cpu_grad="RopeGrad", ascend="MfdsRope", ascend_grad="MfdsRopeGrad",
+                 inputs=[("x", "float"), ("cos", "float"), ("sin", "float"), ("mode", "float32")],
+                 outputs=[("y", "float")],
+                 grad_inputs=[("dy", "float"), ("cos", "float"), ("sin", "float"), ("mode", "float32")],
+                 grad_outputs=[("dx", "float")]),
+    "moe_permute": dict(cpu="MoePermute", cpu_grad="MoePermuteGrad", ascend="MfdsMoePermute",
+                        ascend_grad="MfdsMoePermuteGrad",
+                        inputs=[("x", "float"), ("expert_idx", "int32")],
+                        outputs=[("x_perm", "float"), ("slot", "int32"), ("row_expert", "int32"), ("counts", "int32")],
+                        grad_inputs=[("dx_perm", "float"), ("slot", "int32"), ("expert_idx", "int32")],
+                        grad_outputs=[("dx", "float")]),
+    "moe_unpermute": dict(cpu="MoeUnpermute", cpu_grad="MoeUnpermuteGrad", ascend="MfdsMoeUnpermute",
+                          ascend_grad="MfdsMoeUnpermuteGrad",
+                          inputs=[("y_perm", "float"), ("slot", "int32"), ("weight", "float32")],
+                          outputs=[("out", "float")],
+                          grad_inputs=[("dout", "float"), ("y_perm", "float"), ("slot", "int32"), ("weight", "float32")],
+                          grad_outputs=[("dy_perm", "float"), ("dweight", "float32")]),
+    "grouped_matmul": dict(cpu="GroupedMatmul", cpu_grad="GroupedMatmulGradX|GroupedMatmulGradW",
+                           ascend="MfdsGroupedMatmul", ascend_grad="MfdsGroupedMatmulGrad",
+                           inputs=[("x", "float"), ("weight", "float"), ("block_expert", "int32")],
+                           outputs=[("y", "float")],
+                           grad_inputs=[("dy", "float"), ("x", "float"), ("weight", "float"), ("block_expert", "int32")],
+                           grad_outputs=[("dx", "float"), ("dweight", "float")]),
+    "router_topk": dict(cpu="RouterTopk", cpu_grad="RouterTopkGrad", ascend="MfdsRouterTopk",
+                        ascend_grad="MfdsRouterTopkGrad",
+                        inputs=[("logits", "float32"), ("bias", "float32"), ("params", "float32")],
+                        outputs=[("weights", "float32"), ("indices", "int32"), ("scores", "float32")],
+                        grad_inputs=[("logits", "float32"), ("scores", "float32"), ("indices", "int32"),
+                                     ("dweights", "float32"), ("dscores", "float32"), ("params", "float32")],
+                        grad_outputs=[("dlogits", "float32"), ("dbias", "float32")]),
+    "fp8_block_dequant": dict(cpu="Fp8BlockDequant", cpu_grad=None, ascend="MfdsFp8BlockDequant", ascend_grad=None,
+                              inputs=[("codes", "uint8"), ("scale", "float32")], outputs=[("out", "float32")],
+                              grad_inputs=[], grad_outputs=[]),
+}
+
+# "float": the op's compute dtype (float32 on CPU; float16/bfloat16/float32 on Ascend)
+ASCEND_FLOAT = ("float16", "bfloat16", "float32")

@@ -1,0 +1,219 @@
+"""Fused CPU kernels against the composite MindSpore operators: forward and gradients within
+1e-5 on odd shapes (sizes that are not multiples of the vector width, empty expert groups),
+a property test for permute/unpermute, and the whole model with every fused op on vs off."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import mindspore as ms
+from hypothesis import given, settings, strategies as st
+from mindspore import nn, ops, Tensor
+
+from conftest import ROOT, random_ids
+from mindformers_ds.ops import build, composite, kernels
+from mindformers_ds.checkpoint.fp8 import block_dequant, block_quant
+
+pytestmark = pytest.mark.skipif(build.library() is None, reason="the CPU kernel library could not be built")
+RNG = np.random.default_rng(0)
+
+
+def t(*shape, dtype=np.float32, scale=1.0):
+    return Tensor((RNG.standard_normal(shape) * scale).astype(dtype))
+
+
+class Loss(nn.Cell):
+    """sum(f(*inputs) * cotangent) for each output, so grad_all gives every input gradient."""
+
+    def __init__(self, fn, cots):
+        super().__init__()
+        self.fn = fn
+        self.cots = cots
+
+    def construct(self, *args):
+        out = self.fn(*args)
+        if not isinstance(out, tuple):
+            out = (out,)
+        total = ops.zeros((), ms.float32)
+        for i in range(len(self.cots)):
+            total = total + (out[i].astype(ms.float32) * self.cots[i]).sum()
+        return total
+
+
+def compare(fused, reference, inputs, cots, grad_positions, atol=1e-5):
+    outs_f, outs_r = fused(*inputs), reference(*inputs)
+    outs_f = outs_f if isinstance(outs_f, tuple) else (outs_f,)
+    outs_r = outs_r if isinstance(outs_r, tuple) else (outs_r,)
+    for a, b in zip(outs_f, outs_r):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), atol=atol, rtol=1e-5)
+    gf = ms.grad(Loss(fused, cots), grad_position=grad_positions)(*inputs)
+    gr = ms.grad(Loss(reference, cots), grad_position=grad_positions)(*inputs)
+    gf = gf if isinstance(gf, tuple) else (gf,)
+    gr = gr if isinstance(gr, tuple) else (gr,)
+    for a, b in zip(gf, gr):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), atol=atol, rtol=1e-5)
+
+
+class Call(nn.Cell):
+    def __init__(self, fn, *consts):
+        super().__init__()
+        self.fn, self.consts = fn, consts
+
+    def construct(self, *args):
+        return self.fn(*args, *self.consts)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (2, 5, 33), (1, 1, 64)])
+def test_rms_norm(shape):
+    x, w = t(*shape), t(shape[-1])
+    fused = Call(kernels.rms_norm_op(1e-6), 1e-6)
+    assert isinstance(fused.fn, kernels.FusedRMSNorm)
+    compare(fused, Call(composite.rms_norm, 1e-6), (x, w), [t(*shape)], (0, 1))
+
+
+@pytest.mark.parametrize("shape", [(5, 26), (2, 3, 16), (1, 2)])
+def test_swiglu(shape):
+    fused = Call(kernels.swiglu_op())
+    compare(fused, Call(composite.swiglu), (t(*shape),), [t(*shape[:-1], shape[-1] // 2)], (0,))
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+@pytest.mark.parametrize("heads", [3, 1])
+def test_rope(interleave, heads):
+    x = t(2, heads, 5, 6)
+    angle = RNG.uniform(-3, 3, (2, 1, 5, 3)).astype(np.float32)
+    cos, sin = Tensor(np.cos(angle)), Tensor(np.sin(angle))
+    fused = Call(kernels.rope_op(interleave), interleave)
+    compare(fused, Call(composite.apply_rope, interleave), (x, cos, sin), [t(2, heads, 5, 6)], (0,))
+
+
+class ExpertPipeline(nn.Cell):
+    """permute -> grouped matmul -> swiglu -> grouped matmul -> unpermute, as the MoE layer runs them."""
+
+    def __init__(self, permute, unpermute, gmm, num_experts, block):
+        super().__init__()
+        self.permute, self.unpermute, self.gmm = permute, unpermute, gmm
+        self.num_experts, self.block = num_experts, block
+
+    def construct(self, x, idx, w, w_gu, w_down):
+        xp, slot, be, counts = self.permute(x, idx, self.num_experts, self.block)
+        h = composite.swiglu(self.gmm(xp, w_gu, be, self.block))
+        return self.unpermute(self.gmm(h, w_down, be, self.block), slot, w, x.shape[0]), counts
+
+
+expert_pipeline = ExpertPipeline
+
+
+@pytest.mark.parametrize("n,k,e,h,inter", [(7, 2, 5, 11, 6), (13, 3, 8, 9, 5), (1, 1, 4, 3, 2)])
+def test_moe_dispatch_and_grouped_matmul(n, k, e, h, inter):
+    # experts 0..e-1 but tokens only ever choose a few of them: empty groups on both paths
+    idx = np.stack([RNG.choice(np.arange(0, e, 2) if e > 2 else np.arange(e), k, replace=False)
+                    for _ in range(n)]).astype(np.int32)
+    inputs = (t(n, h), Tensor(idx), t(n, k), t(e, 2 * inter, h, scale=0.3), t(e, h, inter, scale=0.3))
+    fused = expert_pipeline(kernels.moe_permute_op(e), kernels.moe_unpermute_op(), kernels.grouped_matmul_op(), e, 1)
+    ref = expert_pipeline(composite.moe_permute, composite.moe_unpermute, composite.grouped_matmul, e, 4)
+    compare(fused, ref, inputs, [t(n, h), Tensor(np.zeros(e, np.int32))], (0, 2, 3, 4))
+    # grouped matmul on the composite's padded blocks too (the fused op accepts any block size)
+    mixed = expert_pipeline(composite.moe_permute, composite.moe_unpermute, kernels.grouped_matmul_op(), e, 4)
+    compare(mixed, ref, inputs, [t(n, h), Tensor(np.zeros(e, np.int32))], (0, 2, 3, 4))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 9), k=st.integers(1, 3), e=st.integers(3, 7), h=st.integers(1, 13), seed=st.integers(0, 10 ** 6))
+def test_unpermute_inverts_permute(n, k, e, h, seed):
+    rng = np.random.default_rng(seed)
+    k = min(k, e)
+    idx = np.stack([rng.choice(e, k, replace=False) for _ in range(n)]).astype(np.int32)
+    x = rng.standard_normal((n, h)).astype(np.float32)
+    onehot = np.zeros((n, k), np.float32)
+    onehot[:, rng.integers(0, k)] = 1.0     # weight 1 on one of each token's copies
+    xp, slot, row_expert, counts = _PERMUTE[e](Tensor(x), Tensor(idx), e, 1)
+    assert counts.asnumpy().tolist() == np.bincount(idx.reshape(-1), minlength=e).tolist()
+    assert (np.diff(row_expert.asnumpy()) >= 0).all()                       # grouped by expert
+    back = _UNPERMUTE(xp, slot, Tensor(onehot), n).asnumpy()
+    np.testing.assert_array_equal(back, x)
+
+
+_PERMUTE = {e: kernels.moe_permute_op(e) for e in range(3, 8)} if build.library() else {}
+_UNPERMUTE = kernels.moe_unpermute_op() if build.library() else None
+
+
+@pytest.mark.parametrize("case", ["v3", "v2_greedy", "v2_group", "v3_nonorm"])
+def test_router_topk(case):
+    n, e = 9, 12
+    args = {"v3": (4, 4, 2, "sigmoid", "noaux_tc", True, 2.5), "v2_greedy": (3, 1, 1, "softmax", "greedy", False, 1.0),
+            "v2_group": (3, 4, 2, "softmax", "group_limited_greedy", True, 1.0),
+            "v3_nonorm": (2, 1, 1, "sigmoid", "noaux_tc", False, 1.5)}[case]
+    has_bias = args[3] == "sigmoid"
+    logits, bias = t(n, e), t(e, scale=0.1)
+    fused = kernels.router_topk_op(*args, e, has_bias)
+    assert isinstance(fused, kernels.FusedRouterTopk)
+
+    class R(nn.Cell):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def construct(self, lg, b):
+            w, i, s = self.fn(lg, b if has_bias else None, *args)
+            return w, s, i
+
+    f, r = R(fused), R(composite.router_topk)
+    wf, sf, i_f = f(logits, bias)
+    wr, sr, ir = r(logits, bias)
+    np.testing.assert_array_equal(i_f.asnumpy(), ir.asnumpy())   # same experts, same order
+    compare(f, r, (logits, bias), [t(n, args[0]), t(n, e)], (0,))
+
+
+def test_fp8_dequant_kernel():
+    w = RNG.standard_normal((200, 300)).astype(np.float32)
+    codes, scale = block_quant(w)
+    ref = block_dequant(codes, scale)
+    np.testing.assert_array_equal(kernels.fp8_block_dequant(codes, scale), ref)
+    op = kernels.fp8_block_dequant_op()
+    np.testing.assert_array_equal(op(Tensor(codes), Tensor(scale)).asnumpy(), ref)
+
+
+def test_stale_or_failed_build_falls_back(tmp_path, monkeypatch, caplog):
+    """A changed source gets a new library; a broken one falls back to the composite op."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in os.listdir(build.SRC_DIR):
+        (src / f).write_text(open(os.path.join(build.SRC_DIR, f)).read())
+    monkeypatch.setenv("MFDS_OPS_CACHE", str(tmp_path / "cache"))
+    first = build.build(str(src))
+    with open(src / "swiglu.cc", "a") as f:
+        f.write("\n// touched\n")
+    second = build.build(str(src))
+    assert first != second and os.path.isfile(second)        # rebuilt under a new fingerprint
+    with open(src / "swiglu.cc", "a") as f:
+        f.write("\nthis is not C++\n")
+    with pytest.raises(build.KernelBuildError, match="compiling .* failed"):
+        build.build(str(src))
+    assert build.library(str(src)) is None                   # reported once, no exception
+    monkeypatch.setattr(build, "library", lambda *a: None)
+    assert kernels.swiglu_op() is composite.swiglu
+
+
+def test_model_with_all_fused_ops_matches():
+    from mindformers_ds import config
+    from mindformers_ds.models.deepseek import DeepseekForCausalLM
+    from test_train_step import make_step, step_inputs
+    base = config.load(os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml"))
+    losses = {}
+    for fused in (False, True):
+        sets = ["model.fused_ops=[rms_norm, swiglu, rope, moe_permute, grouped_matmul, router_topk]"] if fused else []
+        cfg = config.load(os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml"), sets)
+        model = DeepseekForCausalLM(cfg.model.model_config())
+        model.init_weights(0)
+        ids = random_ids(4, 32, cfg.model.vocab_size, seed=1)
+        logits = model(Tensor(ids)).asnumpy()
+        step, *_ = make_step(model, bias_rate=0.001)
+        losses[fused] = [logits]
+        for s in range(10):
+            batch = random_ids(4, 32, cfg.model.vocab_size, seed=100 + s)
+            outs, _, _ = step(*step_inputs(batch, batch), Tensor(1e-3, ms.float32))
+            losses[fused].append(float(outs[1].asnumpy() / outs[2].asnumpy()))
+    np.testing.assert_allclose(losses[True][0], losses[False][0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(losses[True][1:], losses[False][1:], rtol=1e-5, atol=0)
