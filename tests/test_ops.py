@@ -12,8 +12,8 @@ from hypothesis import given, settings, strategies as st
 from mindspore import nn, ops, Tensor
 
 from conftest import ROOT, random_ids
-from mindformers_ds.ops import build, composite, kernels
-from mindformers_ds.checkpoint.fp8 import block_dequant, block_quant
+from mindformers_ds.ops import build, composite, kernels, native
+from mindformers_ds.checkpoint.fp8 import block_dequant, block_dequant_numpy, block_quant
 
 pytestmark = pytest.mark.skipif(build.library() is None, reason="the CPU kernel library could not be built")
 RNG = np.random.default_rng(0)
@@ -167,10 +167,14 @@ def test_router_topk(case):
 
 
 def test_fp8_dequant_kernel():
+    """Ragged edge blocks (200x300 = 2x3 blocks, the last ones partial) and every code,
+    NaN included: the kernel the converter uses is bit-identical to the numpy decode."""
     w = RNG.standard_normal((200, 300)).astype(np.float32)
     codes, scale = block_quant(w)
-    ref = block_dequant(codes, scale)
-    np.testing.assert_array_equal(kernels.fp8_block_dequant(codes, scale), ref)
+    codes[0, :256] = np.arange(256, dtype=np.uint8)
+    ref = block_dequant_numpy(codes, scale)
+    np.testing.assert_array_equal(native.fp8_block_dequant(codes, scale), ref)
+    np.testing.assert_array_equal(block_dequant(codes, scale), ref)  # the converter's path
     op = kernels.fp8_block_dequant_op()
     np.testing.assert_array_equal(op(Tensor(codes), Tensor(scale)).asnumpy(), ref)
 

