@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install install-test demo test bench clean
+.PHONY: install install-test browser demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e ".[test]"
+	@$(MAKE) --no-print-directory browser
 	touch $@
+
+# Headless Chromium renders `mfds report` pages in the tests. Best effort: without root (or
+# passwordless sudo) or apt it is skipped, and the render test says so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  command -v apt-get >/dev/null 2>&1 && \
+	  ( $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium ) >/dev/null 2>&1 \
+	  && echo "installed chromium (for the report render test)" \
+	  || echo "note: chromium not installed; the report render test will be skipped"; }
 
 install: $(VENV)/.installed
 

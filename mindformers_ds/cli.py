@@ -17,7 +17,8 @@ def _user_errors():
     from .config import ConfigError
     from .data.datasets import DataError
     from .data.tokenizer import TokenizerError
-    return (ConfigError, DataError, TokenizerError, CheckpointError)
+    from .observe.report import ReportError
+    return (ConfigError, DataError, TokenizerError, CheckpointError, ReportError)
 
 
 def cmd_train(a) -> int:
@@ -130,6 +131,36 @@ def cmd_lora(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from .observe.report import build_report
+    res = build_report(a.run_dir, a.out)
+    print(f"{res['html']} ({len(res['figures'])} figures: {', '.join(res['figures'])})")
+    return 0
+
+
+def cmd_plan(a) -> int:
+    from . import config
+    from .parallel.presets import load_preset
+    from .plan.estimate import plan_layout
+    from .plan.render import format_plan, format_ranking
+    from .plan.search import search
+    run = config.load(a.config, a.set, check_paths=False) if a.config else None
+    preset = load_preset(a.cluster, os.getcwd(), run)
+    c = preset.cluster
+    p = plan_layout(preset.run.model.model_config(), preset.run.parallel, c, preset.micro_batch_size,
+                    preset.seq_length, preset.global_batch_size, preset.run.lora)
+    ranked = search(preset, a.top) if a.search else []
+    if a.json:
+        print(json.dumps({"cluster": c.name, "plan": p.as_dict(), "search": [r.as_dict() for r in ranked]}))
+        return 0
+    print(f"{c.name}: {c.devices} x {c.device}, seq {preset.seq_length}, micro-batch {preset.micro_batch_size}, "
+          f"global batch {preset.global_batch_size}")
+    print(format_plan(p, c.device, c.device_memory_gb))
+    if a.search:
+        print(format_ranking(ranked))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mfds", description="MindSpore training stack for DeepSeek models")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -194,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--out", required=True)
     lm.add_argument("--layout", choices=["hf", "mindspore"], default="mindspore")
     lo.set_defaults(fn=cmd_lora)
+
+    r = sub.add_parser("report", help="HTML page and PNGs of a run's curves, expert load and router bias")
+    r.add_argument("run_dir", help="a run's train.output_dir (holding metrics.jsonl)")
+    r.add_argument("--out", default=None, help="default: RUN_DIR/report")
+    r.set_defaults(fn=cmd_report)
+
+    pl = sub.add_parser("plan", help="memory, communication and step time of a layout; --search ranks layouts")
+    with_config(pl, required=False)
+    pl.add_argument("--cluster", required=True, help="a cluster preset, parallel/*.yaml")
+    pl.add_argument("--search", action="store_true", help="rank every valid layout by estimated step time")
+    pl.add_argument("--top", type=int, default=10)
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=cmd_plan)
 
     from .checkpoint.cli import add_convert_parser
     add_convert_parser(sub)

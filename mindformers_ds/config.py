@@ -144,6 +144,7 @@ class LoggingConfig:
     log_every: int = 1
     progress_bar: bool = True
     level: str = "INFO"
+    peak_tflops: Optional[float] = None # MFU denominator per device; default: measured (CPU) / published (Ascend)
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,13 @@ def _validate(cfg: RunConfig, origins: Origins, check_paths: bool = True) -> Non
     need(t.grad_accum_steps > 0, "train.grad_accum_steps", f"train.grad_accum_steps={t.grad_accum_steps} must be > 0")
     need(t.max_grad_norm >= 0, "train.max_grad_norm", f"train.max_grad_norm={t.max_grad_norm} must be >= 0")
     _choice(t.nan_policy, ("stop", "skip"), "train.nan_policy", o)
+    pr = t.profile
+    need(pr.start_step >= 0 and pr.steps >= 0, "train.profile",
+         f"train.profile start_step={pr.start_step} and steps={pr.steps} must be >= 0")
+    need(pr.start_step + pr.steps <= t.max_steps, "train.profile.steps",
+         f"train.profile covers steps {pr.start_step + 1}..{pr.start_step + pr.steps}, beyond train.max_steps={t.max_steps}")
+    need(cfg.logging.peak_tflops is None or cfg.logging.peak_tflops > 0, "logging.peak_tflops",
+         f"logging.peak_tflops={cfg.logging.peak_tflops} must be > 0 (TFLOP/s per device)")
     need(t.resume in ("never", "auto") or os.path.isdir(t.resume) or not check_paths, "train.resume",
          f"train.resume={t.resume!r} must be 'never', 'auto' or an existing checkpoint directory")
     _choice(opt.name, ("adamw",), "optimizer.name", o)

@@ -98,6 +98,7 @@ def finished_run(tmp_path_factory):
             "train.eval_every=15", "train.eval_batches=2", "train.exact_match_samples=8", "train.max_new_tokens=6",
             "data.max_samples=400", "data.packing=true", "data.seq_length=96", "checkpoint.save_every=10",
             "checkpoint.keep_last=2", "logging.progress_bar=false", "logging.log_every=1",
+            "train.profile.start_step=3", "train.profile.steps=2",
             "model.hidden_size=64", "model.moe_intermediate_size=32", "model.intermediate_size=128"]
     cfg = config.load(os.path.join(ROOT, "configs/deepseek_v3/finetune_tiny.yaml"), sets)
     os.chdir(ROOT)

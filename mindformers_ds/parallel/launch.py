@@ -45,6 +45,51 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _watch_workers(proc: subprocess.Popen, local_ranks, status_dir: str, poll: float):
+    """Wait for msrun to end; return (rank, pid) of the first worker that exits without its done file.
+
+    Exits are observed through pidfds (the workers are msrun's children, not ours), which wake
+    us the moment a worker dies. Polling alone is racy: msrun SIGKILLs the survivors within its
+    own 1 s poll, and a later look would see every rank dead and could blame the wrong one.
+    """
+    import select
+    poller = select.poll()
+    watched = {}  # pidfd -> (rank, pid)
+    seen = set()
+    try:
+        while proc.poll() is None:
+            for r in local_ranks:
+                pid_file = os.path.join(status_dir, f"rank_{r}.pid")
+                if r in seen or not os.path.isfile(pid_file):
+                    continue
+                try:
+                    pid = int(open(pid_file).read().strip() or 0)
+                except (OSError, ValueError):
+                    continue
+                if not pid:
+                    continue
+                seen.add(r)
+                try:
+                    fd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    if not os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")):
+                        return r, pid
+                    continue
+                watched[fd] = (r, pid)
+                poller.register(fd, select.POLLIN)
+                if not _alive(pid) and not os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")):
+                    return r, pid  # already a zombie when we started watching
+            for fd, _ in poller.poll(int(poll * 1000)):
+                r, pid = watched[fd]
+                poller.unregister(fd)
+                if not os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")):
+                    return r, pid
+    finally:
+        for fd in watched:
+            os.close(fd)
+    return None
+
+
 def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
            master_port: int = 8118, log_dir: Optional[str] = None, cluster_timeout: int = 120,
            poll: float = 0.5) -> int:
@@ -74,23 +119,7 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
            f"--cluster_time_out={cluster_timeout}", WORKER, *train_args]
     print(f"launch: {world} workers ({nproc} on this node), logs in {log_dir}", flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    local_ranks = range(node_rank * nproc, (node_rank + 1) * nproc)
-    dead = None
-    while proc.poll() is None:
-        time.sleep(poll)
-        for r in local_ranks:
-            pid_file = os.path.join(status_dir, f"rank_{r}.pid")
-            done_file = os.path.join(status_dir, f"rank_{r}.done")
-            if os.path.isfile(pid_file) and not os.path.isfile(done_file):
-                try:
-                    pid = int(open(pid_file).read().strip() or 0)
-                except (OSError, ValueError):
-                    continue
-                if pid and not _alive(pid) and not os.path.isfile(done_file):
-                    dead = (r, pid)
-                    break
-        if dead:
-            break
+    dead = _watch_workers(proc, range(node_rank * nproc, (node_rank + 1) * nproc), status_dir, poll)
     if dead:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -102,6 +131,7 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
               f"(its log: {os.path.join(log_dir, f'worker_{dead[0]}.log')})", file=sys.stderr, flush=True)
         return 1
     code = proc.returncode
+    local_ranks = range(node_rank * nproc, (node_rank + 1) * nproc)
     failed = [r for r in local_ranks if os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")) and
               open(os.path.join(status_dir, f"rank_{r}.done")).read().strip() not in ("0", "")]
     if code != 0 or failed:

@@ -1,7 +1,7 @@
 """Cluster presets (`parallel/*.yaml`): a cluster description, a model config and a layout.
 
     cluster: {nodes, devices_per_node, device, device_memory_gb, peak_tflops_bf16,
-              intra_node_gbps, inter_node_gbps}
+              intra_node_gbps, inter_node_gbps, [runtime_overhead_gb, compute_efficiency, activation_factor]}
     model: configs/...yaml          (its model section is used)
     train: {seq_length, micro_batch_size, global_batch_size}
     parallel: {dp, tp, ep, pp, ...}
@@ -30,6 +30,9 @@ class Cluster:
     peak_tflops_bf16: float
     intra_node_gbps: float
     inter_node_gbps: float
+    runtime_overhead_gb: float = 0.0   # framework runtime, compiled graphs, workspace per device
+    compute_efficiency: float = 0.5    # fraction of peak the matmuls sustain (an assumption)
+    activation_factor: float = 1.0     # executor's activation memory / the ideal count (measured on CPU)
 
     @property
     def devices(self) -> int:

@@ -27,9 +27,10 @@ def _sq(g):
 _scale = ops.MultitypeFuncGraph("scale")
 
 
-@_scale.register("Tensor", "Tensor")
-def _scale_grad(coef, g):
-    return g * coef.astype(g.dtype)
+@_scale.register("Tensor", "Tensor", "Tensor")
+def _scale_grad(finite, coef, g):
+    # a skipped step zeroes its gradients: the fused AdamW kernel must read finite values
+    return ops.select(ops.broadcast_to(finite, g.shape), g * coef.astype(g.dtype), ops.zeros_like(g))
 
 
 _add = ops.MultitypeFuncGraph("add")
@@ -97,9 +98,10 @@ class ApplyStep(nn.Cell):
         else:
             norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
         finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(loss))
+        coef = ops.ones_like(norm)
         if self.max_grad_norm > 0:
             coef = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
-            grads = self.hyper_map(ops.partial(_scale, coef), grads)
+        grads = self.hyper_map(ops.partial(_scale, finite, coef), grads)
         self.optimizer(grads, lr, finite)
         for i in range(self.num_biases):
             bias = self.biases[i]

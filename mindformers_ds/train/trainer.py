@@ -33,6 +33,9 @@ from ..data.tokenizer import Tokenizer, TokenizerError
 from ..generation import Generator
 from ..models.deepseek.model import DeepseekForCausalLM
 from ..checkpoint.pretrained import load_weights
+from ..observe.peak import peak_tflops
+from ..observe.profiling import ProfileWindow
+from ..observe.step_metrics import StepMetrics, expert_stats, steady_state
 from ..utils.io import atomic_write_json
 from ..utils.logging import MetricsWriter, setup_logging
 from .evaluation import EvalSums, eval_loss, exact_match
@@ -223,12 +226,20 @@ class Trainer:
                 ms.Tensor(1.0 / max(mtp, 1), ms.float32),
                 ms.Tensor(1.0 / n_micro, ms.float32)]
 
-    def train_step(self, step: int):
+    def prepare_step(self, step: int):
+        """The data half of a step: the batch and its host tensors."""
         batch = self.loader.batch(step)
         scales = self._scales(batch)
         lr = ms.Tensor(self._lr(step), ms.float32)
         tensors = [[ms.Tensor(mb[k]) for k in ("input_ids", "labels", "position_ids", "segment_ids")]
                    for mb in batch.micro_batches]
+        return batch, scales, lr, tensors
+
+    def train_step(self, step: int):
+        return self.compute_step(*self.prepare_step(step))
+
+    def compute_step(self, batch, scales, lr, tensors):
+        """Forward, backward and the update, up to the host sync on the loss sums."""
         if len(tensors) == 1:
             outs, norm, finite = self.fused_step(*tensors[0], *scales, lr)
             parts = [o.asnumpy() for o in outs]
@@ -275,14 +286,28 @@ class Trainer:
     def _loop(self, start: int, metrics: MetricsWriter, summary: Dict) -> List[float]:
         cfg, t = self.cfg, self.cfg.train
         losses: List[float] = []
+        steady: List[Dict] = []  # records after the first (compiling) step
         bar = tqdm(total=t.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
                    disable=not (cfg.logging.progress_bar and self.env.is_main))
         tokens_seen = 0
+        timer = StepMetrics(self.model.config, cfg.data.seq_length,
+                            peak_tflops(cfg.logging.peak_tflops, ms.get_context("device_target")), self.env.world)
+        profile = ProfileWindow(t.profile.start_step, t.profile.steps, self.out, enabled=self.env.is_main)
+        biases = router_bias_parameters(self.model)
+        last_end, paused = time.perf_counter(), 0.0
         for step in range(start, t.max_steps):
+            profile.before_step(step)
             t0 = time.perf_counter()
-            batch, parts, norm, finite, lr = self.train_step(step)
-            dt = time.perf_counter() - t0
+            prepared = self.prepare_step(step)
+            t1 = time.perf_counter()
+            batch, parts, norm, finite, lr = self.compute_step(*prepared)
+            t2 = time.perf_counter()
+            dt, last_end, paused = t2 - last_end - paused, t2, 0.0
+            top_ops = profile.after_step(step)
+            if top_ops is not None:
+                summary["profile_top_ops"] = top_ops[:10]
+                paused += time.perf_counter() - t2  # the profiler's analysis is not step time
             lm_loss = float(parts[1]) / max(float(parts[2]), 1.0)
             mtp_loss = float(parts[3]) / max(float(parts[4]), 1.0) if self.model.num_mtp else 0.0
             n_tok = int(self.loader.global_rows * cfg.data.seq_length)
@@ -296,26 +321,31 @@ class Trainer:
                     raise TrainingError(msg)
                 continue
             losses.append(lm_loss)
-            load = parts[6]
             rec = {"step": step + 1, "loss": lm_loss, "mtp_loss": mtp_loss, "aux_loss": float(parts[5]),
-                   "lr": lr, "grad_norm": norm, "tokens": n_tok, "step_time": dt, "tokens_per_sec": n_tok / dt,
-                   "epoch": self.loader.epoch_of(step + 1)}
-            if load.size:
-                rec["expert_load"] = load.astype(int).tolist()
-                rec["imbalance"] = (load.max(-1) / np.maximum(load.mean(-1), 1e-9)).round(4).tolist()
+                   "lr": lr, "grad_norm": norm, "tokens": n_tok, "epoch": self.loader.epoch_of(step + 1),
+                   **timer.timing(n_tok, t1 - t0, t2 - t1, dt)}
+            if step == start:
+                rec["includes_compile"] = True  # the first step's compute time holds the graph compilation
             if (step + 1) % cfg.logging.log_every == 0 or step + 1 == t.max_steps:
+                rec.update(expert_stats(parts[6], [b.asnumpy() for b in biases]))
                 metrics.write(rec)
-                log.info("step %d loss %.4f lr %.2e grad_norm %.3f %.0f tok/s", step + 1, lm_loss, lr, norm,
-                         n_tok / dt)
+                log.info("step %d loss %.4f lr %.2e grad_norm %.3f %.0f tok/s mfu %.1f%%", step + 1, lm_loss, lr,
+                         norm, rec["tokens_per_sec"], 100 * rec["mfu"])
+            if step > start:
+                steady.append(rec)
             bar.set_postfix(loss=f"{lm_loss:.4f}", lr=f"{lr:.1e}", tok_s=f"{n_tok / dt:.0f}", refresh=False)
             bar.update(1)
             done = step + 1 == t.max_steps
+            p0 = time.perf_counter()  # evaluations and saves are not step time
             if t.eval_every and (step + 1) % t.eval_every == 0 and not done and self.eval_rows is not None:
                 metrics.write({"type": "eval", "step": step + 1, **self._eval_loss()})
             ck = cfg.checkpoint
             if (ck.save_every and (step + 1) % ck.save_every == 0) or (done and ck.save_final):
                 self._save(step + 1, tokens_seen)
+            paused += time.perf_counter() - p0
         bar.close()
+        profile.close()
+        summary.update(steady_state(steady))
         return losses
 
     def _eval_loss(self) -> Dict[str, float]:

@@ -1,0 +1,90 @@
+"""Measure one config's training step in a fresh process: tokens/s, compile time and peak RSS.
+
+    python -m mindformers_ds.observe.measure --config X.yaml [--set k=v ...] [--steps N] [--batch B]
+
+prints one JSON object. Random token ids (the data pipeline is not what is measured); every
+other piece is the real training step (MLA, MoE, MTP, AdamW, bias update). The benchmark
+tools/bench/train_throughput.py and the planner's validation test run it as a subprocess so
+that the peak RSS (VmHWM) is the step's alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def rss_mb(field: str = "VmHWM") -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def measure(config_path: str, sets, steps: int, batch: int) -> dict:
+    import numpy as np
+    import mindspore as ms
+    from mindspore import Tensor
+    from .. import config
+    from ..models.deepseek.model import DeepseekForCausalLM
+    from ..train.optimizer import AdamW
+    from ..train.step import ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters
+    from .flops import train_flops_per_token
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    cfg = config.load(config_path, sets, check_paths=False)
+    mc = cfg.model.model_config()
+    seq = cfg.data.seq_length
+    baseline = rss_mb("VmRSS")
+    model = DeepseekForCausalLM(mc)
+    model.init_weights(cfg.train.seed)
+    weights = model.trainable_params()
+    o = cfg.optimizer
+    opt = AdamW(weights, tuple(o.betas), o.eps, o.weight_decay)
+    step = TrainStep(GradStep(LossCell(model), weights),
+                     ApplyStep(opt, router_bias_parameters(model), mc.bias_update_rate, cfg.train.max_grad_norm))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, mc.vocab_size, (batch, seq)).astype(np.int32)
+    n_tok = batch * (seq - 1)
+    inputs = [Tensor(ids), Tensor(ids), Tensor(np.tile(np.arange(seq, dtype=np.int32), (batch, 1))),
+              Tensor(np.ones((batch, seq), np.int32)), Tensor(1.0 / n_tok, ms.float32),
+              Tensor(1.0 / n_tok, ms.float32), Tensor(1.0, ms.float32), Tensor(1e-4, ms.float32)]
+    t0 = time.perf_counter()
+    outs = step(*inputs)
+    first_loss = float(outs[0][1].asnumpy()) * 1.0 / n_tok
+    compile_s = time.perf_counter() - t0
+    times, cpu = [], []
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step(*inputs)[0][1].asnumpy()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    median = statistics.median(times)
+    flops = train_flops_per_token(mc, seq) * batch * seq
+    return {"stack": "mindformers_ds", "config": config_path, "batch": batch, "seq": seq,
+            "params": model.num_parameters(), "first_step_s": compile_s, "step_s": median,
+            "tokens_per_sec": batch * seq / median, "tokens_per_cpu_sec": batch * seq / statistics.median(cpu),
+            "step_times": times, "tflops": flops / median / 1e12, "first_loss": first_loss,
+            "baseline_rss_mb": baseline, "peak_rss_mb": rss_mb("VmHWM")}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=None, help="default: train.micro_batch_size")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("GLOG_v", "3")
+    from .. import config
+    batch = a.batch or config.load(a.config, a.set, check_paths=False).train.micro_batch_size
+    print(json.dumps(measure(a.config, a.set, a.steps, batch)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

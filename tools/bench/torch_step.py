@@ -1,0 +1,82 @@
+"""The PyTorch side of train_throughput.py: transformers' DeepseekV3ForCausalLM built from the
+same config, trained with torch.optim.AdamW on the same random batch, in this process alone.
+
+    python tools/bench/torch_step.py --config X.yaml --steps N [--compile]
+
+prints one JSON object like `python -m mindformers_ds.observe.measure`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+
+def rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--compile", action="store_true")
+    a = ap.parse_args()
+    import numpy as np
+    import torch
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    from mindformers_ds import config
+    from mindformers_ds.observe.flops import train_flops_per_token
+    cfg = config.load(a.config, check_paths=False)
+    mc = cfg.model.model_config()
+    seq, batch = cfg.data.seq_length, cfg.train.micro_batch_size
+    baseline = rss_mb("VmRSS")
+    torch.manual_seed(0)
+    hf_cfg = {k: v for k, v in mc.to_hf_dict().items() if k != "architectures"}
+    model = DeepseekV3ForCausalLM(DeepseekV3Config(**hf_cfg)).float().train()
+    o = cfg.optimizer
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=tuple(o.betas), eps=o.eps,
+                            weight_decay=o.weight_decay)
+    ids = torch.tensor(np.random.default_rng(0).integers(0, mc.vocab_size, (batch, seq)), dtype=torch.long)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        opt.step()
+        return float(loss)
+
+    run = torch.compile(step) if a.compile else step
+    t0 = time.perf_counter()
+    first_loss = run()
+    first = time.perf_counter() - t0
+    times, cpu = [], []
+    for _ in range(a.steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        run()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    median = statistics.median(times)
+    flops = train_flops_per_token(mc, seq) * batch * seq
+    print(json.dumps({"stack": "torch.compile" if a.compile else "torch eager", "batch": batch, "seq": seq,
+                      "params": sum(p.numel() for p in model.parameters()), "first_step_s": first,
+                      "step_s": median, "tokens_per_sec": batch * seq / median,
+                      "tokens_per_cpu_sec": batch * seq / statistics.median(cpu), "step_times": times,
+                      "tflops": flops / median / 1e12, "first_loss": first_loss, "baseline_rss_mb": baseline,
+                      "peak_rss_mb": rss_mb("VmHWM"), "threads": torch.get_num_threads()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
