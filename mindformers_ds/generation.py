@@ -9,11 +9,14 @@ Two decoders share the sampling code:
 """
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Sequence
 
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
+
+log = logging.getLogger(__name__)
 
 
 class NextTokenLogits(nn.Cell):
@@ -54,6 +57,11 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float
 class Generator:
     def __init__(self, model, max_length: int, batch_size: int = 8, use_cache: bool = False):
         self.model, self.max_length, self.batch_size = model, max_length, batch_size
+        # V3.2's indexer would need its own key cache; until then its models recompute the prefix
+        # (exact, slower) instead of decoding through an MLA cache that ignores the indexer.
+        if use_cache and model.config.index_topk > 0:
+            log.info("KV cache is not implemented for the V3.2 indexer; generating by recomputation")
+            use_cache = False
         self.use_cache = use_cache
         self._step = NextTokenLogits(model)
         self._cached = None

@@ -35,14 +35,21 @@ V2_LITE_TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, moe_i
                     rope_parameters=dict(YARN, mscale=0.707, mscale_all_dim=0.707), initializer_range=0.1)
 
 
+# V3.2: the tiny V3 plus a Lightning Indexer that keeps 8 of up to 40 keys per query
+V32_TINY = dict(V3_TINY, index_topk=8, index_n_heads=8, index_head_dim=16)
+
+
 def build_hf(kind: str, seed: int = 0, **overrides):
-    """A random transformers DeepSeek model (eval mode, float32). V3 gets a non-zero router bias."""
+    """A random transformers DeepSeek model (eval mode, float32). V3/V3.2 get a non-zero router bias."""
     import torch
     from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
     torch.manual_seed(seed)
-    if kind == "v3":
-        cfg = DeepseekV3Config(**{**V3_TINY, **overrides})
-        model = DeepseekV3ForCausalLM(cfg)
+    if kind in ("v3", "v32"):
+        if kind == "v32":
+            from transformers import DeepseekV32Config, DeepseekV32ForCausalLM
+            model = DeepseekV32ForCausalLM(DeepseekV32Config(**{**V32_TINY, **overrides}))
+        else:
+            model = DeepseekV3ForCausalLM(DeepseekV3Config(**{**V3_TINY, **overrides}))
         with torch.no_grad():
             for m in model.modules():
                 if hasattr(m, "e_score_correction_bias"):

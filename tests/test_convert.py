@@ -50,7 +50,8 @@ def fp8_release(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind,dtype", [("v3", torch.float32), ("v3", torch.bfloat16), ("v2", torch.float32)])
+@pytest.mark.parametrize("kind,dtype", [("v3", torch.float32), ("v3", torch.bfloat16), ("v2", torch.float32),
+                                        ("v32", torch.float32)])
 def test_transformers_round_trip_is_bit_exact(kind, dtype, tmp_path):
     hf = build_hf(kind).to(dtype)
     src = save_hf(hf, str(tmp_path / "hf"))

@@ -25,7 +25,7 @@ ROLE_SPLIT = {  # role -> {mesh axis: tensor dim}
     "linear_row": {"tp": 1},
     "experts_gate_up": {"ep": 0},
     "experts_down": {"ep": 0},
-    "mla_latent": {}, "norm": {}, "router": {}, "router_bias": {},
+    "mla_latent": {}, "norm": {}, "router": {}, "router_bias": {}, "indexer": {},
 }
 
 

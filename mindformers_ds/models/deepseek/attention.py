@@ -99,6 +99,10 @@ class MLAttention(nn.Cell):
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul()
         self.compute_dtype = dt
+        self.has_indexer = c.index_topk > 0  # V3.2: DeepSeek Sparse Attention
+        if self.has_indexer:
+            from .indexer import LightningIndexer
+            self.indexer = LightningIndexer(c)
 
     def project_kv_latent(self, x, cos, sin):
         """The per-token cache of MLA: normalised latent c_kv [B, S, r] and rotated k_pe [B, S, d_rope]."""
@@ -110,11 +114,13 @@ class MLAttention(nn.Cell):
         return c_kv, k_pe
 
     def project_q(self, x, cos, sin):
+        """(q_nope, rotated q_pe) [B, H, S, *], and the normalised q latent (V3.2's indexer reads it)."""
         b, s, _ = x.shape
-        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.use_q_lora else self.q_proj(x)
+        q_resid = self.q_a_layernorm(self.q_a_proj(x)) if self.use_q_lora else x
+        q = self.q_b_proj(q_resid) if self.use_q_lora else self.q_proj(x)
         q = q.reshape(b, s, self.num_heads, self.nope_dim + self.rope_dim).transpose(0, 2, 1, 3)
         q_nope, q_pe = q[..., :self.nope_dim], q[..., self.nope_dim:]
-        return q_nope, self.rope(q_pe, cos, sin, self.interleave)
+        return q_nope, self.rope(q_pe, cos, sin, self.interleave), q_resid
 
     def attend(self, q_nope, q_pe, c_kv, k_pe, mask):
         """Attention of queries [B, H, Sq, *] over latent keys [B, Sk, *]; mask [B|1, 1, Sq, Sk] (bool)."""
@@ -132,15 +138,17 @@ class MLAttention(nn.Cell):
         return self.o_proj(out)
 
     def construct(self, x, cos, sin, mask):
-        q_nope, q_pe = self.project_q(x, cos, sin)
+        q_nope, q_pe, q_resid = self.project_q(x, cos, sin)
         c_kv, k_pe = self.project_kv_latent(x, cos, sin)
+        if self.has_indexer:  # each query attends only to the keys the indexer picks
+            mask = self.indexer(x, q_resid, cos, sin, mask)[0]
         return self.attend(q_nope, q_pe, c_kv, k_pe, mask)
 
     def forward_cached(self, x, cos, sin, mask, cache_c, cache_k, write):
         """Attention through a latent cache [B, L, *]: the new tokens' latents are blended in where
         `write` [B, L, 1] is 1 (all positions for a prefill of L tokens, one per row for a decode
         step), then the queries attend over the cache under `mask`."""
-        q_nope, q_pe = self.project_q(x, cos, sin)
+        q_nope, q_pe, _ = self.project_q(x, cos, sin)
         c_new, k_new = self.project_kv_latent(x, cos, sin)
         cache_c = cache_c * (1.0 - write) + c_new * write
         cache_k = cache_k * (1.0 - write) + k_new * write

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
-MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 SCORING_FUNCS = ("softmax", "sigmoid")
 FUSED_OPS = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk")
@@ -26,6 +26,7 @@ _HF_BOOKKEEPING = {
     "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype", "use_cache",
     "pretraining_tp", "quantization_config", "ep_size", "attention_dropout", "output_router_logits",
     "head_dim", "qk_head_dim", "_name_or_path", "num_key_value_heads", "model_type",
+    "mlp_layer_types", "layer_types",
     "rope_scaling", "rope_parameters", "rope_theta", "mlp_bias", "num_mtp_layers",
 }
 
@@ -80,6 +81,10 @@ class DeepseekConfig:
     eos_token_id: Optional[int] = 1
     pad_token_id: Optional[int] = None
     initializer_range: float = 0.02
+    # V3.2 DeepSeek Sparse Attention (Lightning Indexer); index_topk 0 = dense MLA
+    index_topk: int = 0
+    index_n_heads: int = 64
+    index_head_dim: int = 128
     # Training-side knobs (not part of HF's config.json).
     aux_loss_alpha: float = 0.0          # sequence-wise balance loss coefficient; 0 disables it
     seq_aux: bool = True
@@ -161,6 +166,16 @@ class DeepseekConfig:
                      f"{p}n_group={g} leaves {e // g} expert per group; noaux_tc scores groups by their top-2")
             need(self.topk_method != "noaux_tc" or self.scoring_func == "sigmoid", "scoring_func",
                  "{p}scoring_func must be 'sigmoid' with {p}topk_method='noaux_tc' (the V3 router)")
+        if self.model_type == "deepseek_v32":
+            need(self.index_topk > 0, "index_topk", f"{p}index_topk={self.index_topk} must be > 0 for deepseek_v32")
+            need(self.q_lora_rank is not None, "q_lora_rank",
+                 f"{p}q_lora_rank must be set for deepseek_v32 (the indexer reads the q latent)")
+            need(self.index_n_heads > 0, "index_n_heads", f"{p}index_n_heads={self.index_n_heads} must be > 0")
+            need(self.index_head_dim >= self.qk_rope_head_dim, "index_head_dim",
+                 f"{p}index_head_dim={self.index_head_dim} must be >= {p}qk_rope_head_dim={self.qk_rope_head_dim}")
+        else:
+            need(self.index_topk == 0, "index_topk",
+                 f"{p}index_topk={self.index_topk} needs {p}model_type='deepseek_v32'")
         rs = self.rope_scaling
         if rs is not None:
             need(rs.type in ("yarn", "default"), "rope_scaling.type",
@@ -174,7 +189,7 @@ class DeepseekConfig:
         from ...config import ConfigError  # local import: config.py imports this module
         mt = d.get("model_type", "deepseek_v3")
         if mt not in MODEL_TYPES:
-            raise ConfigError(source, "model_type", f"model_type={mt!r} is not a DeepSeek V2/V3 model "
+            raise ConfigError(source, "model_type", f"model_type={mt!r} is not a DeepSeek V2/V3/V3.2 model "
                               f"(expected one of {list(MODEL_TYPES)})")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: Dict[str, Any] = {}
@@ -206,6 +221,7 @@ class DeepseekConfig:
                 kwargs["rope_scaling"] = RopeScaling(type=rtype, **rope)
         if theta is not None:
             kwargs["rope_theta"] = float(theta)
+        _check_layer_types(d, kwargs, source)
         if kwargs.get("n_group") is None:
             kwargs["n_group"] = 1
         if kwargs.get("topk_group") is None:
@@ -236,7 +252,8 @@ class DeepseekConfig:
         return cls.from_hf_dict(d, source=path)
 
     def to_hf_dict(self) -> Dict[str, Any]:
-        arch = "DeepseekV2ForCausalLM" if self.model_type == "deepseek_v2" else "DeepseekV3ForCausalLM"
+        arch = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v32": "DeepseekV32ForCausalLM"}.get(
+            self.model_type, "DeepseekV3ForCausalLM")
         hf_only = {"aux_loss_alpha", "seq_aux", "bias_update_rate", "mtp_loss_factor", "compute_dtype",
                    "moe_block_size", "fused_ops", "rope_scaling", "rope_theta"}
         d: Dict[str, Any] = {"architectures": [arch]}
@@ -251,7 +268,26 @@ class DeepseekConfig:
             rope = {"rope_type": self.rope_scaling.type, "rope_theta": self.rope_theta,
                     **{k: v for k, v in dataclasses.asdict(self.rope_scaling).items() if k != "type"}}
         d["rope_parameters"] = rope
+        if self.model_type != "deepseek_v32":
+            for k in ("index_topk", "index_n_heads", "index_head_dim"):
+                d.pop(k)
         return d
+
+
+def _check_layer_types(d: Dict[str, Any], kwargs: Dict[str, Any], source: str) -> None:
+    """V3.2 configs list per-layer types; they must be what first_k_dense_replace implies."""
+    from ...config import ConfigError
+    n = d.get("num_hidden_layers", 0)
+    mlp = d.get("mlp_layer_types")
+    if mlp is not None:
+        k = d.get("first_k_dense_replace", 0)
+        want = ["dense" if i < k else "sparse" for i in range(n)]
+        if list(mlp) != want:
+            raise ConfigError(source, "mlp_layer_types", f"mlp_layer_types={mlp} must be {k} 'dense' then 'sparse' "
+                              f"(first_k_dense_replace={k}); other patterns are not supported")
+    attn = d.get("layer_types")
+    if attn is not None and d.get("model_type") == "deepseek_v32" and set(attn) != {"indexed_attention"}:
+        raise ConfigError(source, "layer_types", f"layer_types={sorted(set(attn))} must all be 'indexed_attention'")
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:

@@ -4,7 +4,8 @@ The converter checks checkpoints against it, the parallel layout table splits by
 the planner counts parameters with it, all without building the model. A test keeps it
 equal to the model's own parameters.
 Roles: embed, head, norm, linear_col (output dim splittable), linear_row (input dim),
-router, router_bias, experts_gate_up, experts_down, mla_latent (kv_a / q_a: replicated).
+router, router_bias, experts_gate_up, experts_down, mla_latent (kv_a / q_a: replicated),
+indexer (V3.2's Lightning Indexer: replicated).
 """
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ def layer_params(c: DeepseekConfig, i: int) -> Iterator[Spec]:
     yield a + "kv_a_layernorm.weight", (c.kv_lora_rank,), "norm"
     yield a + "kv_b_proj.weight", (nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank), "linear_col"
     yield a + "o_proj.weight", (h, nh * c.v_head_dim), "linear_row"
+    if c.index_topk > 0:  # V3.2 Lightning Indexer: small, frozen, replicated
+        ix = a + "indexer."
+        yield ix + "wq_b.weight", (c.index_n_heads * c.index_head_dim, c.q_lora_rank), "indexer"
+        yield ix + "wk.weight", (c.index_head_dim, h), "indexer"
+        yield ix + "k_norm.weight", (c.index_head_dim,), "norm"
+        yield ix + "k_norm.bias", (c.index_head_dim,), "norm"
+        yield ix + "weights_proj.weight", (c.index_n_heads, h), "indexer"
     if c.attention_bias:
         if c.q_lora_rank is not None:
             yield a + "q_a_proj.bias", (c.q_lora_rank,), "mla_latent"

@@ -1,0 +1,86 @@
+"""DeepSeek-V3.2's Lightning Indexer (DeepSeek Sparse Attention): each query keeps only the
+`index_topk` keys the indexer scores highest, and MLA attends to those alone.
+
+    q_i = wq_b(q_resid)            [B, S, Hi, Di]   (q_resid = MLA's normalised q latent)
+    k   = LayerNorm(wk(x))         [B, S, Di]       (one key per token, shared by the heads)
+    first `qk_rope_head_dim` dims of q_i and k get RoPE in the half-split layout (MLA itself
+    uses the interleaved one), with the same cos/sin tables
+    score[b, s, t] = sum_h w[b, s, h] * relu(q_i[b, s, h] . k[b, t] / sqrt(Di)),
+                     w = weights_proj(x) / sqrt(Hi)
+then the causal (and packing) mask, and top-k over t. This is transformers' bf16 reading of the
+release (the Hadamard rotation it skips preserves dot products; FP8 scoring is a kernel
+detail). As in the reference, nothing flows back through the indexer: its selection is a
+mask, and its parameters are frozen (`requires_grad=False`), so a training step leaves them
+untouched exactly as torch's AdamW does for parameters that have no gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Parameter, Tensor
+
+from ...ops import composite
+from .config import DeepseekConfig
+from .layers import Linear
+
+NEG_INF = float("-inf")
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm with HF parameter names (`weight`, `bias`), float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = Parameter(Tensor(np.ones((dim,), np.float32)), name="weight", requires_grad=False)
+        self.bias = Parameter(Tensor(np.zeros((dim,), np.float32)), name="bias", requires_grad=False)
+        self.eps = eps
+
+    def construct(self, x):
+        mean = x.mean(-1, keep_dims=True)
+        centred = x - mean
+        var = (centred * centred).mean(-1, keep_dims=True)
+        return centred * ops.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class LightningIndexer(nn.Cell):
+    def __init__(self, c: DeepseekConfig):
+        super().__init__()
+        self.n_heads, self.head_dim, self.rope_dim = c.index_n_heads, c.index_head_dim, c.qk_rope_head_dim
+        self.topk = c.index_topk
+        self.wq_b = Linear(c.q_lora_rank, self.n_heads * self.head_dim)
+        self.wk = Linear(c.hidden_size, self.head_dim)
+        self.k_norm = LayerNorm(self.head_dim, 1e-6)
+        self.weights_proj = Linear(c.hidden_size, self.n_heads)
+        for p in self.get_parameters():
+            p.requires_grad = False
+        self.scale = self.head_dim ** -0.5
+        self.head_weight = self.n_heads ** -0.5
+        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+
+    def _rope(self, x, cos, sin):
+        """Half-split RoPE on the first rope_dim channels of x [B, H, S, D]."""
+        rot = composite.apply_rope(x[..., :self.rope_dim], cos, sin, False)
+        return ops.concat((rot, x[..., self.rope_dim:]), -1)
+
+    def scores(self, x, q_resid, cos, sin, mask):
+        """Index scores [B, S, T] (masked entries -inf) for queries over all T = S keys."""
+        b, s, _ = x.shape
+        q = self.wq_b(q_resid).reshape(b, s, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = self._rope(q, cos, sin)                                            # [B, Hi, S, Di]
+        k = self._rope(self.k_norm(self.wk(x)).reshape(b, 1, s, self.head_dim), cos, sin)  # [B, 1, T, Di]
+        logits = ops.relu(self.bmm_nt(q, ops.broadcast_to(k, (b, self.n_heads, s, self.head_dim))) * self.scale)
+        w = self.weights_proj(x).transpose(0, 2, 1).expand_dims(-1) * self.head_weight  # [B, Hi, S, 1]
+        index = (logits * w).sum(1)                                             # [B, S, T]
+        return ops.where(mask[:, 0], index, ops.full_like(index, NEG_INF))
+
+    def construct(self, x, q_resid, cos, sin, mask):
+        """The attention mask restricted to each query's top-k keys: mask [B|1, 1, S, T] bool."""
+        x, q_resid = ops.stop_gradient(x), ops.stop_gradient(q_resid)
+        b, s, _ = x.shape
+        mask = ops.broadcast_to(mask, (b, 1, s, s))
+        index = self.scores(x, q_resid, cos, sin, mask)
+        k = min(self.topk, s)
+        chosen = ops.topk(index, k)[1]                                          # [B, S, k]
+        picked = ops.zeros((b, s, s), ms.float32)
+        picked = ops.tensor_scatter_elements(picked, chosen, ops.ones((b, s, k), ms.float32), axis=-1)
+        return ops.logical_and(mask, (picked > 0).expand_dims(1)), chosen
