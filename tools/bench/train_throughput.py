@@ -1,11 +1,12 @@
 """Training throughput of this stack against PyTorch 2.13 + transformers on the same model.
 
     python tools/bench/train_throughput.py [--config configs/deepseek_v3/bench_512.yaml]
-        [--steps 10] [--rounds 1] [--no-compile] [--set k=v ...] [--json out.json]
+        [--steps 10] [--rounds 1] [--no-compile] [--composite] [--set k=v ...] [--json out.json]
 
 Each stack trains the same DeepSeek-V3 config (bench_512.yaml: hidden 512, 8 layers, 16 experts
 top-4, vocab 32000, seq 512, batch 4, fp32) on the same random batch in a fresh process (so
-peak RSS is its own): this stack's jitted step (python -m mindformers_ds.observe.measure), the
+peak RSS is its own): this stack's jitted step (python -m mindformers_ds.observe.measure, with
+its fused CPU kernels unless --composite), the
 transformers DeepseekV3ForCausalLM in PyTorch eager, and under torch.compile. Rounds
 alternate the stacks; per stack the median step time over all its steps is reported. Prints
 tokens/s, tokens per CPU-second, MFU against the measured GEMM peak, peak RSS, first-step
@@ -24,12 +25,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 
+FUSED = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk")
+
+
 def run_json(cmd, timeout=3600):
     env = dict(os.environ, GLOG_v="3", PYTHONPATH=ROOT)
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if p.returncode != 0:
         return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def gemm_peaks(n: int = 1024, repeat: int = 10) -> dict:
+    """This CPU's fp32 matmul rate through MindSpore (graph mode) and through torch, TFLOP/s."""
+    import time
+    import mindspore as ms
+    import torch
+    from mindformers_ds.observe.peak import measure_cpu_gemm_tflops
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeat + 1):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return {"mindspore": measure_cpu_gemm_tflops(n, repeat), "torch": 2.0 * n ** 3 / best / 1e12}
 
 
 def main() -> int:
@@ -39,13 +60,18 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="override for this stack's run (e.g. model.fused_ops)")
+    ap.add_argument("--composite", action="store_true",
+                    help="this stack without its fused CPU kernels (model.fused_ops=[]), the reference path")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     os.environ.setdefault("GLOG_v", "3")
-    from mindformers_ds.observe.peak import measure_cpu_gemm_tflops
-    peak = measure_cpu_gemm_tflops(1024, 10)
+    peaks = gemm_peaks()
+    peak = max(peaks.values())
+    print("fp32 GEMM peak (MFU denominator, the best of both): " +
+          ", ".join(f"{k} {v * 1e3:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
+    sets = ([] if a.composite else [f"model.fused_ops=[{','.join(FUSED)}]"]) + a.set
     stacks = {"mindformers_ds": [sys.executable, "-m", "mindformers_ds.observe.measure", "--config", a.config,
-                                 "--steps", str(a.steps), *sum((["--set", s] for s in a.set), [])],
+                                 "--steps", str(a.steps), *sum((["--set", s] for s in sets), [])],
               "torch eager": [sys.executable, "tools/bench/torch_step.py", "--config", a.config, "--steps", str(a.steps)]}
     if not a.no_compile:
         stacks["torch.compile"] = stacks["torch eager"] + ["--compile"]
@@ -57,7 +83,7 @@ def main() -> int:
                   f"{res['tokens_per_sec']:.0f} tok/s, first step {res['first_step_s']:.1f} s, "
                   f"peak RSS {res['peak_rss_mb']:.0f} MB"), flush=True)
             runs[name].append(res)
-    summary = {"gemm_peak_tflops": peak, "config": a.config, "stacks": {}}
+    summary = {"gemm_peak_tflops": peak, "gemm_peaks": peaks, "config": a.config, "stacks": {}}
     print(f"\n{'stack':16s} {'tok/s':>8s} {'tok/CPU-s':>10s} {'MFU':>6s} {'peak RSS MB':>12s} {'first step s':>13s}")
     for name, rs in runs.items():
         ok = [x for x in rs if "error" not in x]

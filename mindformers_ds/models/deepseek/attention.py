@@ -131,8 +131,11 @@ class MLAttention(nn.Cell):
         scores = self.bmm_nt(q_nope, k_nope)
         # The shared rotary key: one [B, H*Sq, d] x [B, Sk, d]^T product instead of H copies of k_pe.
         scores_pe = self.bmm_nt(q_pe.reshape(b, h * sq, self.rope_dim), self.shared_key(k_pe)).reshape(b, h, sq, sk)
-        scores = (scores + scores_pe).astype(ms.float32) * self.scale
-        scores = ops.where(mask, scores, ops.full_like(scores, MASK_VALUE))
+        # The mask enters as an additive [B|1, 1, Sq, Sk] bias (0 or MASK_VALUE, exact in float32),
+        # shared by the heads: a `where` against a full-size fill kept two more [B, H, Sq, Sk]
+        # tensors per layer alive for the backward.
+        bias = ops.stop_gradient((1.0 - mask.astype(ms.float32)) * MASK_VALUE)  # no grad: no head-sum
+        scores = (scores + scores_pe).astype(ms.float32) * self.scale + bias
         probs = ops.softmax(scores, -1).astype(v.dtype)
         out = self.bmm(probs, v).transpose(0, 2, 1, 3).reshape(b, sq, h * self.v_dim)
         return self.o_proj(out)
