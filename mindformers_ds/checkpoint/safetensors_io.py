@@ -22,6 +22,7 @@ DTYPES: Dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U8": np.dtype("u1"), "BOOL": np.dtype("?"), "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1"),
+    "F8_E8M0": np.dtype("u1"),
 }
 NUMPY_TAG = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<i8"): "I64",
              np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8", np.dtype("u1"): "U8",
@@ -64,6 +65,9 @@ def to_float32(tag: str, arr: np.ndarray) -> np.ndarray:
     if tag in ("F8_E4M3", "F8_E5M2"):
         from .fp8 import decode_fp8
         return decode_fp8(arr, tag)
+    if tag == "F8_E8M0":
+        from .fp4 import decode_ue8m0
+        return decode_ue8m0(arr)
     return arr.astype(np.float32)
 
 
