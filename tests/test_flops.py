@@ -35,7 +35,7 @@ def test_tiny_config_matches_a_hand_count():
     assert train_flops_per_token(c, seq) == 3 * (main + mtp)
 
 
-@pytest.mark.parametrize("kind", ["v3", "v2"])
+@pytest.mark.parametrize("kind", ["v3", "v2", "v32"])
 def test_forward_flops_equal_torch_flop_counter_on_the_transformers_model(kind):
     """FlopCounterMode counts every matmul torch runs; with eager attention and eager experts
     (one matmul per expert over only its tokens) that is exactly our convention."""
@@ -45,6 +45,7 @@ def test_forward_flops_equal_torch_flop_counter_on_the_transformers_model(kind):
     hf.config._attn_implementation = "eager"
     hf.config._experts_implementation = "eager"
     ours = DeepseekConfig.from_hf_dict(hf.config.to_dict())
+    assert ours.index_topk == (8 if kind == "v32" else 0)
     batch, seq = 2, 40
     ids = torch.randint(0, hf.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -76,3 +77,14 @@ def test_v3_671b_exact_parameter_count_with_mtp():
     mtp = attn + moe + 2 * h + 2 * h * h + 2 * h + h   # + input/post norms, enorm+hnorm, eh_proj, final norm
     assert parameter_counts(c, include_mtp=True)["total"] - main == mtp
     assert (main + mtp + 2 * 129280 * h) / 1e9 == pytest.approx(685, rel=0.002)
+
+
+def test_v32_indexer_flops_hand_count_and_no_backward():
+    c = _model("configs/deepseek_v32/tiny.yaml")   # 4 indexer heads of 32, q_lora 96, hidden 192
+    seq = 64
+    per_layer = 2 * 96 * 4 * 32 + 2 * 192 * 32 + 2 * 192 * 4 + 2 * 4 * 32 * seq + 2 * 4 * seq
+    fwd = forward_flops_per_token(c, seq)
+    assert fwd["indexer"] == 4 * per_layer and fwd["mtp_indexer"] == per_layer
+    v3 = forward_flops_per_token(_model("configs/deepseek_v3/tiny.yaml"), seq)
+    assert fwd["total"] == v3["total"] + 5 * per_layer
+    assert train_flops_per_token(c, seq) == 3 * v3["total"] + 5 * per_layer

@@ -29,7 +29,12 @@ def attention_flops(c: DeepseekConfig, seq: int) -> Dict[str, float]:
     kv = 2 * h * (c.kv_lora_rank + c.qk_rope_head_dim) + 2 * c.kv_lora_rank * nh * (c.qk_nope_head_dim + v)
     out = 2 * nh * v * h
     scores = 2 * nh * qk * seq + 2 * nh * v * seq  # QK^T and the weighted sum of V
-    return {"attn_proj": float(q + kv + out), "attn_scores": float(scores)}
+    parts = {"attn_proj": float(q + kv + out), "attn_scores": float(scores)}
+    if c.index_topk > 0:  # V3.2's Lightning Indexer: wq_b, wk, weights_proj, q.k and the head-weighted sum
+        hi, di = c.index_n_heads, c.index_head_dim
+        parts["indexer"] = float(2 * c.q_lora_rank * hi * di + 2 * h * di + 2 * h * hi + 2 * hi * di * seq
+                                 + 2 * hi * seq)
+    return parts
 
 
 def mlp_flops(c: DeepseekConfig, layer: int) -> Dict[str, float]:
@@ -68,7 +73,10 @@ def forward_flops_per_token(c: DeepseekConfig, seq: int, include_mtp: bool = Tru
 
 
 def train_flops_per_token(c: DeepseekConfig, seq: int) -> float:
-    return 3.0 * forward_flops_per_token(c, seq)["total"]
+    """3x the forward, except V3.2's indexer, which has no backward (it runs without gradient)."""
+    fwd = forward_flops_per_token(c, seq)
+    indexer = fwd.get("indexer", 0.0) + fwd.get("mtp_indexer", 0.0)
+    return 3.0 * (fwd["total"] - indexer) + indexer
 
 
 def parameter_counts(c: DeepseekConfig, include_mtp: bool = False) -> Dict[str, int]:

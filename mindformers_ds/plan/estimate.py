@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List
 
-from ..observe.flops import forward_flops_per_token
+from ..observe.flops import forward_flops_per_token, train_flops_per_token
 from .memory import DTYPE_BYTES, GB, MemoryEstimate, estimate_memory, params_per_device
 
 
@@ -83,12 +83,13 @@ def plan_layout(model, par, cluster, micro_batch: int, seq: int, global_batch: i
         "ep": vol["ep"] / bw(_spans_nodes(1, par.ep, dpn)),
         "pp": vol["pp"] / bw(par.pp > 1 and par.dp * par.tp >= dpn),
     }
-    fwd = forward_flops_per_token(model, seq)["total"]
-    # 3x forward, as MFU conventions count it (LoRA skips the frozen weights' gradients: ~2x)
-    model_flops = 3.0 * fwd * global_batch * seq / (par.dp * par.tp * par.pp)
-    done_flops = model_flops * (4.0 / 3.0 if par.recompute else 1.0)
+    per_device_tokens = global_batch * seq / (par.dp * par.tp * par.pp)
+    # 3x forward as MFU conventions count it (LoRA skips the frozen weights' gradients: ~2x)
+    model_flops = train_flops_per_token(model, seq) * per_device_tokens
+    done_flops = model_flops + (forward_flops_per_token(model, seq)["total"] * per_device_tokens
+                                if par.recompute else 0.0)  # recompute repeats the forward
     peak = cluster.peak_tflops_bf16 * 1e12
-    compute_s = done_flops / (peak * getattr(cluster, "compute_efficiency", 0.5))
+    compute_s = done_flops / (peak * cluster.compute_efficiency)
     bubble_s = compute_s * (par.pp - 1) / micro if par.pp > 1 else 0.0
     step_s = compute_s + bubble_s + sum(comm_s.values())
     layout = {"dp": par.dp, "tp": par.tp, "ep": par.ep, "pp": par.pp, "micro_batches": micro,
