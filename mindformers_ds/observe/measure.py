@@ -16,13 +16,7 @@ import statistics
 import sys
 import time
 
-
-def rss_mb(field: str = "VmHWM") -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+from .step_metrics import rss_mb
 
 
 def measure(config_path: str, sets, steps: int, batch: int) -> dict:

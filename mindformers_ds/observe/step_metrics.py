@@ -16,17 +16,23 @@ import numpy as np
 from .flops import train_flops_per_token
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM), MB. ru_maxrss would survive fork+exec."""
+def rss_mb(field: str = "VmHWM") -> float:
+    """A memory line of /proc/self/status in MB: VmHWM (peak resident set) or VmRSS (current).
+    Not ru_maxrss for the peak: it survives fork+exec and would report the parent's."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), MB."""
+    return rss_mb("VmHWM")
 
 
 def device_peak_mb() -> Optional[float]:

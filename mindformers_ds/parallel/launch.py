@@ -118,8 +118,9 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
            f"--master_port={master_port}", f"--node_rank={node_rank}", f"--log_dir={log_dir}", "--join=True",
            f"--cluster_time_out={cluster_timeout}", WORKER, *train_args]
     print(f"launch: {world} workers ({nproc} on this node), logs in {log_dir}", flush=True)
+    local_ranks = range(node_rank * nproc, (node_rank + 1) * nproc)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    dead = _watch_workers(proc, range(node_rank * nproc, (node_rank + 1) * nproc), status_dir, poll)
+    dead = _watch_workers(proc, local_ranks, status_dir, poll)
     if dead:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -131,7 +132,6 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
               f"(its log: {os.path.join(log_dir, f'worker_{dead[0]}.log')})", file=sys.stderr, flush=True)
         return 1
     code = proc.returncode
-    local_ranks = range(node_rank * nproc, (node_rank + 1) * nproc)
     failed = [r for r in local_ranks if os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")) and
               open(os.path.join(status_dir, f"rank_{r}.done")).read().strip() not in ("0", "")]
     if code != 0 or failed:

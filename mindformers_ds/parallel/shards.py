@@ -157,10 +157,16 @@ def merge_checkpoint(src: str, dst: str) -> str:
             write_safetensors(os.path.join(dst, filename), items, {"layout": "mindspore"})
     finally:
         ck.close()
+    _copy_side_files(src, dst)
+    return f"merged {len(ck.ranks)} ranks of {src} into {dst}"
+
+
+
+def _copy_side_files(src: str, dst: str) -> None:
+    """config.json and the training state travel with the weights, whatever the sharding."""
     for side in ("config.json", manager.STATE_FILE):
         if os.path.isfile(os.path.join(src, side)):
             shutil.copyfile(os.path.join(src, side), os.path.join(dst, side))
-    return f"merged {len(ck.ranks)} ranks of {src} into {dst}"
 
 
 def split_checkpoint(src: str, dst: str, cfg) -> str:
@@ -193,7 +199,5 @@ def split_checkpoint(src: str, dst: str, cfg) -> str:
                                                                           "pp": 1}, coords))
     finally:
         ck.close()
-    for side in ("config.json", manager.STATE_FILE):
-        if os.path.isfile(os.path.join(src, side)):
-            shutil.copyfile(os.path.join(src, side), os.path.join(dst, side))
+    _copy_side_files(src, dst)
     return f"split {src} into {world} rank shards in {dst}"

@@ -57,17 +57,16 @@ def plan_layout(model, par, cluster, micro_batch: int, seq: int, global_batch: i
     act = DTYPE_BYTES.get(model.compute_dtype, 4)
     micro = global_batch // (micro_batch * par.dp)
     tokens = micro_batch * seq
-    per_stage = params_per_device(model, par, lora)
-    stage = max(per_stage, key=lambda sp: sp.total)
-    if stage.lora:  # only the adapters have gradients to reduce
-        stage = type(stage)(stage.lora, 0, stage.lora)
+    stage = max(params_per_device(model, par, lora), key=lambda sp: sp.total)
+    # gradients all-reduced over dp (dense) and over dp*tp/ep (experts); with LoRA only the adapters have any
+    grad_dense, grad_experts = (stage.lora, 0) if stage.lora else (stage.dense, stage.experts)
     expert_dp = max(1, par.dp * par.tp // par.ep)
     layers = model.num_hidden_layers + model.num_nextn_predict_layers
     layers_per_stage = -(-layers // par.pp)
     moe_per_stage = -(-sum(model.is_moe_layer(i) for i in range(layers)) // par.pp)
     ring = lambda n: (n - 1) / n if n > 1 else 0.0  # noqa: E731
     vol = {
-        "dp": 4.0 * 2 * (ring(par.dp) * stage.dense + ring(expert_dp) * stage.experts),
+        "dp": 4.0 * 2 * (ring(par.dp) * grad_dense + ring(expert_dp) * grad_experts),
         "tp": micro * layers_per_stage * (6 if par.recompute else 4) * 2 * ring(par.tp) * act * tokens
         * model.hidden_size,
         # with sequence parallelism each tp rank dispatches only its 1/tp of the tokens

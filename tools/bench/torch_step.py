@@ -18,14 +18,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 
-def rss_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
@@ -37,6 +29,7 @@ def main() -> int:
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
     from mindformers_ds import config
     from mindformers_ds.observe.flops import train_flops_per_token
+    from mindformers_ds.observe.step_metrics import rss_mb
     cfg = config.load(a.config, check_paths=False)
     mc = cfg.model.model_config()
     seq, batch = cfg.data.seq_length, cfg.train.micro_batch_size
