@@ -57,10 +57,10 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float
 class Generator:
     def __init__(self, model, max_length: int, batch_size: int = 8, use_cache: bool = False):
         self.model, self.max_length, self.batch_size = model, max_length, batch_size
-        # V3.2's indexer would need its own key cache; until then its models recompute the prefix
-        # (exact, slower) instead of decoding through an MLA cache that ignores the indexer.
-        if use_cache and model.config.index_topk > 0:
-            log.info("KV cache is not implemented for the V3.2 indexer; generating by recomputation")
+        # V3.2's indexer and V4's compressors would need caches of their own; until then those
+        # models recompute the prefix (exact, slower) instead of decoding through an MLA cache.
+        if use_cache and (model.config.index_topk > 0 or model.config.is_v4):
+            log.info("KV cache is not implemented for the V3.2 indexer / V4 compressors; generating by recomputation")
             use_cache = False
         self.use_cache = use_cache
         self._step = NextTokenLogits(model)

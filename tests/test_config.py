@@ -117,7 +117,7 @@ def test_bad_choices_and_ranges(tmp_path):
     assert "model.topk_method='top1' must be one of" in error_of(child(tmp_path, {"model": {"topk_method": "top1"}}))
     assert "data.seq_length=1024 must be <= model.max_position_embeddings=256" in error_of(
         child(tmp_path, {"data": {"seq_length": 1024}}))
-    assert "model.scoring_func must be 'sigmoid'" in error_of(child(tmp_path, {"model": {"scoring_func": "softmax"}}))
+    assert "model.scoring_func='softmax' must be 'sigmoid'" in error_of(child(tmp_path, {"model": {"scoring_func": "softmax"}}))
     assert "optimizer.betas=[0.9] must be two numbers" in error_of(child(tmp_path, {"optimizer": {"betas": [0.9]}}))
     assert error_of(child(tmp_path, {"model": {"rope_scaling": {"factor": 0.5}}})).endswith(
         "model.rope_scaling.factor=0.5 must be >= 1")

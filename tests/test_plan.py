@@ -69,7 +69,8 @@ def test_v3_671b_stage0_params_of_deepseeks_own_layout_match_a_hand_count():
     assert got[0].experts == 4 * 3 * h * 2048
 
 
-@pytest.mark.parametrize("name", ["v3_671b_64x16_a3.yaml", "v3_671b_16x8_a2.yaml", "v2_lite_1x8_a2.yaml"])
+@pytest.mark.parametrize("name", ["v3_671b_64x16_a3.yaml", "v3_671b_16x8_a2.yaml", "v2_lite_1x8_a2.yaml",
+                                  "v4_flash_32x16_a3.yaml", "v4_pro_128x16_a3.yaml"])
 def test_every_parameter_is_held_exactly_once_across_the_shards(name):
     p = preset(name)
     model, par = p.run.model.model_config(), p.run.parallel
@@ -143,3 +144,18 @@ def test_plan_cli_prints_the_plan_and_refuses_a_layout_that_does_not_fill_the_cl
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
     assert str(bad) in line and "parallel" in line and "8" in line
+
+
+@pytest.mark.parametrize("name", ["v4_flash_32x16_a3.yaml", "v4_pro_128x16_a3.yaml"])
+def test_v4_presets_fit_and_count_the_v4_model(name):
+    from mindformers_ds.observe.flops import parameter_counts
+    p = preset(name)
+    model = p.run.model.model_config()
+    assert model.is_v4
+    plan = plan_of(p)
+    assert plan.fits and plan.peak_memory_gb < 64
+    counts = parameter_counts(model)
+    # every parameter's place: the shape table equals transformers' V4 at the same config
+    assert sum(sp.total for sp in params_per_device(model, p.run.parallel)) > 0
+    if "flash" in name:  # transformers' V4-Flash defaults: 284B total, 13B active
+        assert round(counts["total"] / 1e9) == 284 and round(counts["active"] / 1e9) == 13

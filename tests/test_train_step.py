@@ -16,14 +16,15 @@ from mindformers_ds.models.deepseek import DeepseekForCausalLM
 from mindformers_ds.train.optimizer import AdamW, no_decay
 from mindformers_ds.train.schedule import learning_rate
 from mindformers_ds.train.step import (AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep,
-                                       router_bias_parameters)
+                                       router_bias_parameters,
+                                       router_bias_rows)
 
 
 def make_step(model, lr_eps=1e-6, wd=0.1, clip=1.0, bias_rate=0.0):
     weights = model.trainable_params()
     opt = AdamW(weights, (0.9, 0.95), lr_eps, wd)
     grad = GradStep(LossCell(model), weights)
-    apply = ApplyStep(opt, router_bias_parameters(model), bias_rate, clip)
+    apply = ApplyStep(opt, router_bias_parameters(model), bias_rate, clip, bias_rows=router_bias_rows(model))
     return TrainStep(grad, apply), grad, apply, opt
 
 

@@ -162,7 +162,7 @@ def test_v32_configs_load_and_bad_fields_are_named(tmp_path):
 @pytest.mark.timeout(900)
 def test_tiny_v32_fine_tunes_on_the_demo_data_with_the_loss_falling(tmp_path):
     from mindformers_ds.train.trainer import Trainer
-    sets = [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=40", "train.micro_batch_size=8",
+    sets = [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=30", "train.micro_batch_size=8",
             "train.eval_every=0", "train.exact_match_samples=0", "data.max_samples=320", "checkpoint.save_every=0",
             "logging.progress_bar=false", "logging.log_every=1", "model.hidden_size=64", "model.moe_intermediate_size=32",
             "model.intermediate_size=128", "optimizer.lr=3e-3"]
@@ -171,7 +171,7 @@ def test_tiny_v32_fine_tunes_on_the_demo_data_with_the_loss_falling(tmp_path):
     Trainer(cfg).run()
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         losses = [r["loss"] for r in map(json.loads, f) if "loss" in r and "type" not in r]
-    assert len(losses) >= 30
+    assert len(losses) >= 25
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     print(f"V3.2 tiny fine-tune: loss {first:.3f} -> {last:.3f}")
     assert last < 0.7 * first

@@ -30,7 +30,7 @@ from ..models.deepseek.config import DeepseekConfig
 from ..models.deepseek.shapes import parameter_specs
 from ..utils.io import atomic_write_json
 from .fp8 import block_dequant, block_quant
-from .mapping import layer_of, ordered_names
+from .mapping import dequantise, is_quantised, layer_of, ordered_names
 from .names import SCALE_SUFFIX, STACKED_RE, expert_key, is_mtp_passthrough
 from .reader import ST_INDEX, CheckpointReader
 from .safetensors_io import DTYPES, CheckpointError, SafetensorsFile, from_float32, to_float32
@@ -110,15 +110,21 @@ def plan_hf_to_ms(reader: CheckpointReader, cfg: DeepseekConfig, dtype: Optional
     for name in ordered_names(reader.names()):
         where = reader.weight_map[name]
         tag, shape = reader.info(name)
-        if tag.startswith("F8_") and name + SCALE_SUFFIX not in reader:
+        if tag.startswith("F8_") and name + SCALE_SUFFIX not in reader and not name.startswith("mtp."):
             raise CheckpointError(f"{where}: FP8 tensor {name!r} has no {name + SCALE_SUFFIX!r}")
+        if name.startswith("mtp."):  # V4's MTP block: not in the model, kept byte for byte
+            plan.append(OutTensor(name, tag, tuple(shape), [Piece(name)]))
+            continue
+        if tag in ("I8", "U8") and name + SCALE_SUFFIX in reader:
+            tag = "F8_E4M3"  # FP4 (e2m1) weights dequantise like FP8 ones: to bf16 unless --dtype says otherwise
+            shape = tuple(shape[:-1]) + (2 * shape[-1],)  # two values per byte
         k = expert_key(name)
         if k is None:
             if name not in expected and not is_mtp_passthrough(name, cfg.num_hidden_layers):
                 raise CheckpointError(f"{where}: tensor {name!r} is not part of a {cfg.model_type} model with this "
                                       f"config.json (layers: {n_layers}; another architecture?)")
             _check_shape(expected, where, name, shape)
-            if is_mtp_passthrough(name, cfg.num_hidden_layers):
+            if is_mtp_passthrough(name, cfg.num_hidden_layers) and not name.startswith("mtp."):
                 _check_shape({name: (cfg.vocab_size, h)}, where, name, shape)
             plan.append(OutTensor(name, _out_tag(tag, name, dtype), tuple(shape), [Piece(name)]))
             continue
@@ -145,10 +151,26 @@ def plan_hf_to_ms(reader: CheckpointReader, cfg: DeepseekConfig, dtype: Optional
     return plan
 
 
-def plan_ms_to_hf(reader: CheckpointReader, dtype: Optional[str], fp8: bool) -> List[OutTensor]:
+def plan_ms_to_hf(reader: CheckpointReader, dtype: Optional[str], fp8: bool, v4: bool = False) -> List[OutTensor]:
+    """`v4`: names as transformers writes V4 (release names under `model.`), so it loads them back."""
+    if v4 and fp8:
+        raise CheckpointError(f"{reader.path}: --fp8 re-quantises V3 releases; V4's FP8 + FP4 release format is "
+                              f"not written (convert to bf16 instead)")
+    plan = _plan_ms_to_hf(reader, dtype, fp8)
+    if v4:
+        from .v4_names import release_v4_name
+        for t in plan:
+            t.name = release_v4_name(t.name)
+    return plan
+
+
+def _plan_ms_to_hf(reader: CheckpointReader, dtype: Optional[str], fp8: bool) -> List[OutTensor]:
     plan: List[OutTensor] = []
     for name in reader.names():
         tag, shape = reader.info(name)
+        if name.startswith("mtp."):
+            plan.append(OutTensor(name, tag, tuple(shape), [Piece(name)]))
+            continue
         m = STACKED_RE.match(name)
         if not m:
             plan += _maybe_fp8(OutTensor(name, _out_tag(tag, name, dtype), tuple(shape), [Piece(name)]), fp8)
@@ -180,15 +202,11 @@ def produce(reader: CheckpointReader, piece: Piece, out_tag: str) -> np.ndarray:
     if piece.index is None:
         tag, arr = reader.get(piece.src)
     else:
-        tag, arr = reader._file(reader.weight_map[piece.src]).get_rows(piece.src, piece.index, piece.r0, piece.r1)
-    if tag.startswith("F8_"):
-        scale = reader.get(piece.src + SCALE_SUFFIX)[1].astype(np.float32)
-        try:
-            f32 = block_dequant(arr, scale, 128, tag)
-        except ValueError as e:
-            raise CheckpointError(f"{reader.weight_map[piece.src]}: tensor {piece.src!r}: {e}") from None
-    elif piece.quant is None and tag == out_tag:
-        return arr  # byte-exact copy
+        tag, arr = reader.get_rows(piece.src, piece.index, piece.r0, piece.r1)
+    if piece.quant is None and tag == out_tag:
+        return arr  # byte-exact copy (also quantised tensors kept as they are: V4's MTP block)
+    if is_quantised(reader, piece.src, tag):
+        f32 = dequantise(reader, piece.src, tag, arr)
     else:
         f32 = to_float32(tag, arr)
     if piece.quant is not None:
@@ -355,10 +373,10 @@ def hf_to_ms(src: str, dst: str, dtype: Optional[str] = None, fmt: str = "safete
 
 def ms_to_hf(src: str, dst: str, dtype: Optional[str] = None, fmt: str = "safetensors", fp8: bool = False,
              max_shard: str = "5GB", workers: int = 1, bar: bool = True) -> Dict:
-    _, raw = read_config(src)
+    cfg, raw = read_config(src)
     reader = CheckpointReader(src)
     try:
-        plan = plan_ms_to_hf(reader, DTYPE_TAGS[dtype], fp8)
+        plan = plan_ms_to_hf(reader, DTYPE_TAGS[dtype], fp8, cfg.is_v4)
     finally:
         reader.close()
     source_index = None

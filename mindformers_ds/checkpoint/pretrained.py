@@ -23,6 +23,7 @@ from .reader import CheckpointReader
 from .safetensors_io import CheckpointError, from_float32, write_safetensors
 from ..utils.io import atomic_write_json
 from ..models.deepseek.config import DeepseekConfig
+from ..models.deepseek import build_model
 from ..models.deepseek.model import DeepseekForCausalLM
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ def load_weights(model: DeepseekForCausalLM, path: str, allow_missing_mtp: bool 
                     raise CheckpointError(f"{reader.weight_map.get(name, path)}: tensor {name!r} has shape "
                                           f"{list(arr.shape)} but the model config needs {list(want)} "
                                           f"(checkpoint of another architecture?)")
-                p.set_data(ms.Tensor((slicer(arr) if slicer is not None else arr).astype(np.float32)))
+                value = slicer(arr) if slicer is not None else arr
+                p.set_data(ms.Tensor(value.astype(ms.dtype_to_nptype(p.dtype))))  # int tables stay ints
                 loaded.add(name)
             elif is_mtp_passthrough(name, cfg.num_hidden_layers) or \
                     layer_of(name) >= cfg.num_hidden_layers + cfg.num_nextn_predict_layers:
@@ -79,7 +81,7 @@ def from_pretrained(path: str, seed: int = 0, **overrides: Any) -> DeepseekForCa
     problems = cfg.problems()
     if problems:
         raise CheckpointError(f"{cfg_path}: " + problems[0][1].replace("{p}", ""))
-    model = DeepseekForCausalLM(cfg)
+    model = build_model(cfg)
     model.init_weights(seed)
     load_weights(model, path)
     return model
@@ -102,6 +104,9 @@ def save_pretrained(model: DeepseekForCausalLM, directory: str, layout: str = "h
     os.makedirs(directory, exist_ok=True)
     items = []
     for name, arr in model_tensors(model, layout):
+        if np.issubdtype(arr.dtype, np.integer):  # V4's hash table: int64, as transformers keeps it
+            items.append((name, "I64", np.ascontiguousarray(arr, np.int64)))
+            continue
         # the router correction bias stays float32 in every release
         tag = "F32" if name.endswith("e_score_correction_bias") else dtype
         items.append((name, tag, from_float32(np.ascontiguousarray(arr, np.float32), tag)))

@@ -109,6 +109,20 @@ class CheckpointReader:
                 raise CheckpointError(f"{path}: sharded checkpoint without its index file (incomplete or "
                                       f"interrupted conversion?)")
             self._map_files(files)
+        self.stored: Dict[str, str] = {}  # canonical name -> name in the file, where they differ
+        cfg = self.config() if os.path.isdir(path) else None
+        if isinstance(cfg, dict) and cfg.get("model_type") == "deepseek_v4":
+            self._use_v4_names()
+
+    def _use_v4_names(self) -> None:
+        """Expose V4 release names (`layers.0.attn.wq_a.weight`) as transformers names."""
+        from .v4_names import canonical_v4_names
+        try:
+            mapping = canonical_v4_names(self.weight_map)
+        except ValueError as e:
+            raise CheckpointError(f"{self.path}: {e}") from None
+        self.stored = {c: s for c, s in mapping.items() if c != s}
+        self.weight_map = {c: self.weight_map[s] for c, s in mapping.items()}
 
     def _read_index(self, index: str) -> None:
         try:
@@ -160,15 +174,19 @@ class CheckpointReader:
         return name in self.weight_map
 
     def info(self, name: str) -> Tuple[str, Tuple[int, ...]]:
-        return self._file(self.weight_map[name]).info(name)
+        return self._file(self.weight_map[name]).info(self.stored.get(name, name))
 
     def nbytes(self, name: str) -> int:
-        return self._file(self.weight_map[name]).nbytes(name)
+        return self._file(self.weight_map[name]).nbytes(self.stored.get(name, name))
 
     def get(self, name: str, copy: bool = True) -> Tagged:
         if name not in self.weight_map:
             raise CheckpointError(f"{self.path}: tensor {name!r} not found")
-        return self._file(self.weight_map[name]).get(name, copy)
+        return self._file(self.weight_map[name]).get(self.stored.get(name, name), copy)
+
+    def get_rows(self, name: str, index: int, row_start: int = 0, row_end=None) -> Tagged:
+        """Rows [row_start, row_end) of slice `index` of a stacked tensor."""
+        return self._file(self.weight_map[name]).get_rows(self.stored.get(name, name), index, row_start, row_end)
 
     def close_file(self, full: str) -> None:
         f = self._open.pop(full, None)

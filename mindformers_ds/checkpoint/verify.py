@@ -39,7 +39,7 @@ def read_view(reader: CheckpointReader, view: View) -> Tuple[str, np.ndarray]:
     if e < 0:
         tag, arr = reader.get(name)
     else:
-        tag, arr = reader._file(reader.weight_map[name]).get_rows(name, e, r0, r1)
+        tag, arr = reader.get_rows(name, e, r0, r1)
     if tag.startswith("F8_") and name + SCALE_SUFFIX in reader:
         return tag, block_dequant(arr, reader.get(name + SCALE_SUFFIX)[1].astype(np.float32), 128, tag)
     return tag, to_float32(tag, arr)

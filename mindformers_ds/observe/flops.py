@@ -18,8 +18,33 @@ from ..models.deepseek.config import DeepseekConfig
 from ..models.deepseek.shapes import parameter_specs
 
 
-def attention_flops(c: DeepseekConfig, seq: int) -> Dict[str, float]:
-    """Forward FLOPs per token of one MLA layer: projections and the quadratic term."""
+def v4_attention_flops(c: DeepseekConfig, seq: int, layer: int) -> Dict[str, float]:
+    """Forward FLOPs per token of one V4 layer's attention and hyper-connections. Queries score all
+    `seq` tokens plus the layer's compressed entries (seq // rate), as the dense kernel does."""
+    h, nh, d, q, n = c.hidden_size, c.num_attention_heads, c.head_dim, c.q_lora_rank, c.hc_mult
+    proj = 2 * h * q + 2 * q * nh * d + 2 * h * d + 2 * nh * d * c.o_lora_rank + 2 * c.o_groups * c.o_lora_rank * h
+    kind = c.layer_types[layer]
+    entries = 0
+    parts: Dict[str, float] = {}
+    if kind == "compressed_sparse_attention":
+        entries = seq // c.compress_rate_csa
+        proj += 2 * 2 * h * 2 * d                                      # kv_proj and gate_proj, two series
+        hi, di = c.index_n_heads, c.index_head_dim
+        parts["indexer"] = float(2 * 2 * h * 2 * di + 2 * q * hi * di + 2 * h * hi + 2 * hi * di * entries
+                                 + 2 * hi * entries)
+    elif kind == "heavily_compressed_attention":
+        entries = seq // c.compress_rate_hca
+        proj += 2 * 2 * h * d
+    parts["attn_proj"] = float(proj)
+    parts["attn_scores"] = float(2 * 2 * nh * d * (seq + entries))   # q.k and p @ kv
+    parts["hyper_connections"] = float(2 * (2 * n * h * (2 + n) * n + 2 * n * n * h))
+    return parts
+
+
+def attention_flops(c: DeepseekConfig, seq: int, layer: int = 0) -> Dict[str, float]:
+    """Forward FLOPs per token of one attention layer: projections and the quadratic term."""
+    if c.is_v4:
+        return v4_attention_flops(c, seq, layer)
     h, nh = c.hidden_size, c.num_attention_heads
     qk, v = c.qk_nope_head_dim + c.qk_rope_head_dim, c.v_head_dim
     if c.q_lora_rank is None:
@@ -57,11 +82,13 @@ def forward_flops_per_token(c: DeepseekConfig, seq: int, include_mtp: bool = Tru
             parts[k] = parts.get(k, 0.0) + x
 
     for i in range(c.num_hidden_layers):
-        add(attention_flops(c, seq))
+        add(attention_flops(c, seq, i))
         add(mlp_flops(c, i))
     head = float(2 * c.hidden_size * c.vocab_size)
     parts["lm_head"] = head
-    if include_mtp:
+    if c.is_v4:
+        parts["hyper_connections"] += float(2 * c.hc_mult * c.hidden_size * c.hc_mult)  # the hyper head
+    if include_mtp and not c.is_v4:
         for d in range(c.num_nextn_predict_layers):
             i = c.num_hidden_layers + d
             mtp = {"mtp_proj": float(2 * 2 * c.hidden_size * c.hidden_size), "mtp_head": head}
@@ -73,7 +100,7 @@ def forward_flops_per_token(c: DeepseekConfig, seq: int, include_mtp: bool = Tru
 
 
 def train_flops_per_token(c: DeepseekConfig, seq: int) -> float:
-    """3x the forward, except V3.2's indexer, which has no backward (it runs without gradient)."""
+    """3x the forward, except the V3.2 / V4 indexers, which have no backward (no gradient reaches them)."""
     fwd = forward_flops_per_token(c, seq)
     indexer = fwd.get("indexer", 0.0) + fwd.get("mtp_indexer", 0.0)
     return 3.0 * (fwd["total"] - indexer) + indexer

@@ -24,9 +24,9 @@ def measure(config_path: str, sets, steps: int, batch: int) -> dict:
     import mindspore as ms
     from mindspore import Tensor
     from .. import config
-    from ..models.deepseek.model import DeepseekForCausalLM
+    from ..models.deepseek import build_model
     from ..train.optimizer import AdamW
-    from ..train.step import ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters
+    from ..train.step import ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters, router_bias_rows
     from .flops import train_flops_per_token
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
@@ -34,13 +34,14 @@ def measure(config_path: str, sets, steps: int, batch: int) -> dict:
     mc = cfg.model.model_config()
     seq = cfg.data.seq_length
     baseline = rss_mb("VmRSS")
-    model = DeepseekForCausalLM(mc)
+    model = build_model(mc)
     model.init_weights(cfg.train.seed)
     weights = model.trainable_params()
     o = cfg.optimizer
     opt = AdamW(weights, tuple(o.betas), o.eps, o.weight_decay)
     step = TrainStep(GradStep(LossCell(model), weights),
-                     ApplyStep(opt, router_bias_parameters(model), mc.bias_update_rate, cfg.train.max_grad_norm))
+                     ApplyStep(opt, router_bias_parameters(model), mc.bias_update_rate, cfg.train.max_grad_norm,
+                               bias_rows=router_bias_rows(model)))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, mc.vocab_size, (batch, seq)).astype(np.int32)
     n_tok = batch * (seq - 1)

@@ -25,6 +25,12 @@ def swiglu(gate_up):
     return ops.silu(gate) * up
 
 
+def clamp_gate_up(gate_up, limit: float):
+    """V4's `swiglu_limit`: gate clipped from above, up to [-limit, limit], before silu(gate) * up."""
+    gate, up = ops.split(gate_up, gate_up.shape[-1] // 2, -1)
+    return ops.concat((ops.minimum(gate, limit), ops.clamp(up, -limit, limit)), -1)
+
+
 def rope_cos_sin(position_ids, inv_freq, attention_factor: float):
     """cos/sin of shape [B, 1, S, D/2] for positions [B, S] (float32, as transformers computes them)."""
     freqs = position_ids.astype(ms.float32).expand_dims(-1) * inv_freq
@@ -102,17 +108,38 @@ def moe_unpermute(y_perm, slot_of_row, topk_weight, num_tokens: int):
     return out[:num_tokens]
 
 
+def router_scores(logits, scoring: str):
+    """Expert affinities from float32 router logits: V2 softmax, V3 sigmoid, V4 sqrt(softplus)."""
+    if scoring == "sigmoid":
+        return ops.sigmoid(logits)
+    if scoring == "sqrtsoftplus":
+        return ops.sqrt(ops.softplus(logits))
+    return ops.softmax(logits, -1)
+
+
+def chosen_weights(scores, indices, scoring: str, norm_topk_prob: bool, top_k: int, routed_scaling_factor: float):
+    """Weights of the chosen experts: their unbiased scores, normalised when `norm_topk_prob`
+    (V3/V4 then scale; V2 normalises *or* scales)."""
+    weights = ops.gather_elements(scores, 1, indices)
+    if scoring != "softmax":
+        if norm_topk_prob:
+            weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+        return weights * routed_scaling_factor
+    if norm_topk_prob and top_k > 1:
+        return weights / (weights.sum(-1, keepdims=True) + 1e-20)
+    return weights * routed_scaling_factor
+
+
 def router_topk(logits, bias, top_k: int, n_group: int, topk_group: int, scoring: str, method: str,
                 norm_topk_prob: bool, routed_scaling_factor: float):
     """DeepSeek routers on float32 logits [N, E] -> (weights [N, k], indices [N, k] int32, scores [N, E]).
 
-    V3 (`noaux_tc`): sigmoid scores; the bias only steers the choice; groups ranked by the sum of
-    their top-2 biased scores; masked experts get -inf. V2: softmax scores; `group_limited_greedy`
-    ranks groups by their best score and masks with 0. Weights are the unbiased scores of the
-    chosen experts, normalised when `norm_topk_prob` (V3 then scales; V2 scales only otherwise).
+    V3 (`noaux_tc`): sigmoid scores (V4: sqrt(softplus)); the bias only steers the choice; groups
+    ranked by the sum of their top-2 biased scores; masked experts get -inf. V2: softmax scores;
+    `group_limited_greedy` ranks groups by their best score and masks with 0.
     """
     n, e = logits.shape
-    scores = ops.sigmoid(logits) if scoring == "sigmoid" else ops.softmax(logits, -1)
+    scores = router_scores(logits, scoring)
     choice = scores + bias if bias is not None else scores
     if method != "greedy" and n_group > 1:
         grouped = choice.reshape(n, n_group, e // n_group)
@@ -127,13 +154,5 @@ def router_topk(logits, bias, top_k: int, n_group: int, topk_group: int, scoring
         fill = float("-inf") if method == "noaux_tc" else 0.0
         choice = ops.where(expert_mask > 0, choice, ops.full_like(choice, fill))
     indices = ops.topk(choice, top_k)[1].astype(ms.int32)
-    weights = ops.gather_elements(scores, 1, indices)
-    if scoring == "sigmoid":                       # V3: normalise, then scale
-        if norm_topk_prob:
-            weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
-        weights = weights * routed_scaling_factor
-    elif norm_topk_prob and top_k > 1:             # V2: normalise *or* scale
-        weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
-    else:
-        weights = weights * routed_scaling_factor
+    weights = chosen_weights(scores, indices, scoring, norm_topk_prob, top_k, routed_scaling_factor)
     return weights, indices, scores

@@ -70,6 +70,8 @@ def layer_activation_bytes(c: DeepseekConfig, layer: int, tokens: int, batch: in
     sp = tp if sequence_parallel else 1
     B, F = act_bytes, 4
     t = float(tokens)
+    if c.is_v4:
+        return v4_activation_bytes(c, layer, t, batch, seq, B)
     attn = B * t * 2 * h / sp                                   # norm input and output
     if c.q_lora_rank:
         attn += B * t * 2 * c.q_lora_rank                       # q_a output, its norm output
@@ -90,10 +92,28 @@ def layer_activation_bytes(c: DeepseekConfig, layer: int, tokens: int, batch: in
     return out
 
 
+def v4_activation_bytes(c: DeepseekConfig, layer: int, t: float, batch: int, seq: int, B: int) -> Dict[str, float]:
+    """A V4 layer (attention replicated, as in transformers' TP plan): the n residual streams around
+    both blocks, q/kv/compressed entries, the [S, S + T] probabilities, the MoE as in V3."""
+    h, nh, d, n, F = c.hidden_size, c.num_attention_heads, c.head_dim, c.hc_mult, 4
+    kind = c.layer_types[layer]
+    rate = {"compressed_sparse_attention": c.compress_rate_csa, "heavily_compressed_attention": c.compress_rate_hca}
+    entries = seq // rate[kind] if kind in rate else 0
+    hc = F * t * 2 * (2 * n * h + (2 + n) * n)                                 # streams, flat norm, mixes (x2)
+    attn = B * t * (2 * h + 2 * c.q_lora_rank + 3 * nh * d + 2 * d)           # norms, q latent, q, out, kv
+    attn += F * batch * nh * seq * (seq + entries)                             # probabilities
+    if entries:
+        attn += B * t * 4 * d * (2 if kind == "compressed_sparse_attention" else 1)  # compressor kv/gate
+    inter, k = c.moe_intermediate_size, c.num_experts_per_tok
+    moe = B * t * 2 * h + F * t * 2 * c.n_routed_experts + B * t * 3 * inter * c.n_shared_experts
+    moe += B * t * k * (2 * h + 3 * inter)
+    return {"hyper_connections": hc, "attention": attn, "moe": moe}
+
+
 def head_activation_bytes(c: DeepseekConfig, tokens: int, tp: int, vocab_parallel: bool, act_bytes: int) -> float:
     """Final norm, then the fp32 logits and softmax the loss backward reads (per head: main + MTP)."""
     v = c.vocab_size / (tp if vocab_parallel else 1)
-    return (1 + c.num_nextn_predict_layers) * (act_bytes * tokens * 2 * c.hidden_size + 4 * tokens * 2 * v)
+    return (1 + c.mtp_modules) * (act_bytes * tokens * 2 * c.hidden_size + 4 * tokens * 2 * v)
 
 
 @dataclass(frozen=True)

@@ -79,9 +79,12 @@ class ApplyStep(nn.Cell):
     `global_norm` measures the gradient norm of the whole model when parameters are split."""
 
     def __init__(self, optimizer, router_biases: List[Parameter], bias_rate: float, max_grad_norm: float,
-                 reducer=None, global_norm=None):
+                 reducer=None, global_norm=None, bias_rows: Optional[List[int]] = None):
+        """`bias_rows`: the row of the stacked expert load each bias follows (default: the i-th;
+        V4's hash-routed layers report a load but have no bias)."""
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
+        self.bias_rows = list(bias_rows) if bias_rows is not None else list(range(len(router_biases)))
         self.global_norm = global_norm  # parallel runs: the norm of the whole model, same on all ranks
         self.biases = ms.ParameterTuple(router_biases) if router_biases else ()
         self.num_biases = len(router_biases)
@@ -105,7 +108,7 @@ class ApplyStep(nn.Cell):
         self.optimizer(grads, lr, finite)
         for i in range(self.num_biases):
             bias = self.biases[i]
-            row = load[i]
+            row = load[self.bias_rows[i]]
             new = bias + self.bias_rate * ops.sign(row.mean() - row)
             ops.assign(bias, ops.select(finite, new, bias))
         return norm, finite
@@ -135,6 +138,17 @@ class AccumulateGrads(nn.Cell):
 
     def construct(self, a, b):
         return self.hyper_map(_add, a, b)
+
+
+def router_bias_rows(model) -> List[int]:
+    """For each of `router_bias_parameters`, its row in the stacked expert load."""
+    rows, row = [], 0
+    for layer in model.model.layers:
+        if getattr(layer, "is_moe", False):
+            if layer.mlp.gate.has_bias:
+                rows.append(row)
+            row += 1
+    return rows
 
 
 def router_bias_parameters(model) -> List[Parameter]:

@@ -31,6 +31,7 @@ from ..data.loader import BatchLoader
 from ..data.packing import build_rows, fit_length
 from ..data.tokenizer import Tokenizer, TokenizerError
 from ..generation import Generator
+from ..models.deepseek import build_model as causal_lm
 from ..models.deepseek.model import DeepseekForCausalLM
 from ..checkpoint.pretrained import load_weights
 from ..observe.peak import peak_tflops
@@ -41,7 +42,8 @@ from ..utils.logging import MetricsWriter, setup_logging
 from .evaluation import EvalSums, eval_loss, exact_match
 from .optimizer import AdamW
 from .schedule import learning_rate
-from .step import AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters
+from .step import (AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters,
+                   router_bias_rows)
 
 log = logging.getLogger("mindformers_ds.train")
 
@@ -86,7 +88,7 @@ def set_graph_mode(device: Optional[str] = None) -> None:
 def build_model(cfg: RunConfig, ctx=None, table=None) -> DeepseekForCausalLM:
     """The model (this rank's slices of it under the explicit executor), initialised from the
     seed or `model.pretrained`; every layout starts from the same full weights."""
-    model = DeepseekForCausalLM(cfg.model.model_config(), parallel=ctx)
+    model = causal_lm(cfg.model.model_config(), parallel=ctx)
     layout = None
     if ctx is not None:
         from ..parallel.explicit import layout_init
@@ -189,7 +191,7 @@ class Trainer:
             global_norm = GlobalNorm(trainable, self.table, ctx)
             self.sum_parts = SumOverDP(ctx)
         apply_step = ApplyStep(self.optimizer, biases, cfg.model.bias_update_rate, cfg.train.max_grad_norm,
-                               reducer, global_norm)
+                               reducer, global_norm, [] if self.lora else router_bias_rows(self.model))
         self.grad_step, self.apply_step = grad_step, apply_step
         self.fused_step = TrainStep(grad_step, apply_step)
         self.accumulate = AccumulateGrads()

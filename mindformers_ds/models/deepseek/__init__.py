@@ -5,11 +5,23 @@ The model classes import MindSpore; they load on first use, so config and checkp
 from .config import DeepseekConfig, RopeScaling
 
 
+def build_model(config: DeepseekConfig, parallel=None):
+    """The causal LM of `config.model_type` (V4 has its own backbone; V2/V3/V3.2 share one)."""
+    if config.is_v4:
+        from .model_v4 import DeepseekV4ForCausalLM
+        return DeepseekV4ForCausalLM(config, parallel)
+    from .model import DeepseekForCausalLM
+    return DeepseekForCausalLM(config, parallel)
+
+
 def __getattr__(name):
     if name == "DeepseekForCausalLM":
         from .model import DeepseekForCausalLM
         return DeepseekForCausalLM
+    if name == "DeepseekV4ForCausalLM":
+        from .model_v4 import DeepseekV4ForCausalLM
+        return DeepseekV4ForCausalLM
     raise AttributeError(name)
 
 
-__all__ = ["DeepseekConfig", "RopeScaling", "DeepseekForCausalLM"]
+__all__ = ["DeepseekConfig", "RopeScaling", "DeepseekForCausalLM", "DeepseekV4ForCausalLM", "build_model"]

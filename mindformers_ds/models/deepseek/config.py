@@ -16,9 +16,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
-MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
+MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4")
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
-SCORING_FUNCS = ("softmax", "sigmoid")
+SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")
+V4_ATTENTION_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
+V4_MLP_TYPES = ("hash_moe", "moe")
+V4_FIELDS = ("head_dim", "layer_types", "mlp_layer_types", "compress_rate_csa", "compress_rate_hca",
+             "compress_rope_theta", "compress_rope_scaling", "sliding_window", "o_groups", "o_lora_rank",
+             "hc_mult", "hc_sinkhorn_iters", "hc_eps", "swiglu_limit")
 FUSED_OPS = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk")
 
 # Keys HF configs carry that say nothing about the math (or that we derive ourselves).
@@ -85,6 +90,22 @@ class DeepseekConfig:
     index_topk: int = 0
     index_n_heads: int = 64
     index_head_dim: int = 128
+    # V4 (model_type deepseek_v4; see config_v4.py): shared-KV MQA of head_dim with partial RoPE
+    # (qk_rope_head_dim trailing channels), per-layer attention / MoE types, compressors, mHC.
+    head_dim: int = 0
+    layer_types: List[str] = field(default_factory=list)
+    mlp_layer_types: List[str] = field(default_factory=list)
+    compress_rate_csa: int = 4
+    compress_rate_hca: int = 128
+    compress_rope_theta: float = 160000.0
+    compress_rope_scaling: Optional[RopeScaling] = None
+    sliding_window: int = 128
+    o_groups: int = 8
+    o_lora_rank: int = 1024
+    hc_mult: int = 4
+    hc_sinkhorn_iters: int = 20
+    hc_eps: float = 1e-6
+    swiglu_limit: float = 0.0            # 0: no clipping of expert pre-activations
     # Training-side knobs (not part of HF's config.json).
     aux_loss_alpha: float = 0.0          # sequence-wise balance loss coefficient; 0 disables it
     seq_aux: bool = True
@@ -99,13 +120,30 @@ class DeepseekConfig:
     def qk_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
+    @property
+    def is_v4(self) -> bool:
+        return self.model_type == "deepseek_v4"
+
+    @property
+    def mtp_modules(self) -> int:
+        """MTP depths the model builds: V4's release ships one, which the model (as transformers) does not."""
+        return 0 if self.is_v4 else self.num_nextn_predict_layers
+
     def is_moe_layer(self, layer_idx: int) -> bool:
+        if self.is_v4:  # every V4 layer is MoE (hash-routed or learned); MTP depths are learned
+            return True
         return (self.n_routed_experts > 0 and layer_idx >= self.first_k_dense_replace
                 and layer_idx % self.moe_layer_freq == 0)
 
     @property
     def uses_correction_bias(self) -> bool:
         return self.topk_method == "noaux_tc"
+
+    def is_hash_layer(self, layer_idx: int) -> bool:
+        return self.is_v4 and layer_idx < len(self.mlp_layer_types) and self.mlp_layer_types[layer_idx] == "hash_moe"
+
+    def layer_has_correction_bias(self, layer_idx: int) -> bool:
+        return self.uses_correction_bias and not self.is_hash_layer(layer_idx)
 
     def softmax_scale(self) -> float:
         """1/sqrt(d_qk), times mscale(factor, mscale_all_dim)^2 under YaRN (the V2/V3 correction)."""
@@ -164,9 +202,13 @@ class DeepseekConfig:
             if self.topk_method == "noaux_tc" and g > 1:
                 need(e // g >= 2, "n_group",
                      f"{p}n_group={g} leaves {e // g} expert per group; noaux_tc scores groups by their top-2")
-            need(self.topk_method != "noaux_tc" or self.scoring_func == "sigmoid", "scoring_func",
-                 "{p}scoring_func must be 'sigmoid' with {p}topk_method='noaux_tc' (the V3 router)")
-        if self.model_type == "deepseek_v32":
+            need(self.topk_method != "noaux_tc" or self.scoring_func == ("sqrtsoftplus" if self.is_v4 else "sigmoid"),
+                 "scoring_func", f"{p}scoring_func={self.scoring_func!r} must be 'sigmoid' with {p}topk_method="
+                 "'noaux_tc' (the V3 router; V4's is 'sqrtsoftplus')")
+        if self.is_v4:
+            from .config_v4 import v4_problems
+            out += v4_problems(self, p)
+        elif self.model_type == "deepseek_v32":
             need(self.index_topk > 0, "index_topk", f"{p}index_topk={self.index_topk} must be > 0 for deepseek_v32")
             need(self.q_lora_rank is not None, "q_lora_rank",
                  f"{p}q_lora_rank must be set for deepseek_v32 (the indexer reads the q latent)")
@@ -189,13 +231,16 @@ class DeepseekConfig:
         from ...config import ConfigError  # local import: config.py imports this module
         mt = d.get("model_type", "deepseek_v3")
         if mt not in MODEL_TYPES:
-            raise ConfigError(source, "model_type", f"model_type={mt!r} is not a DeepSeek V2/V3/V3.2 model "
+            raise ConfigError(source, "model_type", f"model_type={mt!r} is not a DeepSeek V2/V3/V3.2/V4 model "
                               f"(expected one of {list(MODEL_TYPES)})")
+        if mt == "deepseek_v4":
+            from .config_v4 import v4_from_hf
+            return cls(**v4_from_hf(d, {f.name for f in dataclasses.fields(cls)}, source))
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: Dict[str, Any] = {}
         unknown = []
         for k, v in d.items():
-            if k in names and k != "rope_scaling":
+            if k in names and k != "rope_scaling" and k not in V4_FIELDS:
                 kwargs[k] = v
             elif k not in _HF_BOOKKEEPING:
                 unknown.append(k)
@@ -252,13 +297,16 @@ class DeepseekConfig:
         return cls.from_hf_dict(d, source=path)
 
     def to_hf_dict(self) -> Dict[str, Any]:
+        if self.is_v4:
+            from .config_v4 import v4_to_hf
+            return v4_to_hf(self)
         arch = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v32": "DeepseekV32ForCausalLM"}.get(
             self.model_type, "DeepseekV3ForCausalLM")
         hf_only = {"aux_loss_alpha", "seq_aux", "bias_update_rate", "mtp_loss_factor", "compute_dtype",
                    "moe_block_size", "fused_ops", "rope_scaling", "rope_theta"}
         d: Dict[str, Any] = {"architectures": [arch]}
         for f in dataclasses.fields(self):
-            if f.name not in hf_only:
+            if f.name not in hf_only and f.name not in V4_FIELDS:
                 d[f.name] = getattr(self, f.name)
         d["aux_loss_alpha"] = self.aux_loss_alpha
         d["seq_aux"] = self.seq_aux

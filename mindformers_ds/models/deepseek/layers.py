@@ -84,8 +84,11 @@ class RMSNorm(nn.Cell):
 class MLP(nn.Cell):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); used dense and as the shared experts."""
 
-    def __init__(self, hidden: int, intermediate: int, compute_dtype=ms.float32, fused_swiglu: bool = False, ctx=None):
+    def __init__(self, hidden: int, intermediate: int, compute_dtype=ms.float32, fused_swiglu: bool = False, ctx=None,
+                 limit: float = 0.0):
+        """`limit` > 0: V4's clipping of the gate (above) and up (both sides) pre-activations."""
         super().__init__()
+        self.limit = limit
         self.gate_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype, parallel="col", ctx=ctx)
         self.up_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype, parallel="col", ctx=ctx)
         self.down_proj = Linear(intermediate, hidden, compute_dtype=compute_dtype, parallel="row", ctx=ctx)
@@ -96,6 +99,8 @@ class MLP(nn.Cell):
 
     def construct(self, x):
         gate, up = self.gate_proj(x), self.up_proj(x)
+        if self.limit > 0:
+            gate, up = ops.minimum(gate, self.limit), ops.clamp(up, -self.limit, self.limit)
         if self.fused:  # the kernel reads one [.., 2I] buffer, as the routed experts produce it
             return self.down_proj(self.act(ops.concat((gate, up), -1)))
         return self.down_proj(ops.silu(gate) * up)

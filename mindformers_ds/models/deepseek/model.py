@@ -31,7 +31,7 @@ class DecoderLayer(nn.Cell):
         fused_norm = "rms_norm" in c.fused_ops
         self.self_attn = MLAttention(c, ctx)
         self.is_moe = c.is_moe_layer(layer_idx)
-        self.mlp = MoE(c, ctx) if self.is_moe else MLP(c.hidden_size, c.intermediate_size, DTYPES[c.compute_dtype],
+        self.mlp = MoE(c, ctx, layer_idx) if self.is_moe else MLP(c.hidden_size, c.intermediate_size, DTYPES[c.compute_dtype],
                                                        "swiglu" in c.fused_ops, ctx)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
@@ -144,16 +144,24 @@ class DeepseekForCausalLM(nn.Cell):
         self.config = config
         self.parallel = parallel
         c = config
-        self.model = DeepseekModel(c, parallel)
+        self.model = self.make_backbone(c, parallel)
         self.tie = c.tie_word_embeddings
         if not self.tie:
             self.lm_head = Linear(c.hidden_size, c.vocab_size, False, DTYPES[c.compute_dtype])
         self.head_matmul = ops.MatMul(transpose_b=True)
-        self.num_layers, self.num_mtp = c.num_hidden_layers, c.num_nextn_predict_layers
+        self.num_layers, self.num_mtp = c.num_hidden_layers, self.mtp_depth(c)
         self.mtp_factor = c.mtp_loss_factor
         self.num_moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers + self.num_mtp))
 
     # ---- pieces ------------------------------------------------------------------------
+    @staticmethod
+    def make_backbone(c: DeepseekConfig, parallel):
+        return DeepseekModel(c, parallel)
+
+    @staticmethod
+    def mtp_depth(c: DeepseekConfig) -> int:
+        return c.num_nextn_predict_layers
+
     def head(self, h):
         if self.tie:
             b, s, d = h.shape
@@ -233,6 +241,8 @@ class DeepseekForCausalLM(nn.Cell):
         std = self.config.initializer_range
         for p in self.get_parameters():
             name = p.name
+            if p.dtype in (ms.int32, ms.int64):
+                continue  # integer tables (V4's tid2eid): see init_special
             if name.endswith("norm.weight"):
                 continue  # created as ones
             if name.endswith("bias") or p.ndim < 2:
@@ -242,6 +252,10 @@ class DeepseekForCausalLM(nn.Cell):
             key = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
             values = np.random.default_rng([seed, key]).normal(0.0, std, full_shape).astype(np.float32)
             p.set_data(ms.Tensor(slicer(values) if slicer is not None else values))
+        self.init_special(seed)
+
+    def init_special(self, seed: int) -> None:
+        """Parameters whose initial value is not N(0, std) / ones / zeros (V4 has some)."""
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         params = self.trainable_params() if trainable_only else self.get_parameters()

@@ -8,8 +8,9 @@ outside of autograd) and the optional sequence-wise balance loss.
 """
 from __future__ import annotations
 
+import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn, ops, Parameter, Tensor
 
 from ...ops import composite
 from ...parallel.comm import GatherFromGroup, ScatterSumToGroup, ep_info, make
@@ -18,25 +19,37 @@ from .layers import DTYPES, MLP, zeros_param
 
 
 class TopkRouter(nn.Cell):
-    def __init__(self, config: DeepseekConfig):
+    """Learned top-k routing; V4's `hash_moe` layers instead look the experts up in a frozen
+    token-id -> experts table (`tid2eid`) and take only the weights from the learned scores."""
+
+    def __init__(self, config: DeepseekConfig, layer_idx: int = -1):
         super().__init__()
         c = config
         self.weight = zeros_param((c.n_routed_experts, c.hidden_size), "weight")
-        self.has_bias = c.uses_correction_bias
+        self.is_hash = c.is_hash_layer(layer_idx)
+        self.has_bias = c.layer_has_correction_bias(layer_idx)
         if self.has_bias:
             # Steers the choice only; updated by the trainer from the expert load, never by gradients.
             self.e_score_correction_bias = zeros_param((c.n_routed_experts,), "e_score_correction_bias",
                                                        requires_grad=False)
+        if self.is_hash:
+            self.tid2eid = Parameter(Tensor(np.zeros((c.vocab_size, c.num_experts_per_tok), np.int32)),
+                                     name="tid2eid", requires_grad=False)
         self.args = (c.num_experts_per_tok, c.n_group, c.topk_group, c.scoring_func, c.topk_method,
                      c.norm_topk_prob, c.routed_scaling_factor)
         self.matmul = ops.MatMul(transpose_b=True)
         self.topk = composite.router_topk
-        if "router_topk" in c.fused_ops:
+        if "router_topk" in c.fused_ops and c.scoring_func != "sqrtsoftplus":  # the kernel knows V2/V3 scoring
             from ...ops import kernels
             self.topk = kernels.router_topk_op(*self.args, c.n_routed_experts, self.has_bias)
 
-    def construct(self, x2d):
+    def construct(self, x2d, token_ids=None):
         logits = self.matmul(x2d.astype(ms.float32), self.weight.astype(ms.float32))
+        if self.is_hash:
+            k, _, _, scoring, _, norm, scale = self.args
+            scores = composite.router_scores(logits, scoring)
+            idx = ops.gather(self.tid2eid, token_ids.reshape(-1), 0)
+            return composite.chosen_weights(scores, idx, scoring, norm, k, scale), idx, scores
         bias = self.e_score_correction_bias if self.has_bias else None
         return self.topk(logits, bias, *self.args)
 
@@ -65,6 +78,7 @@ class Experts(nn.Cell):
         self.permute, self.unpermute = composite.moe_permute, composite.moe_unpermute
         self.gmm = composite.grouped_matmul
         self.act = composite.swiglu
+        self.limit = c.swiglu_limit
         if "moe_permute" in c.fused_ops:
             from ...ops import kernels
             permute, unpermute = kernels.moe_permute_op(self.num_experts), kernels.moe_unpermute_op()
@@ -92,25 +106,28 @@ class Experts(nn.Cell):
             x2d.astype(self.compute_dtype), topk_idx, self.num_experts, self.block)
         w_gu = self.gate_up_proj.astype(self.compute_dtype)
         w_down = self.down_proj.astype(self.compute_dtype)
-        h = self.act(self.gmm(x_perm, w_gu, block_expert, self.block))
+        gate_up = self.gmm(x_perm, w_gu, block_expert, self.block)
+        if self.limit > 0:
+            gate_up = composite.clamp_gate_up(gate_up, self.limit)
+        h = self.act(gate_up)
         y = self.gmm(h, w_down, block_expert, self.block)
         return self.combine(self.unpermute(y, slot_of_row, topk_weight, n))
 
 
 class MoE(nn.Cell):
-    def __init__(self, config: DeepseekConfig, ctx=None):
+    def __init__(self, config: DeepseekConfig, ctx=None, layer_idx: int = -1):
         super().__init__()
         c = config
-        self.gate = TopkRouter(c)
+        self.gate = TopkRouter(c, layer_idx)
         self.experts = Experts(c, ctx)
         self.has_shared = c.n_shared_experts > 0
         if self.has_shared:
             self.shared_experts = MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts,
-                                      DTYPES[c.compute_dtype], "swiglu" in c.fused_ops, ctx)
+                                      DTYPES[c.compute_dtype], "swiglu" in c.fused_ops, ctx, c.swiglu_limit)
         self.top_k = c.num_experts_per_tok
         self.num_experts = c.n_routed_experts
         self.aux_alpha = c.aux_loss_alpha
-        self.normalise_scores = c.scoring_func == "sigmoid"
+        self.normalise_scores = c.scoring_func != "softmax"
 
     def balance_loss(self, scores, topk_idx, batch: int):
         """Sequence-wise balance loss of DeepSeek-V3: alpha * mean_b sum_e f_be * P_be with
@@ -124,10 +141,11 @@ class MoE(nn.Cell):
         f = ops.stop_gradient(chosen * (self.num_experts / (self.top_k * seq)))
         return (f * probs).sum(-1).mean() * self.aux_alpha
 
-    def construct(self, x):
+    def construct(self, x, token_ids=None):
+        """`token_ids` [B, S]: only hash-routed (V4) layers read them."""
         b, s, hdim = x.shape
         x2d = x.reshape(b * s, hdim)
-        weights, idx, scores = self.gate(x2d)
+        weights, idx, scores = self.gate(x2d, token_ids)
         # the load of this rank's own tokens (data-parallel ranks sum theirs for the bias update)
         counts = ops.one_hot(idx.reshape(-1), self.num_experts, ops.ones((), ms.int32),
                              ops.zeros((), ms.int32)).sum(0)

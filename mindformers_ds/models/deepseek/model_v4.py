@@ -1,0 +1,119 @@
+"""DeepSeek-V4 (Flash, Pro) causal LM: the V3 causal-LM shell (head, loss, loading, init) around
+V4's backbone: hyper-connected streams (hyper_connection.py), hybrid sliding / CSA / HCA
+attention (v4_attention.py, v4_compressor.py) and the shared MoE (moe.py) with hash-routed
+(`hash_moe`) and learned (`moe`, sqrt-softplus + bias) layers.
+
+Parameter names equal transformers' DeepseekV4ForCausalLM. As there, the release's MTP block is
+not part of the model: `mfds convert` keeps its tensors (`mtp.*`) so ms -> hf restores them.
+Positions are the token indices 0..S-1 of the row: the compressors' windows and RoPE are laid on
+them; packed samples (segment_ids) are kept apart by the masks (sliding window and compressed
+entries that start in another sample).
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Tensor
+
+from ...ops import composite
+from .attention import rope_inv_freq
+from .config import DeepseekConfig
+from .hyper_connection import HyperConnection, HyperHead, merge_streams
+from .layers import Embedding, RMSNorm
+from .model import DeepseekForCausalLM
+from .moe import MoE
+from .v4_attention import V4Attention, sliding_window_bias
+
+
+class V4Rotary(nn.Cell):
+    """cos/sin [B, 1, S, r/2] of the "main" rope (sliding layers) and the "compress" rope (CSA/HCA
+    layers and compressors: compress_rope_theta, YaRN frequencies, cos/sin not rescaled)."""
+
+    def __init__(self, c: DeepseekConfig):
+        super().__init__()
+        self.main_inv_freq = Tensor(rope_inv_freq(c.qk_rope_head_dim, c.rope_theta, None)[0])
+        self.compress_inv_freq = Tensor(rope_inv_freq(c.qk_rope_head_dim, c.compress_rope_theta,
+                                                      c.compress_rope_scaling)[0])
+
+    def construct(self, positions):
+        return (composite.rope_cos_sin(positions, self.main_inv_freq, 1.0),
+                composite.rope_cos_sin(positions, self.compress_inv_freq, 1.0))
+
+
+class V4DecoderLayer(nn.Cell):
+    def __init__(self, c: DeepseekConfig, layer_idx: int):
+        super().__init__()
+        fused_norm = "rms_norm" in c.fused_ops
+        self.is_moe = True
+        self.self_attn = V4Attention(c, layer_idx)
+        self.mlp = MoE(c, None, layer_idx)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
+        self.attn_hc = HyperConnection(c)
+        self.ffn_hc = HyperConnection(c)
+
+    def construct(self, streams, rope_main, rope_compress, positions, mask_bias, token_ids, segment_ids=None):
+        """streams [B, S, n, H] -> (streams, tokens per expert [E], balance loss)"""
+        post, comb, x = self.attn_hc(streams)
+        out = self.self_attn(self.input_layernorm(x), rope_main, rope_compress, positions, mask_bias, segment_ids)
+        streams = merge_streams(streams, out, post, comb)
+        post, comb, x = self.ffn_hc(streams)
+        out, counts, aux = self.mlp(self.post_attention_layernorm(x), token_ids)
+        return merge_streams(streams, out, post, comb), counts, aux
+
+
+class DeepseekV4Model(nn.Cell):
+    def __init__(self, c: DeepseekConfig):
+        super().__init__()
+        self.hc_mult, self.window = c.hc_mult, c.sliding_window
+        self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.CellList([V4DecoderLayer(c, i) for i in range(c.num_hidden_layers)])
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "rms_norm" in c.fused_ops)
+        self.hc_head = HyperHead(c)
+        self.rotary_emb = V4Rotary(c)
+
+
+class DeepseekV4ForCausalLM(DeepseekForCausalLM):
+    def __init__(self, config: DeepseekConfig, parallel=None):
+        if parallel is not None:
+            raise ValueError("deepseek_v4 runs in one process in this stack (no explicit TP/EP/DP executor "
+                             "for its attention yet); set parallel to 1 everywhere")
+        super().__init__(config, None)
+
+    @staticmethod
+    def make_backbone(c: DeepseekConfig, parallel):
+        return DeepseekV4Model(c)
+
+    @staticmethod
+    def mtp_depth(c: DeepseekConfig) -> int:
+        return 0  # the release's MTP block is kept by the converter, not instantiated (as in transformers)
+
+    def backbone(self, input_ids, position_ids=None, segment_ids=None):
+        """Same contract as V3's: (final hidden [B, S, H], rope, rope, mask, loads, aux sum).
+        `position_ids` are not used: V4 lays windows and RoPE on the row's token indices."""
+        b, s = input_ids.shape
+        positions = ops.broadcast_to(ops.arange(s, dtype=ms.int32).expand_dims(0), (b, s))
+        rope_main, rope_compress = self.model.rotary_emb(positions)
+        mask = sliding_window_bias(s, self.model.window, segment_ids)
+        h = self.model.embed_tokens(input_ids)
+        streams = ops.broadcast_to(h.expand_dims(2), (b, s, self.model.hc_mult, h.shape[-1]))
+        loads = ()
+        aux = ops.zeros((), ms.float32)
+        for i in range(self.num_layers):
+            streams, counts, layer_aux = self.model.layers[i](streams, rope_main, rope_compress, positions, mask,
+                                                              input_ids, segment_ids)
+            loads = loads + (counts,)
+            aux = aux + layer_aux
+        return self.model.norm(self.model.hc_head(streams)), rope_main, rope_compress, mask, loads, aux
+
+    def init_special(self, seed: int) -> None:
+        """mHC scales start at 1 (as transformers initialises them); the hash table, which a release
+        ships, gets k distinct experts per token id from `seed` so a from-scratch run spreads load."""
+        c = self.config
+        rng = np.random.default_rng([seed, 4])
+        for p in self.get_parameters():
+            if p.name.endswith(("attn_hc.scale", "ffn_hc.scale", "hc_head.hc_scale")):
+                p.set_data(Tensor(np.ones(p.shape, np.float32)))
+            elif p.name.endswith("gate.tid2eid"):
+                table = np.argsort(rng.random((c.vocab_size, c.n_routed_experts)), -1)[:, :c.num_experts_per_tok]
+                p.set_data(Tensor(table.astype(np.int32)))

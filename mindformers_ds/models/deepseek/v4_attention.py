@@ -1,0 +1,108 @@
+"""DeepSeek-V4 attention: shared-KV multi-query attention with a sliding window, plus the
+compressed entries of CSA / HCA layers (v4_compressor.py), per-head attention sinks and the
+grouped low-rank output projection.
+
+  q   = unit_rms(q_b(rms(q_a(x))))  per head [B, H, S, D];  kv = rms(kv_proj(x)) [B, 1, S, D]
+  RoPE on the trailing qk_rope_head_dim channels (interleaved pairs) of q and kv: "main" tables
+  for sliding layers, "compress" (YaRN) tables for CSA/HCA layers, whose compressor entries
+  [B, 1, T, D] are appended to kv with their own visibility.
+  p   = softmax([q.kv / sqrt(D) + mask, sink_h]) without the sink column (a learned per-head
+        logit that can absorb probability mass)
+  out = p @ kv (the key is the value), then RoPE with -sin on its rope channels, which removes
+        the value's absolute rotation; heads are split in o_groups, each projected to o_lora_rank
+        (o_a_proj, block diagonal), then mixed to hidden (o_b_proj).
+The one KV head is multiplied as a single [B, S+T, D] tensor, never copied per head.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from .config import DeepseekConfig
+from .hyper_connection import unit_rms_norm
+from .layers import DTYPES, Linear, RMSNorm, zeros_param
+from .v4_compressor import MASK_VALUE, CSACompressor, HCACompressor, rope_tail
+
+COMPRESSORS = {"compressed_sparse_attention": CSACompressor, "heavily_compressed_attention": HCACompressor}
+
+
+def sliding_window_bias(seq: int, window: int, segment_ids=None):
+    """Additive mask [B|1, 1, S, S]: query t sees keys (t - window, t], within its packed sample."""
+    pos = ops.arange(seq, dtype=ms.int32)
+    q, k = pos.reshape(-1, 1), pos.reshape(1, -1)
+    keep = ops.logical_and(k <= q, k > q - window).reshape(1, 1, seq, seq)
+    if segment_ids is not None:
+        keep = ops.logical_and(keep, (segment_ids.expand_dims(2) == segment_ids.expand_dims(1)).expand_dims(1))
+    return ops.stop_gradient((1.0 - keep.astype(ms.float32)) * MASK_VALUE)
+
+
+class GroupedLinear(nn.Cell):
+    """Block-diagonal projection: input [.., g, in_g] -> [.., g * out_g]; weight [g * out_g, in_g]
+    as transformers stores `o_a_proj.weight`."""
+
+    def __init__(self, in_per_group: int, out_features: int, groups: int):
+        super().__init__()
+        self.weight = zeros_param((out_features, in_per_group), "weight")
+        self.groups, self.out_per_group, self.in_per_group = groups, out_features // groups, in_per_group
+        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+
+    def construct(self, x):
+        lead = x.shape[:-2]
+        g = self.groups
+        x = x.reshape(-1, g, self.in_per_group).transpose(1, 0, 2)                  # [g, N, in_g]
+        w = self.weight.reshape(g, self.out_per_group, self.in_per_group)
+        y = self.bmm_nt(x, w).transpose(1, 0, 2)                                     # [N, g, out_g]
+        return y.reshape(lead + (g * self.out_per_group,))
+
+
+class V4Attention(nn.Cell):
+    def __init__(self, c: DeepseekConfig, layer_idx: int):
+        super().__init__()
+        dt = DTYPES[c.compute_dtype]
+        fused_norm = "rms_norm" in c.fused_ops
+        self.layer_type = c.layer_types[layer_idx]
+        self.uses_compress_rope = self.layer_type != "sliding_attention"
+        self.num_heads, self.head_dim, self.eps = c.num_attention_heads, c.head_dim, c.rms_norm_eps
+        self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank, False, dt)
+        self.q_a_norm = RMSNorm(c.q_lora_rank, c.rms_norm_eps, fused_norm)
+        self.q_b_proj = Linear(c.q_lora_rank, c.num_attention_heads * c.head_dim, False, dt)
+        self.kv_proj = Linear(c.hidden_size, c.head_dim, False, dt)
+        self.kv_norm = RMSNorm(c.head_dim, c.rms_norm_eps, fused_norm)
+        heads_dim = c.num_attention_heads * c.head_dim
+        self.o_groups = c.o_groups
+        self.o_a_proj = GroupedLinear(heads_dim // c.o_groups, c.o_groups * c.o_lora_rank, c.o_groups)
+        self.o_b_proj = Linear(c.o_groups * c.o_lora_rank, c.hidden_size, False, dt)
+        self.sinks = zeros_param((c.num_attention_heads,), "sinks")
+        self.has_compressor = self.layer_type in COMPRESSORS
+        if self.has_compressor:
+            self.compressor = COMPRESSORS[self.layer_type](c)
+        self.scale = c.head_dim ** -0.5
+        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+        self.bmm = ops.BatchMatMul()
+
+    def construct(self, x, rope_main, rope_compress, positions, mask_bias, segment_ids=None):
+        """x [B, S, H]; rope_* = (cos, sin) [B, 1, S, r/2]; positions [B, S]; mask_bias [B|1, 1, S, S];
+        segment_ids [B, S] of packed samples or None."""
+        b, s, _ = x.shape
+        h, d = self.num_heads, self.head_dim
+        cos, sin = rope_compress if self.uses_compress_rope else rope_main
+        q_resid = self.q_a_norm(self.q_a_proj(x))
+        q = unit_rms_norm(self.q_b_proj(q_resid).reshape(b, s, h, d), self.eps).transpose(0, 2, 1, 3)
+        q = rope_tail(q, cos, sin)                                                   # [B, H, S, D]
+        kv = rope_tail(self.kv_norm(self.kv_proj(x)).reshape(b, 1, s, d), cos, sin)  # [B, 1, S, D]
+        bias = ops.broadcast_to(mask_bias, (b, 1, s, s))
+        if self.has_compressor:
+            entries, visible = self.compressor(x, q_resid, rope_compress[0], rope_compress[1], positions,
+                                               segment_ids)
+            if entries is not None:
+                kv = ops.concat((kv, entries), 2)
+                extra = ops.stop_gradient((1.0 - visible.astype(ms.float32)) * MASK_VALUE).expand_dims(1)
+                bias = ops.concat((bias, extra), -1)
+        keys = kv.reshape(b, -1, d)
+        scores = self.bmm_nt(q.reshape(b, h * s, d), keys).reshape(b, h, s, -1) * self.scale + bias
+        sinks = ops.broadcast_to(self.sinks.reshape(1, h, 1, 1), (b, h, s, 1))
+        probs = ops.softmax(ops.concat((scores, sinks), -1), -1)[..., :-1]
+        out = self.bmm(probs.reshape(b, h * s, -1), keys).reshape(b, h, s, d)
+        out = rope_tail(out, cos, -sin).transpose(0, 2, 1, 3)                         # [B, S, H, D]
+        grouped = self.o_a_proj(out.reshape(b, s, self.o_groups, h * d // self.o_groups))
+        return self.o_b_proj(grouped)
