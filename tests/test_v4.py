@@ -23,6 +23,7 @@ from mindformers_ds.config import ConfigError
 from mindformers_ds.models.deepseek import DeepseekConfig, DeepseekForCausalLM
 from mindformers_ds.models.deepseek.shapes import parameter_specs
 from mindformers_ds.train.optimizer import no_decay
+from test_model_parity import _Load
 from test_train_step import make_step, step_inputs
 
 SEQ = 40   # > sliding_window 8; 10 CSA windows (rate 4) of which the indexer keeps 3; 5 HCA windows (rate 8)
@@ -103,15 +104,6 @@ class _Indexer(ms.nn.Cell):
         return self.indexer(x, q_resid, cos, sin, positions)
 
 
-class _Loads(ms.nn.Cell):
-    def __init__(self, model):
-        super().__init__(auto_prefix=False)
-        self.model = model
-
-    def construct(self, ids):
-        return ms.ops.stack(self.model.backbone(ids)[4])
-
-
 def test_parameters_are_the_shape_table_and_transformers_names(hf_v4):
     hf, path = hf_v4
     model = DeepseekForCausalLM.from_pretrained(path)
@@ -151,7 +143,7 @@ def test_logits_indexer_choices_and_routing_match_transformers(hf_v4):
                 checked += len(ref_set)
     assert checked > 300
 
-    loads = _Loads(model)(Tensor(ids)).asnumpy()  # experts chosen: per-layer loads = transformers' choices
+    loads = _Load(model)(Tensor(ids)).asnumpy()  # experts chosen: per-layer loads = transformers' choices
     for i in range(4):
         np.testing.assert_array_equal(loads[i], np.bincount(seen[("gate", i)].reshape(-1), minlength=4))
     hash_choice = seen[("gate", 0)].reshape(2, SEQ, 2)

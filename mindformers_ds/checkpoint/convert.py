@@ -31,7 +31,7 @@ from ..models.deepseek.shapes import parameter_specs
 from ..utils.io import atomic_write_json
 from .fp8 import block_dequant, block_quant
 from .mapping import dequantise, is_quantised, layer_of, ordered_names
-from .names import SCALE_SUFFIX, STACKED_RE, expert_key, is_mtp_passthrough
+from .names import SCALE_SUFFIX, STACKED_RE, expert_key, is_mtp_passthrough, is_release_mtp
 from .reader import ST_INDEX, CheckpointReader
 from .safetensors_io import DTYPES, CheckpointError, SafetensorsFile, from_float32, to_float32
 
@@ -110,11 +110,11 @@ def plan_hf_to_ms(reader: CheckpointReader, cfg: DeepseekConfig, dtype: Optional
     for name in ordered_names(reader.names()):
         where = reader.weight_map[name]
         tag, shape = reader.info(name)
-        if tag.startswith("F8_") and name + SCALE_SUFFIX not in reader and not name.startswith("mtp."):
-            raise CheckpointError(f"{where}: FP8 tensor {name!r} has no {name + SCALE_SUFFIX!r}")
-        if name.startswith("mtp."):  # V4's MTP block: not in the model, kept byte for byte
+        if is_release_mtp(name):  # V4's MTP block: not in the model, kept byte for byte
             plan.append(OutTensor(name, tag, tuple(shape), [Piece(name)]))
             continue
+        if tag.startswith("F8_") and name + SCALE_SUFFIX not in reader:
+            raise CheckpointError(f"{where}: FP8 tensor {name!r} has no {name + SCALE_SUFFIX!r}")
         if tag in ("I8", "U8") and name + SCALE_SUFFIX in reader:
             tag = "F8_E4M3"  # FP4 (e2m1) weights dequantise like FP8 ones: to bf16 unless --dtype says otherwise
             shape = tuple(shape[:-1]) + (2 * shape[-1],)  # two values per byte
@@ -124,7 +124,7 @@ def plan_hf_to_ms(reader: CheckpointReader, cfg: DeepseekConfig, dtype: Optional
                 raise CheckpointError(f"{where}: tensor {name!r} is not part of a {cfg.model_type} model with this "
                                       f"config.json (layers: {n_layers}; another architecture?)")
             _check_shape(expected, where, name, shape)
-            if is_mtp_passthrough(name, cfg.num_hidden_layers) and not name.startswith("mtp."):
+            if is_mtp_passthrough(name, cfg.num_hidden_layers):
                 _check_shape({name: (cfg.vocab_size, h)}, where, name, shape)
             plan.append(OutTensor(name, _out_tag(tag, name, dtype), tuple(shape), [Piece(name)]))
             continue
@@ -168,7 +168,7 @@ def _plan_ms_to_hf(reader: CheckpointReader, dtype: Optional[str], fp8: bool) ->
     plan: List[OutTensor] = []
     for name in reader.names():
         tag, shape = reader.info(name)
-        if name.startswith("mtp."):
+        if is_release_mtp(name):
             plan.append(OutTensor(name, tag, tuple(shape), [Piece(name)]))
             continue
         m = STACKED_RE.match(name)

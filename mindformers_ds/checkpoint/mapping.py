@@ -13,7 +13,7 @@ import numpy as np
 
 from .fp4 import block_dequant_fp4
 from .fp8 import block_dequant
-from .names import SCALE_SUFFIX, expert_key, stack_experts
+from .names import SCALE_SUFFIX, expert_key, is_release_mtp, stack_experts
 from .reader import CheckpointReader
 from .safetensors_io import CheckpointError, to_float32
 
@@ -71,7 +71,7 @@ def iter_internal(reader: CheckpointReader, num_experts: int) -> Iterator[Tuple[
     """(internal name, float32 array), experts stacked per layer."""
     pending: Dict[str, Dict[Tuple[int, str], np.ndarray]] = {}
     for name in ordered_names(reader.names()):
-        if name.startswith("mtp."):  # V4's MTP block: not part of the model; handed on as stored
+        if is_release_mtp(name):  # V4's MTP block: not part of the model; handed on as stored
             yield name, reader.get(name)[1]
             continue
         k = expert_key(name)

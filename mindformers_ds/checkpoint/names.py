@@ -25,10 +25,15 @@ def expert_key(name: str) -> Optional[Tuple[str, int, str]]:
     return (m["prefix"], int(m["e"]), m["proj"]) if m else None
 
 
+def is_release_mtp(name: str) -> bool:
+    """V4's MTP block (`mtp.*`): not instantiated by the model; conversion keeps it as stored."""
+    return name.startswith("mtp.")
+
+
 def is_mtp_passthrough(name: str, num_hidden_layers: int) -> bool:
     """Tensors of official MTP blocks that the model shares with the main model, and V4's MTP
-    block (`mtp.*`), which the model does not instantiate; conversion keeps them as they are."""
-    if name.startswith("mtp."):
+    block, which the model does not instantiate; conversion keeps them as they are."""
+    if is_release_mtp(name):
         return True
     m = re.match(r"^model\.layers\.(\d+)\.(embed_tokens\.weight|shared_head\.head\.weight)$", name)
     return bool(m) and int(m.group(1)) >= num_hidden_layers

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Dict, Iterable, List, Tuple
 
+from .names import is_release_mtp
+
 _RENAMES: List[Tuple[str, str]] = [
     (r"^embed\.weight$", "embed_tokens.weight"),
     (r"^head\.weight$", "lm_head.weight"),
@@ -45,7 +47,7 @@ _COMPILED = [(re.compile(a), b) for a, b in _RENAMES]
 
 def canonical_v4_name(name: str) -> str:
     """The transformers name of one V4 tensor name (release or transformers form)."""
-    if name.startswith("mtp."):
+    if is_release_mtp(name):
         return name
     body = name[len("model."):] if name.startswith("model.") else name
     for pattern, repl in _COMPILED:
@@ -60,7 +62,7 @@ def canonical_v4_names(stored: Iterable[str]) -> Dict[str, str]:
     present = set(stored)
     out: Dict[str, str] = {}
     for name in stored:
-        if name.endswith(".scale") and name[:-len(".scale")] + ".weight" in present and not name.startswith("mtp."):
+        if name.endswith(".scale") and name[:-len(".scale")] + ".weight" in present and not is_release_mtp(name):
             canonical = canonical_v4_name(name[:-len(".scale")] + ".weight") + "_scale_inv"
         else:
             canonical = canonical_v4_name(name)
@@ -102,7 +104,7 @@ _INVERSE_COMPILED = [(re.compile(a), b) for a, b in _INVERSE]
 def release_v4_name(canonical: str) -> str:
     """The name transformers' `save_pretrained` writes for a V4 tensor (release names under
     `model.`, `head.weight`); `canonical_v4_name` maps it back. `mtp.*` is left alone."""
-    if canonical.startswith("mtp."):
+    if is_release_mtp(canonical):
         return canonical
     out = canonical
     for pattern, repl in _INVERSE_COMPILED:

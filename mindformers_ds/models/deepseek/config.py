@@ -256,14 +256,9 @@ class DeepseekConfig:
         if isinstance(rope, dict):
             rope = dict(rope)
             theta = rope.pop("rope_theta", theta)
-            rtype = rope.pop("rope_type", None) or rope.pop("type", "default")
-            rope.pop("type", None)
-            if rtype != "default":
-                allowed = {f.name for f in dataclasses.fields(RopeScaling)}
-                extra = set(rope) - allowed
-                if extra:
-                    raise ConfigError(source, "rope_scaling", f"rope_scaling has unknown keys {sorted(extra)}")
-                kwargs["rope_scaling"] = RopeScaling(type=rtype, **rope)
+            scaling = rope_scaling_from(rope, source, "rope_scaling")
+            if scaling is not None:
+                kwargs["rope_scaling"] = scaling
         if theta is not None:
             kwargs["rope_theta"] = float(theta)
         _check_layer_types(d, kwargs, source)
@@ -336,6 +331,21 @@ def _check_layer_types(d: Dict[str, Any], kwargs: Dict[str, Any], source: str) -
     attn = d.get("layer_types")
     if attn is not None and d.get("model_type") == "deepseek_v32" and set(attn) != {"indexed_attention"}:
         raise ConfigError(source, "layer_types", f"layer_types={sorted(set(attn))} must all be 'indexed_attention'")
+
+
+def rope_scaling_from(rope: Dict[str, Any], source: str, fld: str) -> Optional[RopeScaling]:
+    """RopeScaling from HF rope parameters without `rope_theta` (`rope_type` / `type` + YaRN keys);
+    None for plain RoPE. Unknown keys are refused, naming the field."""
+    from ...config import ConfigError
+    rope = dict(rope)
+    rtype = rope.pop("rope_type", None) or rope.pop("type", "default")
+    rope.pop("type", None)
+    if rtype == "default":
+        return None
+    extra = set(rope) - {f.name for f in dataclasses.fields(RopeScaling)}
+    if extra:
+        raise ConfigError(source, fld, f"{fld} has unknown keys {sorted(extra)}")
+    return RopeScaling(type=rtype, **rope)
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:

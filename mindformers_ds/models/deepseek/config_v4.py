@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from typing import Any, Dict, List, Set, Tuple
 
-from .config import V4_ATTENTION_TYPES, V4_MLP_TYPES, RopeScaling
+from .config import V4_ATTENTION_TYPES, V4_MLP_TYPES, rope_scaling_from
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +80,11 @@ def v4_from_hf(d: Dict[str, Any], names: Set[str], source: str) -> Dict[str, Any
     else:
         comp = {k: v for k, v in rope.items() if k not in ("main", "compress")}
     kw["compress_rope_theta"] = float(comp.pop("rope_theta", d.get("compress_rope_theta", 160000.0)))
-    rtype = comp.pop("rope_type", None) or comp.pop("type", "default")
-    for k in ("type", "partial_rotary_factor", "attention_factor", "truncate"):
+    for k in ("partial_rotary_factor", "attention_factor", "truncate"):  # derived, or fixed by V4
         comp.pop(k, None)
-    if rtype != "default":
-        allowed = {f.name for f in dataclasses.fields(RopeScaling)}
-        extra = set(comp) - allowed
-        if extra:
-            raise ConfigError(source, "rope_parameters.compress", f"rope parameters have unknown keys {sorted(extra)}")
-        kw["compress_rope_scaling"] = RopeScaling(type=rtype, **comp)
+    scaling = rope_scaling_from(comp, source, "rope_parameters.compress")
+    if scaling is not None:
+        kw["compress_rope_scaling"] = scaling
     if isinstance(kw.get("eos_token_id"), list):
         kw["eos_token_id"] = kw["eos_token_id"][0]
     return kw
