@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from mindspore import nn, ops, Tensor
 
 from conftest import ROOT, random_ids
+from mindformers_ds.models.deepseek.model import token_nll
 from mindformers_ds.ops import build, composite, kernels, native
 from mindformers_ds.checkpoint.fp8 import block_dequant, block_dequant_numpy, block_quant
 
@@ -166,6 +167,54 @@ def test_router_topk(case):
     compare(f, r, (logits, bias), [t(n, args[0]), t(n, e)], (0,))
 
 
+def _attention_masks(b, sq, sk, kind):
+    """Boolean keep-masks [B|1, 1, Sq, Sk]: causal (shared by the batch), packed samples with an
+    all-masked row (which the composite path makes uniform), and random (a cache of Sk > Sq)."""
+    if kind == "causal":
+        return np.tril(np.ones((sq, sk), bool), sk - sq)[None, None]
+    if kind == "packed":
+        seg = np.stack([np.repeat(np.arange(4), [9, 30, 31, 0][:4]), np.repeat(np.arange(2), [45, 25])])
+        m = np.tril(np.ones((sq, sk), bool))[None] & (seg[:, :, None] == seg[:, None, :])
+        m[1, 50] = False
+        return m[:, None]
+    return (RNG.random((b, 1, sq, sk)) < 0.3) | (np.arange(sk) == 0)
+
+
+@pytest.mark.parametrize("kind,sq,sk", [("causal", 70, 70), ("packed", 70, 70), ("random", 5, 70)])
+def test_mla_attention(kind, sq, sk):
+    """The fused attention against composite.MlaAttentionCore: output and the gradients of q, q_pe,
+    kv and the shared k_pe; 70 queries make a full and a partial block of 64."""
+    b, h, dn, dr, dv = 2, 3, 5, 4, 6
+    scale = 0.37
+    keep = _attention_masks(b, sq, sk, kind)
+    bias = Tensor(np.where(keep, 0.0, -1e30).astype(np.float32))
+    fused = Call(kernels.mla_attention_op(scale), scale)
+    assert isinstance(fused.fn, kernels.FusedMlaAttention)
+    inputs = (t(b, sq, h, dn + dr), t(b, h, sq, dr), t(b, sk, h, dn + dv), t(b, sk, dr), bias)
+    compare(fused, Call(composite.MlaAttentionCore(), scale), inputs, [t(b, sq, h, dv)], (0, 1, 2, 3))
+
+
+class HeadThenNll(nn.Cell):
+    """The composite path: logits = h w^T, then the model's token_nll."""
+
+    def construct(self, h, w, targets):
+        return token_nll(ops.matmul(h, w.T), targets)
+
+
+@pytest.mark.parametrize("t_rows,vocab", [(300, 997), (7, 64)])
+def test_lm_head_nll(t_rows, vocab):
+    """The fused head + cross-entropy against h w^T and token_nll: loss sum, count and the
+    gradients of h and w, with ignored targets (-100) among them; 300 rows are two full chunks
+    of 128 and a partial one, so both threads add into the head's gradient."""
+    d = 24
+    targets = RNG.integers(0, vocab, t_rows).astype(np.int32)
+    targets[::5] = -100
+    fused = kernels.lm_head_nll_op()
+    assert isinstance(fused, kernels.FusedLmHeadNll)
+    inputs = (t(t_rows, d), t(vocab, d, scale=0.3), Tensor(targets))
+    compare(fused, HeadThenNll(), inputs, [Tensor(np.float32(0.7)), Tensor(np.float32(0.0))], (0, 1), atol=2e-5)
+
+
 def test_fp8_dequant_kernel():
     """Ragged edge blocks (200x300 = 2x3 blocks, the last ones partial) and every code,
     NaN included: the kernel the converter uses is bit-identical to the numpy decode."""
@@ -203,11 +252,12 @@ def test_stale_or_failed_build_falls_back(tmp_path, monkeypatch, caplog):
 def test_model_with_all_fused_ops_matches():
     from mindformers_ds import config
     from mindformers_ds.models.deepseek import DeepseekForCausalLM
+    from mindformers_ds.models.deepseek.config import FUSED_OPS
     from test_train_step import make_step, step_inputs
     base = config.load(os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml"))
     losses = {}
     for fused in (False, True):
-        sets = ["model.fused_ops=[rms_norm, swiglu, rope, moe_permute, grouped_matmul, router_topk]"] if fused else []
+        sets = [f"model.fused_ops=[{','.join(FUSED_OPS)}]"] if fused else []
         cfg = config.load(os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml"), sets)
         model = DeepseekForCausalLM(cfg.model.model_config())
         model.init_weights(0)

@@ -7,7 +7,7 @@ in graph mode on any backend.
 from __future__ import annotations
 
 import mindspore as ms
-from mindspore import ops
+from mindspore import nn, ops
 
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
@@ -50,6 +50,33 @@ def apply_rope(x, cos, sin, interleave: bool):
     else:
         x1, x2 = x[..., :half], x[..., half:]
     return ops.concat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
+
+
+class MlaAttentionCore(nn.Cell):
+    """MLA's attention core in the projections' layouts: q [B, Sq, H, Dn+Dr] (its rope channels are
+    not read), rotated q_pe [B, H, Sq, Dr], kv [B, Sk, H, Dn+Dv], the rotated key k_pe [B, Sk, Dr]
+    shared by all heads, an additive bias [B|1, 1, Sq, Sk] -> out [B, Sq, H, Dv] =
+    softmax((q_nope k_nope^T + q_pe k_pe^T) * scale + bias) v.
+    A cell, not a function: it owns its BatchMatMuls, which parallel/ascend.py shards."""
+
+    def __init__(self):
+        super().__init__()
+        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+        self.bmm = ops.BatchMatMul()
+
+    def construct(self, q, q_pe, kv, k_pe, bias, scale):
+        b, sq, h, dq = q.shape
+        dr = q_pe.shape[-1]
+        dn, sk = dq - dr, kv.shape[1]
+        q_nope = q[..., :dn].transpose(0, 2, 1, 3)
+        kv = kv.transpose(0, 2, 1, 3)
+        k_nope, v = kv[..., :dn], kv[..., dn:]
+        scores = self.bmm_nt(q_nope, k_nope)
+        # the shared rotary key: one [B, H*Sq, Dr] x [B, Sk, Dr]^T product instead of H copies of k_pe
+        scores_pe = self.bmm_nt(q_pe.reshape(b, h * sq, dr), k_pe).reshape(b, h, sq, sk)
+        scores = (scores + scores_pe).astype(ms.float32) * scale + bias
+        probs = ops.softmax(scores, -1).astype(v.dtype)
+        return self.bmm(probs, v).transpose(0, 2, 1, 3)
 
 
 # ---------------------------------------------------------------------------------------

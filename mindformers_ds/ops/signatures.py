@@ -54,6 +54,23 @@ SIGNATURES: Dict[str, Dict] = {
                         grad_inputs=[("logits", "float32"), ("scores", "float32"), ("indices", "int32"),
                                      ("dweights", "float32"), ("dscores", "float32"), ("params", "float32")],
                         grad_outputs=[("dlogits", "float32"), ("dbias", "float32")]),
+    # On Ascend the fused attention is CANN's own FlashAttentionScore (MindSpore's
+    # ops.flash_attention_score), not an AscendC kernel of ours: `ascend_builtin` names it.
+    "mla_attention": dict(cpu="MlaAttention", cpu_grad="MlaAttentionGrad", ascend=None, ascend_grad=None,
+                          ascend_builtin="flash_attention_score",
+                          inputs=[("q", "float"), ("q_pe", "float"), ("kv", "float"), ("k_pe", "float"),
+                                  ("bias", "float32"), ("scale", "float32")],
+                          outputs=[("out", "float"), ("stats", "float32")],
+                          grad_inputs=[("dout", "float"), ("q", "float"), ("q_pe", "float"), ("kv", "float"),
+                                       ("k_pe", "float"), ("bias", "float32"), ("scale", "float32"),
+                                       ("out", "float"), ("stats", "float32")],
+                          grad_outputs=[("dq", "float"), ("dq_pe", "float"), ("dkv", "float"), ("dk_pe", "float")]),
+    # CPU only: on Ascend the head and LogSoftmax stay composite (CANN fuses those itself).
+    "lm_head_nll": dict(cpu="LmHeadNll", cpu_grad=None, ascend=None, ascend_grad=None,
+                        ascend_note="composite MatMul + LogSoftmax on Ascend",
+                        inputs=[("h", "float32"), ("weight", "float32"), ("target", "int32")],
+                        outputs=[("loss", "float32"), ("dh", "float32"), ("dweight", "float32")],
+                        grad_inputs=[], grad_outputs=[]),
     "fp8_block_dequant": dict(cpu="Fp8BlockDequant", cpu_grad=None, ascend="MfdsFp8BlockDequant", ascend_grad=None,
                               inputs=[("codes", "uint8"), ("scale", "float32")], outputs=[("out", "float32")],
                               grad_inputs=[], grad_outputs=[]),

@@ -104,6 +104,7 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
     from ..models.deepseek.attention import MLAttention
     from ..models.deepseek.layers import Linear
     from ..models.deepseek.moe import Experts, TopkRouter
+    from ..ops import composite
     strategies = plan(model, par, batch, seq)
     by_cell: Dict[str, List[OpStrategy]] = {}
     for s in strategies:
@@ -114,11 +115,10 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
             continue
         if isinstance(cell, (Linear, TopkRouter)):
             cell.matmul.shard(st[0].strategy)
-        elif isinstance(cell, MLAttention):
-            cell.bmm_nt.shard(st[0].strategy)   # the same primitive multiplies q_pe.k_pe with a
-            cell.bmm.shard(st[2].strategy)      # strategy MindSpore derives from q_nope.k_nope's
+        elif isinstance(cell, MLAttention) and isinstance(cell.core, composite.MlaAttentionCore):
+            cell.core.bmm_nt.shard(st[0].strategy)  # the same primitive multiplies q_pe.k_pe with a
+            cell.core.bmm.shard(st[2].strategy)     # strategy MindSpore derives from q_nope.k_nope's
         elif isinstance(cell, Experts):
-            from ..ops import composite
             composite._bmm_nt.shard(st[0].strategy)
     stages = layer_stage(model.config, par)
     recompute = par.recompute

@@ -36,6 +36,29 @@ inline float dot(const float *a, const float *b, int64_t n) {
   return acc;
 }
 
+// exp(x) in float32 written so that loops over it vectorise (std::exp is a scalar libm call
+// unless -ffast-math, which the kernels do not use): Cody-Waite reduction x = k ln2 + r, the
+// degree-6 polynomial of Cephes' expf for exp(r), 2^k through the exponent bits. Within 2 ulp
+// of std::exp; below -87.3 (where expf turns subnormal) it returns 0, so a score masked with
+// -1e30 still gets exactly zero probability.
+inline float fast_exp(float x) {
+  const float xc = std::fmin(std::fmax(x, -87.3365f), 88.7228f);
+  const float k = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - k * 0.693359375f;
+  r = r + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float two_k;
+  std::memcpy(&two_k, &bits, sizeof(two_k));
+  return x < -87.3365f ? 0.0f : p * two_k;
+}
+
 // y += alpha * x over contiguous rows
 inline void axpy(float *y, const float *x, float alpha, int64_t n) {
 #pragma omp simd

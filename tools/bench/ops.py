@@ -26,9 +26,11 @@ from mindspore import nn, ops, Tensor  # noqa: E402
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
 
+from mindformers_ds.models.deepseek.config import FUSED_OPS  # noqa: E402
+from mindformers_ds.models.deepseek.model import token_nll  # noqa: E402
 from mindformers_ds.ops import composite, kernels  # noqa: E402
 
-B, S, H, HEADS, ROPE, E, K, INTER = 4, 512, 512, 8, 64, 16, 4, 256
+B, S, H, HEADS, ROPE, E, K, INTER, VOCAB = 4, 512, 512, 8, 64, 16, 4, 256, 32000
 N = B * S
 RNG = np.random.default_rng(0)
 
@@ -66,6 +68,11 @@ class Call(nn.Cell):
         return self.fn(*args, *self.consts)
 
 
+class HeadThenNll(nn.Cell):
+    def construct(self, h, w, targets):
+        return token_nll(ops.matmul(h, w.T), targets)
+
+
 class Experts(nn.Cell):
     def __init__(self, permute, unpermute, gmm, block):
         super().__init__()
@@ -94,6 +101,15 @@ def cases():
                            None, 1, (0, 1)),
         "router_topk": (Call(kernels.router_topk_op(*router, E, True), *router),
                         Call(composite.router_topk, *router), (t(N, E), t(E, scale=0.1)), 1, (0,)),
+        # one layer's attention core, causal: q [B, S, H, 64+32], kv [B, S, H, 64+64]
+        "mla_attention": (Call(kernels.mla_attention_op(0.1), 0.1), Call(composite.MlaAttentionCore(), 0.1),
+                          (t(B, S, HEADS, 96), t(B, HEADS, S, 32), t(B, S, HEADS, 128), t(B, S, 32),
+                           Tensor(np.where(np.tril(np.ones((S, S), bool)), 0.0, -1e30).astype(np.float32)[None, None])),
+                          1, (0, 1, 2, 3)),
+        # the head + cross-entropy of 2048 tokens over a 32000 vocabulary (hidden 512)
+        "lm_head_nll": (kernels.lm_head_nll_op(), HeadThenNll(),
+                        (t(N, H), t(VOCAB, H, scale=0.05), Tensor(RNG.integers(0, VOCAB, N).astype(np.int32))),
+                        1, (0, 1)),
     }
 
 
@@ -128,7 +144,7 @@ def step_throughput(fused: bool, steps: int) -> float:
             "model.num_experts_per_tok=4", "model.moe_intermediate_size=128", "model.intermediate_size=512",
             "model.vocab_size=512"]
     if fused:
-        sets.append("model.fused_ops=[rms_norm, swiglu, rope, moe_permute, grouped_matmul, router_topk]")
+        sets.append(f"model.fused_ops=[{','.join(FUSED_OPS)}]")
     cfg = config.load(os.path.join(ROOT, "configs/deepseek_v3/tiny.yaml"), sets, check_paths=False)
     model = DeepseekForCausalLM(cfg.model.model_config())
     model.init_weights(0)
@@ -166,10 +182,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--step", action="store_true", help="also time a whole training step, fused on vs off")
+    ap.add_argument("--only", nargs="*", default=None, help="time only these ops")
     a = ap.parse_args()
     gf, gc = grouped_inputs()
     print(f"{'op':24s} {'composite ms':>12s} {'fused ms':>10s} {'speed-up':>9s}")
     for name, (fused, comp, inputs, n_out, pos) in cases().items():
+        if a.only and name not in a.only:
+            continue
         fi, ci = (gf, gc) if inputs is None else (inputs, inputs)
         f, c = FwdBwd(fused, n_out, pos), FwdBwd(comp, n_out, pos)
         tf, tc = [], []
@@ -178,7 +197,8 @@ def main() -> None:
             tf.append(timed(f, fi, a.repeat))
         mf, mc = statistics.median(tf), statistics.median(tc)
         print(f"{name:24s} {mc * 1e3:12.2f} {mf * 1e3:10.2f} {mc / mf:8.2f}x")
-    fp8_block_dequant_row(a.repeat)
+    if not a.only:
+        fp8_block_dequant_row(a.repeat)
     if a.step:
         off, on = [], []
         for _ in range(2):

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 
-FUSED = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk")
+from mindformers_ds.models.deepseek.config import FUSED_OPS  # noqa: E402  (every fused op)
 
 
 def run_json(cmd, timeout=3600):
@@ -69,7 +69,7 @@ def main() -> int:
     peak = max(peaks.values())
     print("fp32 GEMM peak (MFU denominator, the best of both): " +
           ", ".join(f"{k} {v * 1e3:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
-    sets = ([] if a.composite else [f"model.fused_ops=[{','.join(FUSED)}]"]) + a.set
+    sets = ([] if a.composite else [f"model.fused_ops=[{','.join(FUSED_OPS)}]"]) + a.set
     stacks = {"mindformers_ds": [sys.executable, "-m", "mindformers_ds.observe.measure", "--config", a.config,
                                  "--steps", str(a.steps), *sum((["--set", s] for s in sets), [])],
               "torch eager": [sys.executable, "tools/bench/torch_step.py", "--config", a.config, "--steps", str(a.steps)]}

@@ -96,8 +96,13 @@ class MLAttention(nn.Cell):
         if "rope" in c.fused_ops:
             from ...ops import kernels
             self.rope = kernels.rope_op(self.interleave)
-        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
-        self.bmm = ops.BatchMatMul()
+        # scores, mask, softmax and the weighted values: one fused op (MLA's CPU kernel, CANN's
+        # FlashAttentionScore on Ascend) or the composite cell, which the Ascend plan shards
+        if "mla_attention" in c.fused_ops:
+            from ...ops import kernels
+            self.core = kernels.mla_attention_op(self.scale, dt)
+        else:
+            self.core = composite.MlaAttentionCore()
         self.compute_dtype = dt
         self.has_indexer = c.index_topk > 0  # V3.2: DeepSeek Sparse Attention
         if self.has_indexer:
@@ -114,45 +119,40 @@ class MLAttention(nn.Cell):
         return c_kv, k_pe
 
     def project_q(self, x, cos, sin):
-        """(q_nope, rotated q_pe) [B, H, S, *], and the normalised q latent (V3.2's indexer reads it)."""
+        """q [B, S, H, Dn+Dr] as projected (its rope channels are read only through q_pe), the
+        rotated q_pe [B, H, S, Dr], and the normalised q latent (V3.2's indexer reads it)."""
         b, s, _ = x.shape
         q_resid = self.q_a_layernorm(self.q_a_proj(x)) if self.use_q_lora else x
         q = self.q_b_proj(q_resid) if self.use_q_lora else self.q_proj(x)
-        q = q.reshape(b, s, self.num_heads, self.nope_dim + self.rope_dim).transpose(0, 2, 1, 3)
-        q_nope, q_pe = q[..., :self.nope_dim], q[..., self.nope_dim:]
-        return q_nope, self.rope(q_pe, cos, sin, self.interleave), q_resid
+        q = q.reshape(b, s, self.num_heads, self.nope_dim + self.rope_dim)
+        q_pe = q[..., self.nope_dim:].transpose(0, 2, 1, 3)
+        return q, self.rope(q_pe, cos, sin, self.interleave), q_resid
 
-    def attend(self, q_nope, q_pe, c_kv, k_pe, mask):
-        """Attention of queries [B, H, Sq, *] over latent keys [B, Sk, *]; mask [B|1, 1, Sq, Sk] (bool)."""
-        b, h, sq, _ = q_nope.shape
+    def attend(self, q, q_pe, c_kv, k_pe, mask):
+        """Attention of queries (project_q's layouts) over latent keys [B, Sk, *]; mask [B|1, 1, Sq, Sk] (bool)."""
+        b, sq = q.shape[0], q.shape[1]
         sk = c_kv.shape[1]
-        kv = self.kv_b_proj(c_kv).reshape(b, sk, h, self.nope_dim + self.v_dim).transpose(0, 2, 1, 3)
-        k_nope, v = kv[..., :self.nope_dim], kv[..., self.nope_dim:]
-        scores = self.bmm_nt(q_nope, k_nope)
-        # The shared rotary key: one [B, H*Sq, d] x [B, Sk, d]^T product instead of H copies of k_pe.
-        scores_pe = self.bmm_nt(q_pe.reshape(b, h * sq, self.rope_dim), self.shared_key(k_pe)).reshape(b, h, sq, sk)
+        kv = self.kv_b_proj(c_kv).reshape(b, sk, self.num_heads, self.nope_dim + self.v_dim)
         # The mask enters as an additive [B|1, 1, Sq, Sk] bias (0 or MASK_VALUE, exact in float32),
         # shared by the heads: a `where` against a full-size fill kept two more [B, H, Sq, Sk]
         # tensors per layer alive for the backward.
         bias = ops.stop_gradient((1.0 - mask.astype(ms.float32)) * MASK_VALUE)  # no grad: no head-sum
-        scores = (scores + scores_pe).astype(ms.float32) * self.scale + bias
-        probs = ops.softmax(scores, -1).astype(v.dtype)
-        out = self.bmm(probs, v).transpose(0, 2, 1, 3).reshape(b, sq, h * self.v_dim)
-        return self.o_proj(out)
+        out = self.core(q, q_pe, kv, self.shared_key(k_pe), bias, self.scale)
+        return self.o_proj(out.reshape(b, sq, self.num_heads * self.v_dim))
 
     def construct(self, x, cos, sin, mask):
-        q_nope, q_pe, q_resid = self.project_q(x, cos, sin)
+        q, q_pe, q_resid = self.project_q(x, cos, sin)
         c_kv, k_pe = self.project_kv_latent(x, cos, sin)
         if self.has_indexer:  # each query attends only to the keys the indexer picks
             mask = self.indexer(x, q_resid, cos, sin, mask)[0]
-        return self.attend(q_nope, q_pe, c_kv, k_pe, mask)
+        return self.attend(q, q_pe, c_kv, k_pe, mask)
 
     def forward_cached(self, x, cos, sin, mask, cache_c, cache_k, write):
         """Attention through a latent cache [B, L, *]: the new tokens' latents are blended in where
         `write` [B, L, 1] is 1 (all positions for a prefill of L tokens, one per row for a decode
         step), then the queries attend over the cache under `mask`."""
-        q_nope, q_pe, _ = self.project_q(x, cos, sin)
+        q, q_pe, _ = self.project_q(x, cos, sin)
         c_new, k_new = self.project_kv_latent(x, cos, sin)
         cache_c = cache_c * (1.0 - write) + c_new * write
         cache_k = cache_k * (1.0 - write) + k_new * write
-        return self.attend(q_nope, q_pe, cache_c, cache_k, mask), cache_c, cache_k
+        return self.attend(q, q_pe, cache_c, cache_k, mask), cache_c, cache_k

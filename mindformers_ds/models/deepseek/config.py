@@ -24,7 +24,8 @@ V4_MLP_TYPES = ("hash_moe", "moe")
 V4_FIELDS = ("head_dim", "layer_types", "mlp_layer_types", "compress_rate_csa", "compress_rate_hca",
              "compress_rope_theta", "compress_rope_scaling", "sliding_window", "o_groups", "o_lora_rank",
              "hc_mult", "hc_sinkhorn_iters", "hc_eps", "swiglu_limit")
-FUSED_OPS = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk")
+FUSED_OPS = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk", "mla_attention",
+             "lm_head_nll")
 
 # Keys HF configs carry that say nothing about the math (or that we derive ourselves).
 _HF_BOOKKEEPING = {

@@ -149,6 +149,10 @@ class DeepseekForCausalLM(nn.Cell):
         if not self.tie:
             self.lm_head = Linear(c.hidden_size, c.vocab_size, False, DTYPES[c.compute_dtype])
         self.head_matmul = ops.MatMul(transpose_b=True)
+        self.head_nll = None  # head + cross-entropy as one kernel (no [T, V] logits kept)
+        if "lm_head_nll" in c.fused_ops:
+            from ...ops import kernels
+            self.head_nll = kernels.lm_head_nll_op(DTYPES[c.compute_dtype])
         self.num_layers, self.num_mtp = c.num_hidden_layers, self.mtp_depth(c)
         self.mtp_factor = c.mtp_loss_factor
         self.num_moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers + self.num_mtp))
@@ -168,6 +172,14 @@ class DeepseekForCausalLM(nn.Cell):
             w = self.model.embed_tokens.weight.astype(h.dtype)
             return self.head_matmul(h.reshape(b * s, d), w).reshape(b, s, -1)
         return self.lm_head(h)
+
+    def head_loss(self, h, targets):
+        """(sum of -log p(target), count) for hidden states h [B, S, D]."""
+        lora_on_head = not self.tie and self.lm_head.lora_rank > 0  # the kernel knows no adapters
+        if self.head_nll is None or lora_on_head:
+            return token_nll(self.head(h), targets)
+        w = self.model.embed_tokens.weight if self.tie else self.lm_head.weight
+        return self.head_nll(h, w, targets)
 
     def backbone(self, input_ids, position_ids=None, segment_ids=None):
         """-> (final normed hidden [B, S, H], pre-norm hidden, cos, sin, mask, loads tuple, aux sum)"""
@@ -191,7 +203,7 @@ class DeepseekForCausalLM(nn.Cell):
         """-> (lm nll sum, lm token count, mtp nll sum (mean over depths), mtp token count,
                balance loss, expert load [n_moe_layers, E] or a 0-size tensor)"""
         hidden, cos, sin, mask, loads, aux = self.backbone(input_ids, position_ids, segment_ids)
-        lm_sum, lm_count = token_nll(self.head(hidden), shifted_targets(labels, 1, segment_ids))
+        lm_sum, lm_count = self.head_loss(hidden, shifted_targets(labels, 1, segment_ids))
         mtp_sum = ops.zeros((), ms.float32)
         mtp_count = ops.zeros((), ms.float32)
         h_prev = hidden
@@ -202,8 +214,7 @@ class DeepseekForCausalLM(nn.Cell):
             if counts is not None:
                 loads = loads + (counts,)
             aux = aux + layer_aux
-            d_sum, d_count = token_nll(self.head(layer.shared_head(h_prev)),
-                                       shifted_targets(labels, d + 2, segment_ids))
+            d_sum, d_count = self.head_loss(layer.shared_head(h_prev), shifted_targets(labels, d + 2, segment_ids))
             mtp_sum = mtp_sum + d_sum / self.num_mtp
             mtp_count = mtp_count + d_count / self.num_mtp
         load = ops.stack(loads).astype(ms.float32) if loads else ops.zeros((0,), ms.float32)
