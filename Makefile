@@ -38,7 +38,7 @@ demo: install
 	$(BIN)/mfds train --config configs/deepseek_v3/finetune_tiny.yaml
 
 test: install-test
-	$(BIN)/python -m pytest -q --durations=30 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -215,6 +215,39 @@ def test_lm_head_nll(t_rows, vocab):
     compare(fused, HeadThenNll(), inputs, [Tensor(np.float32(0.7)), Tensor(np.float32(0.0))], (0, 1), atol=2e-5)
 
 
+class ClipStep(nn.Cell):
+    """The optimizer step's clipping alone: (norm, clipped grads) as ApplyStep computes them."""
+
+    def __init__(self, sum_squares, scale, max_norm):
+        super().__init__()
+        self.sum_squares, self.scale, self.max_norm = sum_squares, scale, max_norm
+
+    def construct(self, a, b, c, d, finite):
+        norm = ops.sqrt(self.sum_squares(a, b, c, d)).reshape(())
+        coef = ops.minimum(self.max_norm / (norm + 1e-6), 1.0).reshape(1)
+        f = finite.astype(ms.float32).reshape(1)
+        return norm, self.scale(a, coef, f), self.scale(b, coef, f), self.scale(c, coef, f), self.scale(d, coef, f)
+
+
+def test_grad_clip_kernels():
+    """The global norm over gradients of odd sizes (1 entry, a partial 4096-block, several
+    blocks) against numpy in float64, the scaling bit-identical to float32 g * coef, and a
+    skipped step (finite False, inf and NaN among the gradients) giving exact zeros."""
+    grads = [RNG.standard_normal(s).astype(np.float32) for s in [(1,), (3, 7), (4097,), (5, 3000)]]
+    step = ClipStep(kernels.grad_sum_squares_op(), kernels.grad_scale_op(), 1.0)
+    norm, *clipped = step(*[Tensor(g) for g in grads], Tensor(True))
+    want = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))
+    assert abs(float(norm.asnumpy()) - want) <= 1e-6 * want and want > 1.0  # clipping is active
+    coef = np.float32(min(1.0 / (np.float32(norm.asnumpy()) + np.float32(1e-6)), 1.0))
+    for g, c in zip(grads, clipped):
+        np.testing.assert_array_equal(c.asnumpy(), g * coef)
+    grads[1][0, 0], grads[2][5] = np.inf, np.nan
+    norm, *clipped = step(*[Tensor(g) for g in grads], Tensor(False))
+    assert not np.isfinite(float(norm.asnumpy()))
+    for g, c in zip(grads, clipped):
+        np.testing.assert_array_equal(c.asnumpy(), np.zeros_like(g))
+
+
 def test_fp8_dequant_kernel():
     """Ragged edge blocks (200x300 = 2x3 blocks, the last ones partial) and every code,
     NaN included: the kernel the converter uses is bit-identical to the numpy decode."""
@@ -263,7 +296,7 @@ def test_model_with_all_fused_ops_matches():
         model.init_weights(0)
         ids = random_ids(4, 32, cfg.model.vocab_size, seed=1)
         logits = model(Tensor(ids)).asnumpy()
-        step, *_ = make_step(model, bias_rate=0.001)
+        step, *_ = make_step(model, bias_rate=0.001, fused_clip=fused)
         losses[fused] = [logits]
         for s in range(20):  # the loss trajectory over 20 steps, optimisations on and off
             batch = random_ids(4, 32, cfg.model.vocab_size, seed=100 + s)

@@ -20,11 +20,12 @@ from mindformers_ds.train.step import (AccumulateGrads, ApplyStep, GradStep, Los
                                        router_bias_rows)
 
 
-def make_step(model, lr_eps=1e-6, wd=0.1, clip=1.0, bias_rate=0.0):
+def make_step(model, lr_eps=1e-6, wd=0.1, clip=1.0, bias_rate=0.0, fused_clip=False):
     weights = model.trainable_params()
     opt = AdamW(weights, (0.9, 0.95), lr_eps, wd)
     grad = GradStep(LossCell(model), weights)
-    apply = ApplyStep(opt, router_bias_parameters(model), bias_rate, clip, bias_rows=router_bias_rows(model))
+    apply = ApplyStep(opt, router_bias_parameters(model), bias_rate, clip, bias_rows=router_bias_rows(model),
+                      fused_clip=fused_clip)
     return TrainStep(grad, apply), grad, apply, opt
 
 
@@ -127,9 +128,10 @@ def test_gradient_accumulation_equals_one_big_batch(hf_v2_dir):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=0, atol=2e-6 * max(1.0, np.abs(a.asnumpy()).max()))
 
 
-def test_non_finite_step_changes_nothing(hf_v2_dir):
+@pytest.mark.parametrize("fused_clip", [False, True], ids=["composite", "kernels"])
+def test_non_finite_step_changes_nothing(hf_v2_dir, fused_clip):
     model = DeepseekForCausalLM.from_pretrained(hf_v2_dir)
-    step, _, _, opt = make_step(model)
+    step, _, _, opt = make_step(model, fused_clip=fused_clip)
     before = [p.asnumpy().copy() for p in model.get_parameters()]
     ids = random_ids(2, 16, 320)
     inp = step_inputs(ids, ids)

@@ -10,7 +10,8 @@ must call it) or it has none (`ascend` None: `ascend_note` says what runs there 
   * op_host: every OpDef (read after the C preprocessor, so macro-built defs count) declares the
     same inputs/outputs/dtypes/formats, is added with OP_ADD and has its tiling data registered;
   * op_kernel: a kernel entry `<snake_name>(GM_ADDR <inputs>, <outputs>, workspace, tiling)`;
-  * the CPU kernel in ops/cpu: defined with MFDS_AOT, checks nparam == inputs + outputs and the
+  * the CPU kernel in ops/cpu: defined with MFDS_AOT, checks nparam == inputs + outputs (>= for a
+    `variadic` op, whose one input repeats) and the
     dtypes of the table, and is exported by the built library;
   * the Python face (mindformers_ds/ops/kernels.py) has the factory `<op>_op` and tests/test_ops.py
     exercises it.
@@ -229,9 +230,10 @@ def check_cpu(root: str, op: str, lib) -> List[str]:
         path, text = where[0]
         body = text[re.search(rf"MFDS_AOT\(\s*{func}\s*\)", text).end():]
         body = body[:body.find("\nMFDS_AOT(")] if "\nMFDS_AOT(" in body else body
-        guard = re.search(r"nparam\s*!=\s*(\d+)", body)
+        relation = "<" if sig.get("variadic") else "!="  # variadic: the first input repeats
+        guard = re.search(rf"nparam\s*{relation}\s*(\d+)", body)
         if not guard or int(guard.group(1)) != len(ins) + len(outs):
-            problems.append(f"{path}: {func} must check nparam != {len(ins) + len(outs)} "
+            problems.append(f"{path}: {func} must check nparam {relation} {len(ins) + len(outs)} "
                             f"(found {guard.group(0) if guard else 'no check'})")
         for idx, dtype in re.findall(r'is\(dtypes\[(\d+)\],\s*"(\w+)"\)', body):
             ios = ins + outs

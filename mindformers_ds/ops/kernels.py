@@ -350,6 +350,28 @@ def lm_head_nll_op(dtype=ms.float32):
 
 
 # ---------------------------------------------------------------------------------------
+def grad_sum_squares_op():
+    """sum of g*g over every gradient in one call: op(*grads) -> [1] float32. None off CPU."""
+    if _target() != "CPU":
+        return None
+    op = _custom("grad_sum_squares", _names("grad_sum_squares", "fwd")[0], lambda *shapes: [1],
+                 lambda *dtypes: ms.float32)
+    if op is None:
+        _fallback("grad_sum_squares", "no kernel")
+    return op
+
+
+def grad_scale_op():
+    """op(g, coef [1], finite [1] float32) -> g * coef, or zeros when finite is 0. None off CPU."""
+    if _target() != "CPU":
+        return None
+    op = _custom("grad_scale", _names("grad_scale", "fwd")[0], lambda g, c, f: g, lambda g, c, f: g)
+    if op is None:
+        _fallback("grad_scale", "no kernel")
+    return op
+
+
+# ---------------------------------------------------------------------------------------
 def fp8_block_dequant_op():
     """In-graph FP8 dequant: (codes uint8 [O, I], scale [ceil(O/128), ceil(I/128)]) -> float32 [O, I]."""
     op = _custom("fp8_block_dequant", _names("fp8_block_dequant", "fwd")[0], lambda c, s: c,

@@ -71,6 +71,17 @@ SIGNATURES: Dict[str, Dict] = {
                         inputs=[("h", "float32"), ("weight", "float32"), ("target", "int32")],
                         outputs=[("loss", "float32"), ("dh", "float32"), ("dweight", "float32")],
                         grad_inputs=[], grad_outputs=[]),
+    # The optimizer step's clip by global norm (CPU only: memory-bound passes that CANN's own
+    # ReduceSum/Mul already run at bandwidth on Ascend). `variadic`: the one input repeats, one
+    # tensor per gradient, so the kernel checks nparam >= 2 instead of a fixed count.
+    "grad_sum_squares": dict(cpu="GradSumSquares", cpu_grad=None, ascend=None, ascend_grad=None, variadic=True,
+                             ascend_note="composite per-gradient (g * g).sum() on Ascend",
+                             inputs=[("grads", "float32")], outputs=[("sum_squares", "float32")],
+                             grad_inputs=[], grad_outputs=[]),
+    "grad_scale": dict(cpu="GradScale", cpu_grad=None, ascend=None, ascend_grad=None,
+                       ascend_note="composite Mul + Select on Ascend",
+                       inputs=[("grad", "float32"), ("coef", "float32"), ("finite", "float32")],
+                       outputs=[("out", "float32")], grad_inputs=[], grad_outputs=[]),
     "fp8_block_dequant": dict(cpu="Fp8BlockDequant", cpu_grad=None, ascend="MfdsFp8BlockDequant", ascend_grad=None,
                               inputs=[("codes", "uint8"), ("scale", "float32")], outputs=[("out", "float32")],
                               grad_inputs=[], grad_outputs=[]),

@@ -33,6 +33,11 @@ def _scale_grad(finite, coef, g):
     return ops.select(ops.broadcast_to(finite, g.shape), g * coef.astype(g.dtype), ops.zeros_like(g))
 
 
+@_scale.register("Function", "Tensor", "Tensor", "Tensor")
+def _scale_grad_kernel(kernel, finite, coef, g):
+    return kernel(g, coef, finite)
+
+
 _add = ops.MultitypeFuncGraph("add")
 
 
@@ -79,10 +84,15 @@ class ApplyStep(nn.Cell):
     `global_norm` measures the gradient norm of the whole model when parameters are split."""
 
     def __init__(self, optimizer, router_biases: List[Parameter], bias_rate: float, max_grad_norm: float,
-                 reducer=None, global_norm=None, bias_rows: Optional[List[int]] = None):
+                 reducer=None, global_norm=None, bias_rows: Optional[List[int]] = None, fused_clip: bool = False):
         """`bias_rows`: the row of the stacked expert load each bias follows (default: the i-th;
-        V4's hash-routed layers report a load but have no bias)."""
+        V4's hash-routed layers report a load but have no bias). `fused_clip` ("grad_clip" in
+        `model.fused_ops`): the norm and the scaling through the CPU kernels (ops/cpu/grad_clip.cc)."""
         super().__init__(auto_prefix=False)
+        self.sum_squares = self.scale_kernel = None
+        if fused_clip:
+            from ..ops import kernels
+            self.sum_squares, self.scale_kernel = kernels.grad_sum_squares_op(), kernels.grad_scale_op()
         self.optimizer = optimizer
         self.bias_rows = list(bias_rows) if bias_rows is not None else list(range(len(router_biases)))
         self.global_norm = global_norm  # parallel runs: the norm of the whole model, same on all ranks
@@ -98,13 +108,19 @@ class ApplyStep(nn.Cell):
             grads, load = self.reducer(grads, load)
         if self.global_norm is not None:
             norm = self.global_norm(grads)
+        elif self.sum_squares is not None:
+            norm = ops.sqrt(self.sum_squares(*grads)).reshape(())
         else:
             norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
         finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(loss))
         coef = ops.ones_like(norm)
         if self.max_grad_norm > 0:
             coef = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
-        grads = self.hyper_map(ops.partial(_scale, finite, coef), grads)
+        if self.scale_kernel is not None:
+            grads = self.hyper_map(ops.partial(_scale, self.scale_kernel, finite.astype(ms.float32).reshape(1),
+                                               coef.reshape(1)), grads)
+        else:
+            grads = self.hyper_map(ops.partial(_scale, finite, coef), grads)
         self.optimizer(grads, lr, finite)
         for i in range(self.num_biases):
             bias = self.biases[i]

@@ -191,7 +191,8 @@ class Trainer:
             global_norm = GlobalNorm(trainable, self.table, ctx)
             self.sum_parts = SumOverDP(ctx)
         apply_step = ApplyStep(self.optimizer, biases, cfg.model.bias_update_rate, cfg.train.max_grad_norm,
-                               reducer, global_norm, [] if self.lora else router_bias_rows(self.model))
+                               reducer, global_norm, [] if self.lora else router_bias_rows(self.model),
+                               fused_clip="grad_clip" in cfg.model.fused_ops)
         self.grad_step, self.apply_step = grad_step, apply_step
         self.fused_step = TrainStep(grad_step, apply_step)
         self.accumulate = AccumulateGrads()

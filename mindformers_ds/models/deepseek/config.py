@@ -25,7 +25,7 @@ V4_FIELDS = ("head_dim", "layer_types", "mlp_layer_types", "compress_rate_csa", 
              "compress_rope_theta", "compress_rope_scaling", "sliding_window", "o_groups", "o_lora_rank",
              "hc_mult", "hc_sinkhorn_iters", "hc_eps", "swiglu_limit")
 FUSED_OPS = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk", "mla_attention",
-             "lm_head_nll")
+             "lm_head_nll", "grad_clip")  # grad_clip: the optimizer step's norm and scaling
 
 # Keys HF configs carry that say nothing about the math (or that we derive ourselves).
 _HF_BOOKKEEPING = {
