@@ -2,7 +2,8 @@
 //   Swiglu:     gu [R, 2I]             -> h [R, I]
 //   SwigluGrad: gu [R, 2I], dh [R, I]  -> dgu [R, 2I]
 // with s = sigmoid(g): dg = dh * u * s * (1 + g * (1 - s)),  du = dh * g * s.
-// The loops vectorise expf through glibc's vector math library (-fno-math-errno).
+// The loops vectorise through mfds::fast_exp (std::exp stays a scalar libm call without
+// -ffast-math: measured 6.8 ns per element against 0.4).
 #include "common.h"
 
 MFDS_AOT(Swiglu) {
@@ -16,7 +17,7 @@ MFDS_AOT(Swiglu) {
     const float *g = gu + r * two_i, *u = g + inter;
     float *hr = h + r * inter;
 #pragma omp simd
-    for (int64_t i = 0; i < inter; ++i) hr[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    for (int64_t i = 0; i < inter; ++i) hr[i] = g[i] / (1.0f + mfds::fast_exp(-g[i])) * u[i];
   }
   return 0;
 }
@@ -34,7 +35,7 @@ MFDS_AOT(SwigluGrad) {
     float *dg = dgu + r * two_i, *du = dg + inter;
 #pragma omp simd
     for (int64_t i = 0; i < inter; ++i) {
-      const float s = 1.0f / (1.0f + std::exp(-g[i]));
+      const float s = 1.0f / (1.0f + mfds::fast_exp(-g[i]));
       dg[i] = dhr[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
       du[i] = dhr[i] * g[i] * s;
     }
