@@ -350,25 +350,25 @@ def lm_head_nll_op(dtype=ms.float32):
 
 
 # ---------------------------------------------------------------------------------------
-def grad_sum_squares_op():
-    """sum of g*g over every gradient in one call: op(*grads) -> [1] float32. None off CPU."""
+def _cpu_only(op: str, out_shape, out_dtype) -> Optional[ops.Custom]:
+    """The CPU kernel of an op that has no kernel of ours elsewhere (its `ascend_note` says what
+    runs there): None off CPU, or, with one warning, when the library is missing."""
     if _target() != "CPU":
         return None
-    op = _custom("grad_sum_squares", _names("grad_sum_squares", "fwd")[0], lambda *shapes: [1],
-                 lambda *dtypes: ms.float32)
-    if op is None:
-        _fallback("grad_sum_squares", "no kernel")
-    return op
+    kernel = _custom(op, _names(op, "fwd")[0], out_shape, out_dtype)
+    if kernel is None:
+        _fallback(op, "no kernel")
+    return kernel
+
+
+def grad_sum_squares_op():
+    """sum of g*g over every gradient in one call: op(*grads) -> [1] float32."""
+    return _cpu_only("grad_sum_squares", lambda *shapes: [1], lambda *dtypes: ms.float32)
 
 
 def grad_scale_op():
-    """op(g, coef [1], finite [1] float32) -> g * coef, or zeros when finite is 0. None off CPU."""
-    if _target() != "CPU":
-        return None
-    op = _custom("grad_scale", _names("grad_scale", "fwd")[0], lambda g, c, f: g, lambda g, c, f: g)
-    if op is None:
-        _fallback("grad_scale", "no kernel")
-    return op
+    """op(g, coef [1], finite [1] float32) -> g * coef, or zeros when finite is 0."""
+    return _cpu_only("grad_scale", lambda g, c, f: g, lambda g, c, f: g)
 
 
 # ---------------------------------------------------------------------------------------
