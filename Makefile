@@ -35,7 +35,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(BIN)/mfds train --config configs/deepseek_v3/finetune_tiny.yaml
+	$(BIN)/mfds train --config configs/deepseek_v3/finetune_tiny.yaml --set train.resume=auto
 
 test: install-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 tests

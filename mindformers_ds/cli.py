@@ -11,6 +11,8 @@ import os
 import sys
 from typing import List, Optional
 
+from .errors import TrainingInterrupted
+
 
 def _user_errors():
     from .checkpoint.safetensors_io import CheckpointError
@@ -23,13 +25,17 @@ def _user_errors():
 
 def cmd_train(a) -> int:
     from . import config
-    from .parallel.explicit import distributed_world, init_context
-    from .train.trainer import DistEnv, Trainer, set_graph_mode
+    from .parallel.config import launched_workers
+    from .train.preflight import preflight
+    from .utils.native_logs import route_native_logs
     cfg = config.load(a.config, a.set)
+    distributed = launched_workers() > 1  # started by msrun (mfds launch)
+    preflight(cfg, distributed)  # refusals come before anything is created or imported
+    route_native_logs(cfg.train.output_dir, cfg.logging.level)  # before MindSpore loads
+    from .parallel.explicit import init_context
+    from .train.trainer import DistEnv, Trainer, set_graph_mode
     set_graph_mode()
-    env = DistEnv()
-    if distributed_world() > 1:  # started by msrun (mfds launch)
-        env = DistEnv(init_context(cfg.parallel))
+    env = DistEnv(init_context(cfg.parallel)) if distributed else DistEnv()
     summary = Trainer(cfg, env).run()
     if env.is_main:
         _print_summary(summary)
@@ -58,28 +64,52 @@ def _print_summary(s: dict) -> None:
         print(f"checkpoint: {s['checkpoint']}")
 
 
+def _checkpoint_run_config(a):
+    """The run config for `mfds eval` / `generate`: --config, else the one the checkpoint carries
+    (training checkpoints hold run_config.yaml), else None."""
+    from . import config
+    if a.config:
+        return config.load(a.config, a.set)
+    path = os.path.join(a.checkpoint, "run_config.yaml")
+    if not os.path.isfile(path):
+        return None
+    tree = config.read_yaml_mapping(path)
+    for key in ("hf_config", "pretrained"):  # the model itself comes from the checkpoint
+        (tree.get("model") or {}).pop(key, None)
+    return config.from_dict(tree, path, a.set)
+
+
 def _load_for_inference(a):
-    """(model, tokenizer, seq_length) from --checkpoint (+ --config or --tokenizer)."""
+    """(model, tokenizer, seq_length, run config or None) from --checkpoint alone: the tokenizer
+    and the sequence length come from --tokenizer / --max-length, else --config, else what the
+    checkpoint carries (tokenizer.json, run_config.yaml)."""
+    from .checkpoint.manager import check_model_dir
     from .checkpoint.pretrained import from_pretrained
     from .data.tokenizer import Tokenizer
-    from .train.trainer import set_graph_mode
-    set_graph_mode()
-    model = from_pretrained(a.checkpoint)
+    check_model_dir(a.checkpoint)
+    cfg = _checkpoint_run_config(a)
+    from .utils.native_logs import route_native_logs, user_log_dir
+    route_native_logs(user_log_dir(), cfg.logging.level if cfg is not None else "INFO")  # before MindSpore loads
     tok_path, seq = a.tokenizer, a.max_length
-    if a.config:
-        from . import config
-        cfg = config.load(a.config, a.set)
+    if cfg is not None:
         tok_path = tok_path or cfg.data.tokenizer
         seq = seq or cfg.data.seq_length
+    if not tok_path and os.path.isfile(os.path.join(a.checkpoint, "tokenizer.json")):
+        tok_path = os.path.join(a.checkpoint, "tokenizer.json")
     if not tok_path:
         from .config import ConfigError
-        raise ConfigError("--tokenizer", "tokenizer", "give --tokenizer PATH or --config with data.tokenizer")
-    return model, Tokenizer(tok_path), seq or 128
+        raise ConfigError("--tokenizer", "tokenizer", f"{a.checkpoint} holds no tokenizer.json: give --tokenizer PATH "
+                          f"or --config with data.tokenizer")
+    tok = Tokenizer(tok_path)
+    from .train.setup import set_graph_mode
+    set_graph_mode()
+    model = from_pretrained(a.checkpoint)
+    return model, tok, seq or min(128, model.config.max_position_embeddings), cfg
 
 
 def cmd_generate(a) -> int:
     from .generation import Generator
-    model, tok, seq = _load_for_inference(a)
+    model, tok, seq, _ = _load_for_inference(a)
     gen = Generator(model, seq, batch_size=1, use_cache=not a.no_cache)
     msgs = [{"role": "user", "content": a.prompt}]
     prompt = tok.encode_prompt(msgs) if not a.raw else [tok.bos_id] + tok.encode(a.prompt)
@@ -90,13 +120,15 @@ def cmd_generate(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from . import config
     from .data.datasets import load_samples, read_jsonl
     from .data.packing import build_rows, fit_length
     from .generation import Generator
     from .train.evaluation import EvalSums, eval_loss, exact_match
-    cfg = config.load(a.config, a.set)
-    model, tok, seq = _load_for_inference(a)
+    model, tok, seq, cfg = _load_for_inference(a)
+    if cfg is None:
+        from .config import ConfigError
+        raise ConfigError("--config", "config", f"{a.checkpoint} holds no run_config.yaml: give --config with the "
+                          f"data to evaluate on")
     path = cfg.data.eval_file or cfg.data.train_file
     samples, _, _ = fit_length(load_samples(path, tok, cfg.data.format), seq, cfg.data.overlong)
     rows = build_rows(samples, seq, tok.pad_id, False)
@@ -144,8 +176,8 @@ def cmd_plan(a) -> int:
     from .plan.estimate import plan_layout
     from .plan.render import format_plan, format_ranking
     from .plan.search import search
-    run = config.load(a.config, a.set, check_paths=False) if a.config else None
-    preset = load_preset(a.cluster, os.getcwd(), run)
+    run = config.load(a.config, check_paths=False) if a.config else None
+    preset = load_preset(a.cluster, os.getcwd(), run, a.set)  # --set applies over the preset's layout
     c = preset.cluster
     p = plan_layout(preset.run.model.model_config(), preset.run.parallel, c, preset.micro_batch_size,
                     preset.seq_length, preset.global_batch_size, preset.run.lora)
@@ -162,85 +194,95 @@ def cmd_plan(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mfds", description="MindSpore training stack for DeepSeek models")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's help ends with its default
+    p = argparse.ArgumentParser(prog="mfds", description="MindSpore training stack for DeepSeek models",
+                                formatter_class=fmt)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,generate,eval,data,launch,lora,report,plan,convert}")
 
     def with_config(sp, required=True):
         sp.add_argument("--config", required=required, help="run YAML")
-        sp.add_argument("--set", action="append", default=[], metavar="A.B=V", help="override a config field")
+        sp.add_argument("--set", action="append", default=[], metavar="A.B=V",
+                        help="override a config field (repeatable), e.g. --set train.max_steps=100")
 
-    t = sub.add_parser("train", help="train / fine-tune from a YAML config")
+    t = sub.add_parser("train", help="train / fine-tune from a YAML config", formatter_class=fmt)
     with_config(t)
     t.set_defaults(fn=cmd_train)
 
     for name, fn, help_ in (("generate", cmd_generate, "generate text from a checkpoint"),
                             ("eval", cmd_eval, "perplexity and exact match of a checkpoint")):
-        g = sub.add_parser(name, help=help_)
-        with_config(g, required=(name == "eval"))
-        g.add_argument("--checkpoint", required=True, help="HF directory or a checkpoint of this stack")
-        g.add_argument("--tokenizer", help="tokenizer.json (default: the config's data.tokenizer)")
-        g.add_argument("--max-length", type=int, default=None)
+        g = sub.add_parser(name, help=help_, formatter_class=fmt)
+        with_config(g, required=False)
+        g.add_argument("--checkpoint", required=True,
+                       help="a step directory (runs/X/checkpoints/step_N), a converted or a HF directory")
+        g.add_argument("--tokenizer", help="tokenizer.json (default: the config's data.tokenizer, else the one "
+                       "the checkpoint carries)")
+        g.add_argument("--max-length", type=int, default=None,
+                       help="prompt + answer length (default: data.seq_length of the run, else 128)")
         if name == "generate":
-            g.add_argument("--prompt", required=True)
+            g.add_argument("--prompt", required=True, help="the user message (chat template applied unless --raw)")
             g.add_argument("--raw", action="store_true", help="no chat template")
-            g.add_argument("--max-new-tokens", type=int, default=32)
-            g.add_argument("--temperature", type=float, default=0.0)
-            g.add_argument("--top-k", type=int, default=0)
-            g.add_argument("--top-p", type=float, default=1.0)
-            g.add_argument("--seed", type=int, default=0)
+            g.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate at most")
+            g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
+            g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+            g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+            g.add_argument("--seed", type=int, default=0, help="sampling seed")
             g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence per token")
         else:
-            g.add_argument("--exact-match-samples", type=int, default=200)
+            g.add_argument("--exact-match-samples", type=int, default=200,
+                           help="held-out records scored by greedy generation (0: loss only)")
         g.set_defaults(fn=fn)
 
-    d = sub.add_parser("data", help="data tools")
-    dsub = d.add_subparsers(dest="data_cmd", required=True)
-    dd = dsub.add_parser("demo", help="write the demo instruction dataset")
-    dd.add_argument("--out", default="data/demo")
-    dd.add_argument("--train", type=int, default=6000)
-    dd.add_argument("--eval", type=int, default=200)
-    dd.add_argument("--seed", type=int, default=0)
-    dp = dsub.add_parser("prepare", help="tokenise a config's data into a MindRecord cache")
+    d = sub.add_parser("data", help="data tools", formatter_class=fmt)
+    dsub = d.add_subparsers(dest="data_cmd", required=True, metavar="{demo,prepare}")
+    dd = dsub.add_parser("demo", help="write the demo instruction dataset", formatter_class=fmt)
+    dd.add_argument("--out", default="data/demo", help="output directory (train.jsonl, eval.jsonl)")
+    dd.add_argument("--train", type=int, default=6000, help="training records")
+    dd.add_argument("--eval", type=int, default=200, help="held-out records")
+    dd.add_argument("--seed", type=int, default=0, help="generator seed (the data is deterministic)")
+    dp = dsub.add_parser("prepare", help="tokenise a config's data into a MindRecord cache", formatter_class=fmt)
     with_config(dp)
-    dp.add_argument("--out", default=None)
+    dp.add_argument("--out", default=None, help="cache directory (default: data.cache_dir)")
     d.set_defaults(fn=cmd_data)
 
-    la = sub.add_parser("launch", help="run an mfds command on N workers with msrun",
+    la = sub.add_parser("launch", help="run an mfds command on N workers with msrun", formatter_class=fmt,
                         description="mfds launch --nproc 4 -- train --config X.yaml")
     la.add_argument("--nproc", type=int, required=True, help="workers on this node")
-    la.add_argument("--nnodes", type=int, default=1)
-    la.add_argument("--node-rank", type=int, default=0)
-    la.add_argument("--master-addr", default="127.0.0.1")
-    la.add_argument("--master-port", type=int, default=8118)
-    la.add_argument("--log-dir", default=None, help="default: <train.output_dir>/logs")
+    la.add_argument("--nnodes", type=int, default=1, help="nodes in the job")
+    la.add_argument("--node-rank", type=int, default=0, help="this node's index (0 is the master)")
+    la.add_argument("--master-addr", default="127.0.0.1", help="address of node 0")
+    la.add_argument("--master-port", type=int, default=8118, help="msrun scheduler port on node 0")
+    la.add_argument("--log-dir", default=None, help="workers' logs (default: <train.output_dir>/logs)")
     la.add_argument("--cluster-timeout", type=int, default=120, help="seconds msrun waits for a missing worker")
     la.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the mfds command, e.g. train --config X")
     la.set_defaults(fn=cmd_launch)
 
-    lo = sub.add_parser("lora", help="LoRA tools")
-    lsub = lo.add_subparsers(dest="lora_cmd", required=True)
-    lm = lsub.add_parser("merge", help="fold a LoRA checkpoint's adapters into its base model")
+    lo = sub.add_parser("lora", help="LoRA tools", formatter_class=fmt)
+    lsub = lo.add_subparsers(dest="lora_cmd", required=True, metavar="{merge}")
+    lm = lsub.add_parser("merge", help="fold a LoRA checkpoint's adapters into its base model", formatter_class=fmt)
     with_config(lm)
     lm.add_argument("--adapter", required=True, help="checkpoint directory holding adapter.safetensors")
-    lm.add_argument("--out", required=True)
-    lm.add_argument("--layout", choices=["hf", "mindspore"], default="mindspore")
+    lm.add_argument("--out", required=True, help="output directory of the merged model")
+    lm.add_argument("--layout", choices=["hf", "mindspore"], default="mindspore",
+                    help="hf: per-expert tensors transformers loads; mindspore: stacked experts")
     lo.set_defaults(fn=cmd_lora)
 
-    r = sub.add_parser("report", help="HTML page and PNGs of a run's curves, expert load and router bias")
+    r = sub.add_parser("report", help="HTML page and PNGs of a run's curves, expert load and router bias",
+                       formatter_class=fmt)
     r.add_argument("run_dir", help="a run's train.output_dir (holding metrics.jsonl)")
     r.add_argument("--out", default=None, help="default: RUN_DIR/report")
     r.set_defaults(fn=cmd_report)
 
-    pl = sub.add_parser("plan", help="memory, communication and step time of a layout; --search ranks layouts")
+    pl = sub.add_parser("plan", help="memory, communication and step time of a layout; --search ranks layouts",
+                        formatter_class=fmt)
     with_config(pl, required=False)
     pl.add_argument("--cluster", required=True, help="a cluster preset, parallel/*.yaml")
     pl.add_argument("--search", action="store_true", help="rank every valid layout by estimated step time")
-    pl.add_argument("--top", type=int, default=10)
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--top", type=int, default=10, help="layouts shown by --search")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(fn=cmd_plan)
 
     from .checkpoint.cli import add_convert_parser
-    add_convert_parser(sub)
+    add_convert_parser(sub, fmt)
     return p
 
 
@@ -251,7 +293,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130
 
 

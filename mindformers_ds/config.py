@@ -18,7 +18,7 @@ import difflib
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -40,6 +40,9 @@ class ConfigError(ValueError):
 class ModelSection(DeepseekConfig):
     hf_config: Optional[str] = None     # HF config.json to read the hyper-parameters from
     pretrained: Optional[str] = None    # HF directory or a checkpoint of this stack to start from
+    # a `pretrained` checkpoint without MTP weights (transformers writes none): train without the
+    # MTP modules (drop) or with freshly initialised ones (init)
+    missing_mtp: str = "drop"
 
     def model_config(self) -> DeepseekConfig:
         names = {f.name for f in dataclasses.fields(DeepseekConfig)}
@@ -91,6 +94,7 @@ class TrainConfig:
     nan_policy: str = "stop"            # stop | skip
     freeze: List[str] = field(default_factory=list)   # name patterns, e.g. ["*.mlp.gate.*", "model.embed_tokens.*"]
     exact_match_samples: int = 0        # held-out samples scored by greedy generation (demo task)
+    check_memory: bool = True           # refuse a CPU run whose estimated peak exceeds this machine's memory
     max_new_tokens: int = 16
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
@@ -159,11 +163,18 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     source: str = ""                    # the YAML this was loaded from (not a YAML field)
+    # dotted field -> the file (or "--set") that set it, so later errors blame the right place
+    origins: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source", None)
+        d.pop("origins", None)
         return d
+
+    def origin(self, dotted: str) -> str:
+        """The file (or `--set`) that set `dotted`, for errors raised after loading."""
+        return _origin(self.origins, dotted) if self.origins else self.source
 
     def replace(self, **sections: Any) -> "RunConfig":
         return dataclasses.replace(self, **sections)
@@ -175,12 +186,37 @@ class RunConfig:
 Origins = Dict[str, str]
 
 
-def _read_yaml(path: str, origin: str) -> Dict[str, Any]:
+def _check_duplicates(node: Any, path: str, prefix: str = "") -> None:
+    """Refuse a key given twice in one mapping (PyYAML silently keeps the last one, so a second
+    `train:` section would drop the first without a word)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: Dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    what = "section" if isinstance(value_node, yaml.MappingNode) else "key"
+                    raise ConfigError(path, dotted, f"line {line}: duplicate {what} {dotted!r} (first given at "
+                                      f"line {seen[key]}); give each key once")
+                seen[key] = line
+            _check_duplicates(value_node, path, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, path, f"{prefix}[{i}]")
+
+
+def read_yaml_mapping(path: str, origin: str = "") -> Dict[str, Any]:
+    """A YAML file whose top level is a mapping (`yaml.safe_load`: no objects are constructed),
+    refusing duplicate keys; errors are one line naming the file and the line."""
     if not os.path.isfile(path):
-        raise ConfigError(origin, "", f"config file {path!r} not found")
+        raise ConfigError(origin or path, "", f"config file {path!r} not found")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            text = f.read()
+        _check_duplicates(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -190,6 +226,9 @@ def _read_yaml(path: str, origin: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(path, "", f"top level must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+_read_yaml = read_yaml_mapping
 
 
 def _mark(data: Any, prefix: str, origin: str, origins: Origins) -> None:
@@ -264,6 +303,7 @@ def _set_dotted(tree: Dict[str, Any], key: str, value: Any, origins: Origins) ->
 # Typed construction
 # ---------------------------------------------------------------------------------------
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+INT_LIMIT = 2 ** 31 - 1
 
 
 def _coerce(value: Any, tp: Any, dotted: str, origins: Origins) -> Any:
@@ -296,6 +336,9 @@ def _coerce(value: Any, tp: Any, dotted: str, origins: Origins) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(origin_file, dotted, f"{dotted}={value!r} must be an integer")
+        if abs(value) > INT_LIMIT:  # counts, sizes and steps all travel as int32 somewhere
+            raise ConfigError(origin_file, dotted, f"{dotted}={value} is out of range: integer fields must be "
+                              f"within +-{INT_LIMIT} (2^31 - 1)")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
@@ -324,7 +367,7 @@ def _origin(origins: Origins, dotted: str) -> str:
 
 def _build(cls: Any, data: Dict[str, Any], prefix: str, origins: Origins) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("source", "origins")}
     kwargs = {}
     for k, v in data.items():
         dotted = f"{prefix}.{k}" if prefix else str(k)
@@ -364,6 +407,7 @@ def _validate(cfg: RunConfig, origins: Origins, check_paths: bool = True) -> Non
             raise ConfigError(_origin(o, dotted), dotted, msg)
 
     d, t, opt, lr, ck = cfg.data, cfg.train, cfg.optimizer, cfg.lr_schedule, cfg.checkpoint
+    _choice(cfg.model.missing_mtp, ("drop", "init"), "model.missing_mtp", o)
     _choice(d.format, ("auto", "alpaca", "chat", "text"), "data.format", o)
     _choice(d.overlong, ("truncate", "drop"), "data.overlong", o)
     need(d.seq_length > 1, "data.seq_length", f"data.seq_length={d.seq_length} must be > 1")
@@ -435,7 +479,7 @@ def _resolve_model_section(tree: Dict[str, Any], origins: Origins, order: List[s
             dotted = f"{prefix}.{k}"
             if isinstance(v, dict) and isinstance(dst.get(k), dict):
                 overlay(dst[k], v, dotted)
-            elif k in ("hf_config", "pretrained") or rank.get(_origin(origins, dotted), -1) >= floor:
+            elif k in ("hf_config", "pretrained", "missing_mtp") or rank.get(_origin(origins, dotted), -1) >= floor:
                 dst[k] = v
             else:
                 _mark(dst.get(k), dotted, hf_path, origins)
@@ -446,30 +490,56 @@ def _resolve_model_section(tree: Dict[str, Any], origins: Origins, order: List[s
     tree["model"] = base
 
 
-def load(path: str, overrides: Optional[List[str]] = None, check_paths: bool = True) -> RunConfig:
+def load(path: str, overrides: Optional[List[str]] = None, check_paths: bool = True,
+         layers: Sequence[Tuple[str, Dict[str, Any]]] = ()) -> RunConfig:
     """Read, merge, override, type-check and validate a run config. `check_paths=False`
-    validates a config meant for another machine (data paths are not looked at)."""
+    validates a config meant for another machine (data paths are not looked at). `layers`
+    ((origin, tree) pairs, e.g. a cluster preset's layout) merge over the file and under the
+    `--set` overrides, which always win."""
     origins: Origins = {"": path}
     order: List[str] = []
     tree = _load_tree(path, origins, order)
+    for origin, layer in layers:
+        _merge(tree, layer, "", origin, origins)
+        order.append(origin)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(tree, key, value, origins)
     _resolve_model_section(tree, origins, order)
     cfg = _build(RunConfig, tree, "", origins)
     _validate(cfg, origins, check_paths)
-    return dataclasses.replace(cfg, source=path)
+    return dataclasses.replace(cfg, source=path, origins=origins)
 
 
-def from_dict(tree: Dict[str, Any], source: str = "<dict>") -> RunConfig:
-    """Build a RunConfig from an already-parsed mapping (tests, programmatic use)."""
+def rebuild(cfg: RunConfig, layers: Sequence[Tuple[str, Dict[str, Any]]] = (),
+            overrides: Optional[List[str]] = None, check_paths: bool = True) -> RunConfig:
+    """`cfg` with `layers` ((origin, tree) pairs) merged over it and then the `--set`
+    `overrides`, validated again; every field keeps the origin of whatever set it last."""
+    origins: Origins = dict(cfg.origins) or {"": cfg.source}
+    tree = cfg.to_dict()
+    for origin, layer in layers:
+        _merge(tree, layer, "", origin, origins)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value, origins)
+    out = _build(RunConfig, tree, "", origins)
+    _validate(out, origins, check_paths)
+    return dataclasses.replace(out, source=cfg.source, origins=origins)
+
+
+def from_dict(tree: Dict[str, Any], source: str = "<dict>", overrides: Optional[List[str]] = None) -> RunConfig:
+    """Build a RunConfig from an already-parsed mapping (tests, programmatic use, the run config a
+    checkpoint carries); `overrides` as `--set` gives them."""
     origins: Origins = {"": source}
     tree = copy.deepcopy(tree)
     _mark(tree, "", source, origins)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value, origins)
     _resolve_model_section(tree, origins, [source])
     cfg = _build(RunConfig, tree, "", origins)
     _validate(cfg, origins)
-    return dataclasses.replace(cfg, source=source)
+    return dataclasses.replace(cfg, source=source, origins=origins)
 
 
 def model_config_from_dict(d: Dict[str, Any], source: str = "<model>") -> DeepseekConfig:

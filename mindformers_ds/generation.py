@@ -70,16 +70,20 @@ class Generator:
             self._cached = CachedDecoder(model, batch_size, max_length)
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: Optional[int] = None,
-                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> List[List[int]]:
-        """New tokens for each prompt (EOS excluded). Prompts longer than max_length - 1 are refused."""
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 progress: Optional[str] = None, keep_eos: bool = False) -> List[List[int]]:
+        """New tokens for each prompt (EOS excluded unless `keep_eos`). Prompts longer than
+        max_length - 1 are refused. `progress`: show a bar with this title over the batches."""
+        from tqdm import tqdm
         out: List[List[int]] = []
         rng = np.random.default_rng(seed)
-        for start in range(0, len(prompts), self.batch_size):
+        starts = range(0, len(prompts), self.batch_size)
+        for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
             chunk = [list(p) for p in prompts[start:start + self.batch_size]]
-            out += self._generate_batch(chunk, max_new_tokens, eos_id, rng, temperature, top_k, top_p)
+            out += self._generate_batch(chunk, max_new_tokens, eos_id, rng, temperature, top_k, top_p, keep_eos)
         return out
 
-    def _generate_batch(self, prompts, max_new, eos_id, rng, temperature, top_k, top_p):
+    def _generate_batch(self, prompts, max_new, eos_id, rng, temperature, top_k, top_p, keep_eos=False):
         b, length = self.batch_size, self.max_length
         for p in prompts:
             if not 0 < len(p) < length:
@@ -104,6 +108,8 @@ class Generator:
                     continue
                 if (eos_id is not None and nxt[i] == eos_id) or lens[i] >= length:
                     done[i] = True
+                    if keep_eos and eos_id is not None and nxt[i] == eos_id:
+                        new[i].append(int(nxt[i]))
                     continue
                 new[i].append(int(nxt[i]))
                 ids[i, lens[i]] = nxt[i]
@@ -113,3 +119,39 @@ class Generator:
             if self._cached is not None:
                 logits = self._cached.decode(ids[np.arange(b), lens - 1], lens - 1)
         return new
+
+
+def generate_ids(model, input_ids, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
+                 attention_mask=None, seed: int = 0, use_cache: bool = True) -> np.ndarray:
+    """transformers' `generate` on this stack: prompts [B, S] (a numpy array, list or Tensor;
+    `attention_mask` marks real tokens when rows have padding, on either side) -> [B, S' + new]
+    int32 ids, each row its prompt then its new tokens (EOS included, as transformers does),
+    right-padded with `pad_token_id`. Greedy unless `do_sample`. EOS and pad default to the
+    model config's. One compiled decoder per (batch, length) is kept on the model."""
+    ids = np.asarray(input_ids.asnumpy() if hasattr(input_ids, "asnumpy") else input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(
+        attention_mask.asnumpy() if hasattr(attention_mask, "asnumpy") else attention_mask)
+    prompts = [[int(t) for t, m in zip(row, mrow) if m] for row, mrow in zip(ids, mask)]
+    cfg = model.config
+    eos = cfg.eos_token_id if eos_token_id is None else eos_token_id
+    pad = (cfg.pad_token_id if cfg.pad_token_id is not None else eos) if pad_token_id is None else pad_token_id
+    length = max(len(p) for p in prompts) + max_new_tokens
+    if length > cfg.max_position_embeddings:
+        raise ValueError(f"prompt + max_new_tokens = {length} tokens exceeds model.max_position_embeddings="
+                         f"{cfg.max_position_embeddings}")
+    key = (len(prompts), length, use_cache)
+    cache = model.generators
+    if key not in cache:
+        cache.clear()  # one compiled pair of graphs at a time: a new shape compiles anew
+        cache[key] = Generator(model, length, batch_size=len(prompts), use_cache=use_cache)
+    new = cache[key].generate(prompts, max_new_tokens, eos_id=eos, temperature=temperature if do_sample else 0.0,
+                              top_k=top_k if do_sample else 0, top_p=top_p if do_sample else 1.0, seed=seed,
+                              keep_eos=True)
+    rows = [p + n for p, n in zip(prompts, new)]
+    out = np.full((len(rows), max(len(r) for r in rows)), pad, np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out

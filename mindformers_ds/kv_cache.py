@@ -11,7 +11,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from .models.deepseek.model import attention_mask
+from .models.deepseek.masks import attention_mask
 
 
 class _Prefill(nn.Cell):

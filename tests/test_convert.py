@@ -226,21 +226,33 @@ def test_unknown_dtype(fp8_release, tmp_path):
     assert "unknown dtype 'Q4_K'" in _assert_refused(src, str(tmp_path / "out"), "unknown dtype")
 
 
-def test_interrupted_conversion_resumes(fp8_release, tmp_path):
-    out = str(tmp_path / "out")
-    convert.hf_to_ms(fp8_release, out, bar=False, max_shard="200KB")
-    ref = tensors_of(out)
-    shards = sorted(f for f in os.listdir(out) if f.startswith("model-"))
-    assert len(shards) > 2
-    # an interruption: the index never written, the last shard never renamed into place
-    os.remove(os.path.join(out, "model.safetensors.index.json"))
-    os.remove(os.path.join(out, shards[-1]))
+def test_killed_conversion_resumes_from_its_work_directory(tmp_path):
+    """A conversion killed (SIGKILL) half-way leaves DST absent and its finished shards in the work
+    directory beside it; the same command again keeps those shards and completes."""
+    from mindformers_ds.checkpoint.destination import work_dir
+    cfg = release_cfg(hidden_size=512, moe_intermediate_size=512, n_routed_experts=16, n_group=4,
+                      num_hidden_layers=4, vocab_size=4096)
+    src, out = str(tmp_path / "src"), str(tmp_path / "out")
+    write_release(src, cfg, fp8=False, dtype="BF16", layers_per_shard=1)
+    work = work_dir(out)
+    code = ("import sys; from mindformers_ds.checkpoint import convert; "
+            "convert.hf_to_ms(sys.argv[1], sys.argv[2], dtype='fp32', bar=False, max_shard='8MB')")
+    proc = subprocess.Popen([sys.executable, "-c", code, src, out], cwd=ROOT)
+    shards = []
+    while proc.poll() is None and len(shards) < 2:
+        shards = sorted(f for f in os.listdir(work) if f.startswith("model-")) if os.path.isdir(work) else []
+    proc.kill()
+    proc.wait()
+    assert len(shards) >= 2, "the conversion finished before it could be killed"
+    assert not os.path.exists(out) and not os.path.isfile(os.path.join(work, "model.safetensors.index.json"))
     with pytest.raises(CheckpointError, match="without its index"):
-        CheckpointReader(out)
-    stamp = os.path.getmtime(os.path.join(out, shards[0]))
-    convert.hf_to_ms(fp8_release, out, bar=False, max_shard="200KB")
+        CheckpointReader(work)
+    stamp = os.path.getmtime(os.path.join(work, shards[0]))
+    convert.hf_to_ms(src, out, dtype="fp32", bar=False, max_shard="8MB")
     assert os.path.getmtime(os.path.join(out, shards[0])) == stamp        # kept, not rewritten
-    assert tensors_of(out) == ref
+    assert not os.path.exists(work)
+    convert.hf_to_ms(src, str(tmp_path / "clean"), dtype="fp32", bar=False, max_shard="8MB")
+    assert tensors_of(out) == tensors_of(str(tmp_path / "clean"))
 
 
 def test_workers_and_formats(tmp_path, fp8_release):

@@ -128,8 +128,10 @@ def test_split_and_merge_round_trip(finished_run, tmp_path):
                       ["model.hidden_size=64", "model.moe_intermediate_size=32", "model.intermediate_size=128",
                        "parallel.dp=2", "parallel.tp=2", "parallel.ep=2"])
     split_checkpoint(src, str(tmp_path / "shards"), run)
+    # the checkpoint's tokenizer and run config travel with the shards
     assert sorted(os.listdir(tmp_path / "shards")) == ["config.json", "layout.json", "rank_0", "rank_1", "rank_2",
-                                                         "rank_3", "trainer_state.json"]
+                                                         "rank_3", "run_config.yaml", "tokenizer.json",
+                                                         "trainer_state.json"]
     merge_checkpoint(str(tmp_path / "shards"), str(tmp_path / "merged"))
     for fname in ("model.safetensors", "optimizer.safetensors"):
         with SafetensorsFile(os.path.join(src, fname)) as a, SafetensorsFile(str(tmp_path / "merged" / fname)) as b:

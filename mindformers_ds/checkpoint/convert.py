@@ -10,30 +10,34 @@ A conversion is planned from the headers alone: every output tensor is (name, dt
 plus the list of *pieces* that produce its bytes, e.g. a stacked `experts.gate_up_proj` is
 [gate_0, up_0, gate_1, up_1, ...], each read (and FP8-dequantised, cast) only when written.
 So memory holds one source tensor at a time, never a layer's stacked experts or a shard.
-Shards are written to temp files and renamed; the index is written last; a shard already in
-place with the planned header is kept, so an interrupted conversion resumes where it stopped.
-Tensors whose dtype does not change are copied byte for byte: hf -> ms -> hf is bit-exact.
+The output goes to a work directory beside DST that replaces DST when complete
+(checkpoint/destination.py: a non-empty DST needs --overwrite); shards are written to temp
+files and renamed, the index last (checkpoint/shard_writer.py); a shard already in the work
+directory with the planned header is kept, so an interrupted conversion resumes where it
+stopped. Tensors whose dtype does not change are copied byte for byte: hf -> ms -> hf is
+bit-exact. A transformers-saved model (no MTP weights, config saying one MTP layer) converts to
+a model without MTP, with one line saying so.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Dict, List, Optional, Tuple
 
 from ..models.deepseek.config import DeepseekConfig
 from ..models.deepseek.shapes import parameter_specs
 from ..utils.io import atomic_write_json
-from .fp8 import block_dequant, block_quant
-from .mapping import dequantise, is_quantised, layer_of, ordered_names
+from .destination import begin, check_destination, commit
+from .mapping import has_mtp_weights, ordered_names
 from .names import SCALE_SUFFIX, STACKED_RE, expert_key, is_mtp_passthrough, is_release_mtp
+from .plan import OutTensor, Piece
 from .reader import ST_INDEX, CheckpointReader
-from .safetensors_io import DTYPES, CheckpointError, SafetensorsFile, from_float32, to_float32
+from .safetensors_io import CheckpointError
+from .shard_writer import copy_side_files, parse_size, write_plan
 
 log = logging.getLogger(__name__)
 DTYPE_TAGS = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", None: None}
@@ -47,29 +51,6 @@ FP8_LINEAR = re.compile(r"\.(self_attn\.(q_a_proj|q_b_proj|q_proj|kv_a_proj_with
 # ---------------------------------------------------------------------------------------
 # Plans: what to write, and how to produce each piece
 # ---------------------------------------------------------------------------------------
-@dataclass
-class Piece:
-    """How to produce part of an output tensor: read `src` (all of it, or rows [r0, r1) of slice
-    `index` of a stacked tensor), decode, and encode as the output tag ('raw' keeps the bytes)."""
-    src: str
-    index: Optional[int] = None
-    r0: int = 0
-    r1: Optional[int] = None
-    quant: Optional[str] = None  # 'codes' | 'scale': FP8 block re-quantisation outputs
-
-
-@dataclass
-class OutTensor:
-    name: str
-    tag: str
-    shape: Tuple[int, ...]
-    pieces: List[Piece] = field(default_factory=list)
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.tag].itemsize
-
-
 def _out_tag(src_tag: str, name: str, want: Optional[str]) -> str:
     """Output dtype: the source's unless `want` is given (FP8 dequantises to bf16 by default).
     Casting never lowers the router correction bias below float32, as every release keeps it."""
@@ -197,147 +178,14 @@ def _maybe_fp8(t: OutTensor, fp8: bool) -> List[OutTensor]:
             OutTensor(t.name + SCALE_SUFFIX, "F32", scale_shape, [Piece(src.src, src.index, src.r0, src.r1, "scale")])]
 
 
-def produce(reader: CheckpointReader, piece: Piece, out_tag: str) -> np.ndarray:
-    """The storage array of one piece, in the output dtype."""
-    if piece.index is None:
-        tag, arr = reader.get(piece.src)
-    else:
-        tag, arr = reader.get_rows(piece.src, piece.index, piece.r0, piece.r1)
-    if piece.quant is None and tag == out_tag:
-        return arr  # byte-exact copy (also quantised tensors kept as they are: V4's MTP block)
-    if is_quantised(reader, piece.src, tag):
-        f32 = dequantise(reader, piece.src, tag, arr)
-    else:
-        f32 = to_float32(tag, arr)
-    if piece.quant is not None:
-        codes, scale = block_quant(f32)
-        return codes if piece.quant == "codes" else scale
-    if out_tag not in ("F32", "F16", "BF16"):
-        raise CheckpointError(f"{reader.weight_map[piece.src]}: cannot convert tensor {piece.src!r} from {tag} to {out_tag}")
-    return from_float32(f32, out_tag)
-
-
-# ---------------------------------------------------------------------------------------
-# Writing shards
-# ---------------------------------------------------------------------------------------
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*", str(text), re.I)
-    if not m:
-        raise ValueError(f"bad size {text!r} (e.g. 5GB, 500MB)")
-    unit = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12}
-    return int(float(m.group(1)) * unit[m.group(2).upper()])
-
-
-def assign_shards(plan: List[OutTensor], max_bytes: int, stem: str, ext: str,
-                  source_index: Optional[Dict[str, str]] = None) -> Dict[str, List[OutTensor]]:
-    """Group the plan into shard files; reuse the shard names of `source_index` when it covers
-    every tensor (so a round trip reproduces the original index)."""
-    if source_index and all(t.name in source_index for t in plan):
-        shards: Dict[str, List[OutTensor]] = {}
-        for t in plan:
-            shards.setdefault(source_index[t.name], []).append(t)
-        return shards
-    groups: List[List[OutTensor]] = [[]]
-    size = 0
-    for t in plan:
-        if groups[-1] and size + t.nbytes > max_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(t)
-        size += t.nbytes
-    if len(groups) == 1:
-        return {f"{stem}.{ext}": groups[0]}
-    n = len(groups)
-    return {f"{stem}-{i + 1:05d}-of-{n:05d}.{ext}": g for i, g in enumerate(groups)}
-
-
-def _shard_done(path: str, tensors: List[OutTensor]) -> bool:
-    """A shard already written with exactly the planned header (resuming an interrupted run)."""
-    if not os.path.isfile(path):
-        return False
-    try:
-        with SafetensorsFile(path) as f:
-            return [(n, f.info(n)) for n in f.keys()] == [(t.name, (t.tag, t.shape)) for t in tensors]
-    except CheckpointError:
-        return False
-
-
-def _pieces(reader: CheckpointReader, t: OutTensor):
-    for p in t.pieces:
-        yield produce(reader, p, t.tag)
-
-
-def _write_shard(src: str, path: str, tensors: List[OutTensor], fmt: str, metadata: Dict[str, str], progress=None) -> str:
-    reader = CheckpointReader(src)
-    try:
-        if fmt == "safetensors":
-            if _shard_done(path, tensors):
-                if progress:
-                    progress(sum(t.nbytes for t in tensors))
-                return "kept"
-            from .safetensors_io import write_safetensors_stream
-            entries = [(t.name, t.tag, t.shape, _pieces(reader, t)) for t in tensors]
-            write_safetensors_stream(path, entries, metadata, progress)
-        else:
-            from .formats import write_other
-            write_other(path, fmt, [(t.name, t.tag, np.concatenate(
-                [produce(reader, p, t.tag).reshape(-1) for p in t.pieces]).reshape(t.shape)) for t in tensors], progress)
-        return "written"
-    finally:
-        reader.close()
-
-
-def _worker(args):
-    return _write_shard(*args)
-
-
-def write_plan(src: str, dst: str, plan: List[OutTensor], fmt: str, max_shard: int, workers: int,
-               metadata: Dict[str, str], source_index: Optional[Dict[str, str]] = None, bar: bool = True,
-               finish=None) -> Dict:
-    """Write the shards, then `finish()` (config and side files), then the index: a directory
-    interrupted at any point has no index (or no config.json) and is refused by readers."""
-    os.makedirs(dst, exist_ok=True)
-    ext = {"safetensors": "safetensors", "ckpt": "ckpt", "bin": "bin"}[fmt]
-    stem = "pytorch_model" if fmt == "bin" else "model"
-    shards = assign_shards(plan, max_shard, stem, ext, source_index)
-    total = sum(t.nbytes for t in plan)
-    from tqdm import tqdm
-    with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not bar) as pbar:
-        jobs = [(src, os.path.join(dst, fname), ts, fmt, metadata) for fname, ts in shards.items()]
-        if workers > 1 and len(jobs) > 1:
-            import multiprocessing as mp
-            with mp.get_context("spawn").Pool(workers) as pool:
-                for (_, _, ts, _, _), _res in zip(jobs, pool.imap(_worker, jobs)):
-                    pbar.update(sum(t.nbytes for t in ts))
-        else:
-            for job in jobs:
-                _write_shard(*job, progress=pbar.update)
-    index_name = {"safetensors": ST_INDEX, "bin": "pytorch_model.bin.index.json", "ckpt": "model.ckpt.index.json"}[fmt]
-    weight_map = {t.name: fname for fname, ts in shards.items() for t in ts}
-    if source_index:  # keep the original order and metadata so a round trip reproduces the index
-        weight_map = {k: weight_map[k] for k in source_index if k in weight_map}
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    if finish is not None:
-        finish()
-    if len(shards) > 1 or source_index:
-        atomic_write_json(os.path.join(dst, index_name), index)   # last: marks the conversion complete
-    return {"tensors": len(plan), "bytes": total, "shards": len(shards)}
-
-
-def copy_side_files(src: str, dst: str, exclude=()) -> None:
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json"):
-        s = os.path.join(src, name)
-        if os.path.isfile(s) and name not in exclude:
-            shutil.copyfile(s, os.path.join(dst, name))
-
-
 # ---------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------
-def _write_config(src: str, dst: str, raw: Dict, dtype: Optional[str], quantized: Optional[bool]) -> None:
-    """config.json for the output: copied byte for byte unless the dtype or the FP8 status changes."""
-    out = dict(raw)
+def _write_config(src: str, dst: str, raw: Dict, dtype: Optional[str], quantized: Optional[bool],
+                  changes: Optional[Dict] = None) -> None:
+    """config.json for the output: copied byte for byte unless the dtype, the FP8 status or
+    `changes` (fields to set) change it."""
+    out = dict(raw, **(changes or {}))
     if dtype:
         out["torch_dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
     if quantized is True:
@@ -351,28 +199,48 @@ def _write_config(src: str, dst: str, raw: Dict, dtype: Optional[str], quantized
         atomic_write_json(os.path.join(dst, "config.json"), out)
 
 
+def _without_missing_mtp(src: str, reader: CheckpointReader, cfg: DeepseekConfig) -> Tuple[DeepseekConfig, List[str]]:
+    """transformers' `DeepseekV3Config` defaults to num_nextn_predict_layers=1 but its
+    `save_pretrained` writes no MTP weights: such a checkpoint converts to a model without MTP
+    (config.json says 0). A checkpoint with only part of the MTP block is still refused."""
+    if cfg.mtp_modules == 0 or has_mtp_weights(reader.names(), cfg.num_hidden_layers):
+        return cfg, []
+    note = (f"{src}: no MTP weights although config.json says num_nextn_predict_layers={cfg.num_nextn_predict_layers} "
+            f"(transformers' save_pretrained writes none); converted without MTP (num_nextn_predict_layers=0)")
+    return dataclasses.replace(cfg, num_nextn_predict_layers=0), [note]
+
+
 def hf_to_ms(src: str, dst: str, dtype: Optional[str] = None, fmt: str = "safetensors", max_shard: str = "5GB",
-             workers: int = 1, bar: bool = True) -> Dict:
+             workers: int = 1, bar: bool = True, overwrite: bool = False) -> Dict:
+    """`dst` must be empty or absent unless `overwrite` (then it is replaced in one swap)."""
+    check_destination(dst, overwrite)
     cfg, raw = read_config(src)
     reader = CheckpointReader(src)
     try:
+        cfg, notes = _without_missing_mtp(src, reader, cfg)
         plan = plan_hf_to_ms(reader, cfg, DTYPE_TAGS[dtype])
         fp8_source = any(reader.info(n)[0].startswith("F8_") for n in reader.names())
         src_index = os.path.isfile(os.path.join(src, ST_INDEX)) or None
     finally:
         reader.close()
+    work = begin(dst, overwrite)
+    changes = {"num_nextn_predict_layers": 0} if notes else None
 
     def finish():
-        copy_side_files(src, dst, exclude=("config.json",))
+        copy_side_files(src, work, exclude=("config.json",))
         if src_index is not None:  # remember the HF sharding so ms-to-hf can restore the same index
-            shutil.copyfile(os.path.join(src, ST_INDEX), os.path.join(dst, SOURCE_INDEX))
-        _write_config(src, dst, raw, dtype, False if fp8_source else None)
-    return write_plan(src, dst, plan, fmt, parse_size(max_shard), workers, {"format": "mindspore", "layout": "mindspore"},
-                      bar=bar, finish=finish)
+            shutil.copyfile(os.path.join(src, ST_INDEX), os.path.join(work, SOURCE_INDEX))
+        _write_config(src, work, raw, dtype, False if fp8_source else None, changes)
+    result = write_plan(src, work, plan, fmt, parse_size(max_shard), workers,
+                        {"format": "mindspore", "layout": "mindspore"}, bar=bar, finish=finish)
+    commit(work, dst)
+    return dict(result, notes=notes)
 
 
 def ms_to_hf(src: str, dst: str, dtype: Optional[str] = None, fmt: str = "safetensors", fp8: bool = False,
-             max_shard: str = "5GB", workers: int = 1, bar: bool = True) -> Dict:
+             max_shard: str = "5GB", workers: int = 1, bar: bool = True, overwrite: bool = False) -> Dict:
+    """`dst` must be empty or absent unless `overwrite` (then it is replaced in one swap)."""
+    check_destination(dst, overwrite)
     cfg, raw = read_config(src)
     reader = CheckpointReader(src)
     try:
@@ -384,12 +252,15 @@ def ms_to_hf(src: str, dst: str, dtype: Optional[str] = None, fmt: str = "safete
     if os.path.isfile(si) and fmt == "safetensors":
         with open(si, "r", encoding="utf-8") as f:
             source_index = json.load(f).get("weight_map")
+    work = begin(dst, overwrite)
 
     def finish():
-        copy_side_files(src, dst, exclude=("config.json",))
-        _write_config(src, dst, raw, dtype, True if fp8 else None)
-    return write_plan(src, dst, plan, fmt, parse_size(max_shard), workers, {"format": "pt"}, source_index, bar,
-                      finish)
+        copy_side_files(src, work, exclude=("config.json",))
+        _write_config(src, work, raw, dtype, True if fp8 else None)
+    result = write_plan(src, work, plan, fmt, parse_size(max_shard), workers, {"format": "pt"}, source_index, bar,
+                        finish)
+    commit(work, dst)
+    return dict(result, notes=[])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
   optimizer.safetensors  AdamW moments and step
   trainer_state.json     step, tokens seen, config digest; written last
   config.json            the model's HF config
+  tokenizer.json, tokenizer_config.json, run_config.yaml   the run's tokenizer and resolved
+                         config, so `mfds generate` / `mfds eval` need only the checkpoint
 
 A checkpoint is written into a hidden temp directory and renamed into place only when every
 file is complete and fsynced, so a run killed mid-save leaves nothing that looks complete;
@@ -37,8 +39,16 @@ def _arrays(params) -> List[Tuple[str, str, np.ndarray]]:
     return [(p.name, "F32", np.array(p.asnumpy(), np.float32, order="C")) for p in params]
 
 
+def copy_side_files(directory: str, side_files: Optional[Dict[str, str]]) -> None:
+    """Copy `side_files` (name in the checkpoint -> source path) into a checkpoint being written."""
+    for name, src in (side_files or {}).items():
+        shutil.copyfile(src, os.path.join(directory, name))
+
+
 def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequence, state: Dict,
-         hf_config: Dict, keep_last: int, model_file: str = "model.safetensors") -> str:
+         hf_config: Dict, keep_last: int, model_file: str = "model.safetensors",
+         side_files: Optional[Dict[str, str]] = None) -> str:
+    """`side_files`: the tokenizer and the run config, so the checkpoint is usable on its own."""
     os.makedirs(root, exist_ok=True)
     final = step_dir(root, step)
     tmp = tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root)
@@ -47,6 +57,7 @@ def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequenc
         _fault_injection(step)
         if optimizer_params:
             write_safetensors(os.path.join(tmp, "optimizer.safetensors"), _arrays(optimizer_params))
+        copy_side_files(tmp, side_files)
         atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
         atomic_write_json(os.path.join(tmp, STATE_FILE), dict(state, step=step))
         fsync_dir(tmp)
@@ -57,7 +68,7 @@ def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequenc
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-    prune(root, keep_last)
+    prune(root, keep_last, keep=step)
     return final
 
 
@@ -88,9 +99,12 @@ def latest(root: str) -> Optional[str]:
     return step_dir(root, steps[-1]) if steps else None
 
 
-def prune(root: str, keep_last: int) -> None:
+def prune(root: str, keep_last: int, keep: Optional[int] = None) -> None:
+    """Keep the `keep_last` newest checkpoints, and always `keep` (the one just saved): a run
+    never deletes its own newest checkpoint, whatever else the directory holds."""
     for s in complete_steps(root)[:-keep_last]:
-        shutil.rmtree(step_dir(root, s), ignore_errors=True)
+        if s != keep:
+            shutil.rmtree(step_dir(root, s), ignore_errors=True)
     for name in os.listdir(root):
         if name.startswith(".step_") and name.endswith(".tmp"):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
@@ -119,3 +133,25 @@ def load_params(path: str, filename: str, params: Sequence, required: bool = Tru
             p.set_data(ms.Tensor(f.get_f32(p.name)))
             n += 1
     return n
+
+
+def check_model_dir(path: str) -> None:
+    """A directory a model loads from (HF or this stack's), or a one-line error saying what is
+    wrong: a missing path, or a run / `checkpoints` directory given instead of a step directory
+    (the error names the newest step there)."""
+    if not os.path.exists(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        newest = latest(parent)
+        hint = f"; the newest checkpoint in {parent} is {newest}" if newest else ""
+        raise CheckpointError(f"{path}: no such checkpoint directory{hint}")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: not a directory (give the checkpoint's directory)")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return
+    for root in (os.path.join(path, "checkpoints"), path):
+        newest = latest(root)
+        if newest:
+            what = "a run directory" if root != path else "a directory of checkpoints"
+            raise CheckpointError(f"{path}: is {what}, not a checkpoint; give a step directory, e.g. "
+                                  f"--checkpoint {newest} (the newest)")
+    raise CheckpointError(f"{path}: no config.json (expected a HuggingFace or mindformers_ds model directory)")

@@ -92,3 +92,9 @@ def iter_internal(reader: CheckpointReader, num_experts: int) -> Iterator[Tuple[
             stack_experts(group, num_experts, prefix)
         except KeyError as e:
             raise CheckpointError(f"{reader.path}: {e.args[0]}") from None
+
+
+def has_mtp_weights(names, num_hidden_layers: int) -> bool:
+    """Whether a V2/V3 checkpoint holds any MTP tensor (`model.layers.{>= num_hidden_layers}.*`).
+    transformers' `save_pretrained` writes none although its config keeps num_nextn_predict_layers=1."""
+    return any(layer_of(n) >= num_hidden_layers for n in names)

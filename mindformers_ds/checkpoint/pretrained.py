@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import mindspore as ms
 
-from .mapping import iter_internal, layer_of
+from .mapping import has_mtp_weights, iter_internal, layer_of
 from .names import is_mtp_passthrough, unstack_experts, STACKED_RE
 from .reader import CheckpointReader
 from .safetensors_io import CheckpointError, from_float32, write_safetensors
@@ -27,6 +27,11 @@ from ..models.deepseek import build_model
 from ..models.deepseek.model import DeepseekForCausalLM
 
 log = logging.getLogger(__name__)
+
+
+def _np_dtype(ms_dtype):
+    """numpy dtype of a parameter (ms.dtype_to_nptype is deprecated since 2.7 and warns per call)."""
+    return {ms.int32: np.int32, ms.int64: np.int64, ms.float16: np.float16}.get(ms_dtype, np.float32)
 
 
 def load_weights(model: DeepseekForCausalLM, path: str, allow_missing_mtp: bool = True, layout=None) -> Dict[str, Any]:
@@ -48,7 +53,7 @@ def load_weights(model: DeepseekForCausalLM, path: str, allow_missing_mtp: bool 
                                           f"{list(arr.shape)} but the model config needs {list(want)} "
                                           f"(checkpoint of another architecture?)")
                 value = slicer(arr) if slicer is not None else arr
-                p.set_data(ms.Tensor(value.astype(ms.dtype_to_nptype(p.dtype))))  # int tables stay ints
+                p.set_data(ms.Tensor(value.astype(_np_dtype(p.dtype), copy=False)))  # int tables stay ints
                 loaded.add(name)
             elif is_mtp_passthrough(name, cfg.num_hidden_layers) or \
                     layer_of(name) >= cfg.num_hidden_layers + cfg.num_nextn_predict_layers:
@@ -72,15 +77,25 @@ def load_weights(model: DeepseekForCausalLM, path: str, allow_missing_mtp: bool 
 
 
 def from_pretrained(path: str, seed: int = 0, **overrides: Any) -> DeepseekForCausalLM:
+    from .manager import check_model_dir
+    check_model_dir(path)
     cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise CheckpointError(f"{path}: no config.json (expected a HuggingFace or mindformers_ds model directory)")
     cfg = DeepseekConfig.from_hf_file(cfg_path)
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
     problems = cfg.problems()
     if problems:
         raise CheckpointError(f"{cfg_path}: " + problems[0][1].replace("{p}", ""))
+    if cfg.mtp_modules:
+        reader = CheckpointReader(path)
+        try:
+            present = has_mtp_weights(reader.names(), cfg.num_hidden_layers)
+        finally:
+            reader.close()
+        if not present:  # transformers' save_pretrained: a model without its MTP block, as transformers loads it
+            log.info("%s: no MTP weights (config.json says num_nextn_predict_layers=%d); the model has no MTP module",
+                     path, cfg.num_nextn_predict_layers)
+            cfg = dataclasses.replace(cfg, num_nextn_predict_layers=0)
     model = build_model(cfg)
     model.init_weights(seed)
     load_weights(model, path)

@@ -20,6 +20,7 @@ from .safetensors_io import CheckpointError, SafetensorsFile, Tagged, tag_of
 ST_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 CKPT_INDEX = "model.ckpt.index.json"
+TRAINING_FILES = ("optimizer.safetensors", "adapter.safetensors")  # beside the model in training checkpoints
 
 
 def _inside(directory: str, rel: str, index_path: str) -> str:
@@ -138,7 +139,13 @@ class CheckpointReader:
             if not os.path.isfile(full):
                 raise CheckpointError(f"{index}: tensor {name!r} is mapped to missing file {rel!r}")
             self.weight_map[name] = full
-        for full in sorted(set(self.weight_map.values())):
+        listed = set(self.weight_map.values())
+        strays = [n for n in sorted(os.listdir(self.directory)) if re.search(r"\.(safetensors|bin|ckpt)$", n)
+                  and n not in TRAINING_FILES and os.path.realpath(os.path.join(self.directory, n)) not in listed]
+        if strays:
+            raise CheckpointError(f"{index}: the index and the files disagree: {strays[0]!r} is not listed in it "
+                                  f"({len(strays)} unlisted weight file(s); left from an earlier conversion?)")
+        for full in sorted(listed):
             f = self._file(full)
             for name, fpath in self.weight_map.items():
                 if fpath == full and name not in f.keys():

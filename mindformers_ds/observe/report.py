@@ -24,7 +24,8 @@ class ReportError(RuntimeError):
 def _summary_rows(summary: Dict, steps: List[Dict]) -> List[tuple]:
     def fmt(v, spec="{:.4g}"):
         return spec.format(v) if isinstance(v, (int, float)) else html.escape(str(v))
-    rows = [("steps", len(steps))]
+    # the run's step count, not the number of logged records (one per logging.log_every steps)
+    rows = [("steps", max(r["step"] for r in steps)), ("logged steps", len(steps))]
     for key, label, spec in (("n_params", "parameters", "{:,}"), ("n_trainable", "trainable", "{:,}"),
                              ("first_loss", "first loss", "{:.4f}"), ("final_loss", "final loss", "{:.4f}"),
                              ("eval_loss", "eval loss", "{:.4f}"), ("exact_match_before", "exact match before", "{:.1%}"),

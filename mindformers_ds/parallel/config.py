@@ -6,9 +6,15 @@ they do not divide evenly.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, List
 
 from ..models.deepseek.config import DeepseekConfig
+
+
+def launched_workers() -> int:
+    """Workers started by msrun carry MS_WORKER_NUM; 1 otherwise."""
+    return int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")) or 1)
 
 
 def stage_layer_counts(num_layers: int, pp: int, pp_offset: List[int] | None) -> List[int]:

@@ -10,8 +10,7 @@ so the sum over ranks is exactly the single-process gradient.
 """
 from __future__ import annotations
 
-import os
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, Sequence, Union
 
 import mindspore as ms
 from mindspore import nn, ops
@@ -34,24 +33,31 @@ class ExplicitError(ValueError):
 
 def distributed_world() -> int:
     """Workers started by msrun carry MS_WORKER_NUM; 1 otherwise."""
-    return int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")) or 1)
+    from .config import launched_workers
+    return launched_workers()
 
 
-def check_explicit_layout(par, world: int, source: str = "parallel") -> None:
-    """Layouts the explicit executor runs (one-line errors before anything starts)."""
+def check_explicit_layout(par, world: int, origin_of: Union[str, Callable[[str], str]] = "parallel") -> None:
+    """Layouts the explicit executor runs (one-line errors before anything starts). `origin_of`
+    names the file (or `--set`) that set a field: a RunConfig's `origin`, or one name for all."""
     from ..config import ConfigError
+    where = origin_of if callable(origin_of) else (lambda dotted: origin_of)
+
+    def blame(*fields: str) -> str:
+        origins = [where(f) for f in fields]
+        return "--set" if "--set" in origins else origins[0]
     if par.pp != 1:
-        raise ConfigError(source, "parallel.pp", f"parallel.pp={par.pp}: the explicit executor has no pipeline "
-                          f"parallelism (the Ascend executor does); use pp=1")
+        raise ConfigError(blame("parallel.pp"), "parallel.pp", f"parallel.pp={par.pp}: the explicit executor has no "
+                          f"pipeline parallelism (the Ascend executor does); use pp=1")
     if par.dp * par.tp != world:
-        raise ConfigError(source, "parallel.dp", f"parallel.dp*parallel.tp={par.dp * par.tp} must equal the number "
-                          f"of workers ({world})")
+        raise ConfigError(blame("parallel.dp", "parallel.tp"), "parallel.dp",
+                          f"parallel.dp*parallel.tp={par.dp * par.tp} must equal the number of workers ({world})")
     if par.dp % par.ep:
-        raise ConfigError(source, "parallel.ep", f"parallel.ep={par.ep} must divide parallel.dp={par.dp}: the explicit "
-                          f"executor carves expert parallelism out of data parallelism")
+        raise ConfigError(blame("parallel.ep", "parallel.dp"), "parallel.ep", f"parallel.ep={par.ep} must divide "
+                          f"parallel.dp={par.dp}: the explicit executor carves expert parallelism out of data parallelism")
     if par.vocab_parallel:
-        raise ConfigError(source, "parallel.vocab_parallel", "parallel.vocab_parallel is not supported by the "
-                          "explicit executor")
+        raise ConfigError(blame("parallel.vocab_parallel"), "parallel.vocab_parallel",
+                          "parallel.vocab_parallel is not supported by the explicit executor")
 
 
 def init_context(par, device: str = "CPU") -> ParallelContext:

@@ -1,6 +1,7 @@
 """`mfds launch --nproc N [...] -- train --config X.yaml [--set ...]`: msrun with guard rails.
 
-* The layout is validated before any worker starts (world size, divisibility, executor limits).
+* The layout, the output directory and the memory of this host's workers are checked before
+  any worker starts (world size, divisibility, executor limits; train/preflight.py).
 * Workers run `python -m`-equivalent `mindformers_ds` with the same interpreter (its directory
   first on PATH, as msrun starts `python` from PATH).
 * msrun always gets `--cluster_time_out`, and the launcher watches each worker: one that dies
@@ -99,10 +100,14 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
     if cfg is not None:
         from .explicit import check_explicit_layout
         if cfg.parallel.executor != "ascend":
-            check_explicit_layout(cfg.parallel, world, cfg.source)
+            check_explicit_layout(cfg.parallel, world, cfg.origin)
         elif cfg.parallel.world_size != world:
-            raise ConfigError(cfg.source, "parallel", f"parallel.dp*tp*pp={cfg.parallel.world_size} must equal "
-                              f"--nproc*--nnodes={world}")
+            set_by = [cfg.origin(f"parallel.{k}") for k in ("dp", "tp", "pp")]
+            raise ConfigError("--set" if "--set" in set_by else cfg.source, "parallel",
+                              f"parallel.dp*tp*pp={cfg.parallel.world_size} must equal --nproc*--nnodes={world}")
+        from ..train.preflight import check_memory, check_output_dir
+        check_output_dir(cfg)  # before any worker starts (they check again, before writing)
+        check_memory(cfg, nproc, os.environ.get("MFDS_DEVICE") or "CPU")  # every worker of this host
         log_dir = log_dir or os.path.join(cfg.train.output_dir, "logs")
     log_dir = os.path.abspath(log_dir or "msrun_logs")
     status_dir = os.path.join(log_dir, "status")

@@ -10,14 +10,11 @@ the parallel config (heads/experts/layers divisibility) for that model.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
-import yaml
-
-from ..config import ConfigError, RunConfig, load
+from ..config import ConfigError, RunConfig, load, read_yaml_mapping, rebuild
 
 
 @dataclass(frozen=True)
@@ -49,35 +46,37 @@ class Preset:
     global_batch_size: int
 
 
-def load_preset(path: str, root: Optional[str] = None, run: Optional[RunConfig] = None) -> Preset:
-    """Read and validate a preset. `run` (from `mfds plan --config`) replaces the preset's model."""
-    with open(path, "r", encoding="utf-8") as f:
-        doc: Dict[str, Any] = yaml.safe_load(f) or {}
+def load_preset(path: str, root: Optional[str] = None, run: Optional[RunConfig] = None,
+                overrides: Sequence[str] = ()) -> Preset:
+    """Read and validate a preset. `run` (from `mfds plan --config`) replaces the preset's model;
+    the preset's layout and shapes apply over it, and `overrides` (`--set a.b=c`) over both."""
+    doc: Dict[str, Any] = read_yaml_mapping(path)
     try:
         cluster = Cluster(**doc["cluster"])
     except (KeyError, TypeError) as e:
         raise ConfigError(path, "cluster", f"cluster section is missing or malformed ({e})") from None
-    train = doc.get("train", {})
+    train = doc.get("train", {}) or {}
     if run is None:
         model_path = doc.get("model")
         if not model_path:
             raise ConfigError(path, "model", "model: path to a run config is required")
         full = model_path if os.path.isabs(model_path) else os.path.join(root or os.getcwd(), model_path)
         run = load(full, check_paths=False)
-    from ..config import _build, _mark, _validate
-    origins = {"": path}
-    _mark(doc.get("parallel", {}), "parallel", path, origins)
-    par = _build(type(run.parallel), doc.get("parallel", {}), "parallel", origins)
-    seq = int(train.get("seq_length", run.data.seq_length))
-    run = dataclasses.replace(run, parallel=par, data=dataclasses.replace(run.data, seq_length=seq),
-                              source=path)
-    _validate(run, {"": path, **{k: path for k in origins}}, check_paths=False)
+    layer: Dict[str, Any] = {"parallel": doc.get("parallel", {}) or {}}
+    if "seq_length" in train:
+        layer["data"] = {"seq_length": int(train["seq_length"])}
+    if "micro_batch_size" in train:
+        layer["train"] = {"micro_batch_size": int(train["micro_batch_size"])}
+    run = rebuild(run, [(path, layer)], list(overrides), check_paths=False)
+    par = run.parallel
     if par.world_size != cluster.devices:
-        raise ConfigError(path, "parallel", f"parallel.dp*tp*pp={par.world_size} must equal the cluster's "
-                          f"{cluster.nodes} nodes x {cluster.devices_per_node} devices = {cluster.devices}")
-    mbs = int(train.get("micro_batch_size", 1))
+        set_by = [run.origin(f"parallel.{k}") for k in ("dp", "tp", "pp")]
+        raise ConfigError("--set" if "--set" in set_by else path, "parallel",
+                          f"parallel.dp*tp*pp={par.world_size} must equal the cluster's {cluster.nodes} nodes x "
+                          f"{cluster.devices_per_node} devices = {cluster.devices} ({path})")
+    mbs = run.train.micro_batch_size
     gbs = int(train.get("global_batch_size", mbs * par.dp))
     if gbs % (mbs * par.dp):
         raise ConfigError(path, "train.global_batch_size", f"train.global_batch_size={gbs} must be a multiple of "
                           f"micro_batch_size*dp={mbs * par.dp}")
-    return Preset(path, cluster, run, seq, mbs, gbs)
+    return Preset(path, cluster, run, run.data.seq_length, mbs, gbs)

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..checkpoint import manager
+from ..checkpoint import destination, manager
 from ..checkpoint.safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
 from ..utils.io import atomic_write_json, fsync_dir
 from .layout import ParamLayout, layout_table
@@ -42,7 +42,8 @@ def layout_doc(table: Dict[str, ParamLayout], sizes: Dict[str, int], coords: Dic
 
 
 def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: Sequence, state: Dict,
-                 hf_config: Dict, keep_last: int, table: Dict[str, ParamLayout], barrier) -> str:
+                 hf_config: Dict, keep_last: int, table: Dict[str, ParamLayout], barrier,
+                 side_files: Optional[Dict[str, str]] = None) -> str:
     tmp = os.path.join(root, f".step_{step:08d}.partial")
     mine = os.path.join(tmp, f"rank_{ctx.rank}")
     if ctx.rank == 0 and os.path.isdir(tmp):
@@ -58,13 +59,14 @@ def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: 
         coords = {r: _coords_of(r, ctx) for r in range(ctx.world)}
         atomic_write_json(os.path.join(tmp, LAYOUT_FILE), layout_doc(table, ctx.sizes(), coords))
         atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
+        manager.copy_side_files(tmp, side_files)
         atomic_write_json(os.path.join(tmp, manager.STATE_FILE), dict(state, step=step))
         fsync_dir(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(root)
-        manager.prune(root, keep_last)
+        manager.prune(root, keep_last, keep=step)
     barrier()
     return final
 
@@ -143,43 +145,46 @@ def load_into(path: str, filename: str, params: Sequence, table: Optional[Dict[s
     return len(params)
 
 
-def merge_checkpoint(src: str, dst: str) -> str:
-    """Sharded checkpoint -> one full checkpoint (the single-process format)."""
+def merge_checkpoint(src: str, dst: str, overwrite: bool = False) -> str:
+    """Sharded checkpoint -> one full checkpoint (the single-process format). `dst` must be empty
+    or absent unless `overwrite` (checkpoint/destination.py)."""
     ck = ShardedCheckpoint(src)
     if not ck.sharded:
         raise CheckpointError(f"{src}: no {LAYOUT_FILE}; not a sharded checkpoint")
+    work = destination.begin(dst, overwrite, resume=False)
     try:
-        os.makedirs(dst, exist_ok=True)
         for filename in ("model.safetensors", "optimizer.safetensors"):
             if not os.path.isfile(os.path.join(src, "rank_0", filename)):
                 continue
             items = [(n, "F32", ck.full(n, filename)) for n in ck.names(filename)]
-            write_safetensors(os.path.join(dst, filename), items, {"layout": "mindspore"})
+            write_safetensors(os.path.join(work, filename), items, {"layout": "mindspore"})
     finally:
         ck.close()
-    _copy_side_files(src, dst)
+    _copy_side_files(src, work)
+    destination.commit(work, dst)
     return f"merged {len(ck.ranks)} ranks of {src} into {dst}"
 
 
 
 def _copy_side_files(src: str, dst: str) -> None:
-    """config.json and the training state travel with the weights, whatever the sharding."""
-    for side in ("config.json", manager.STATE_FILE):
+    """config.json, the training state, the tokenizer and the run config travel with the weights,
+    whatever the sharding."""
+    for side in ("config.json", "tokenizer.json", "tokenizer_config.json", "run_config.yaml", manager.STATE_FILE):
         if os.path.isfile(os.path.join(src, side)):
             shutil.copyfile(os.path.join(src, side), os.path.join(dst, side))
 
 
-def split_checkpoint(src: str, dst: str, cfg) -> str:
+def split_checkpoint(src: str, dst: str, cfg, overwrite: bool = False) -> str:
     """A full (or differently sharded) checkpoint -> the shards of `cfg.parallel` (dp x tp ranks)."""
     from .comm import ParallelContext
     from .explicit import check_explicit_layout
     par = cfg.parallel
     world = par.dp * par.tp
-    check_explicit_layout(par, world, cfg.source)
+    check_explicit_layout(par, world, cfg.origin)
     table = layout_table(cfg.model, par)
     ck = ShardedCheckpoint(src)
+    work = destination.begin(dst, overwrite, resume=False)
     try:
-        os.makedirs(dst, exist_ok=True)
         coords = {}
         for rank in range(world):
             ctx = ParallelContext(world, rank, par.dp, par.tp, par.ep)
@@ -194,10 +199,11 @@ def split_checkpoint(src: str, dst: str, cfg) -> str:
                     if _base(n) in table:
                         arr = table[_base(n)].shard(arr, ctx.sizes(), ctx.coords())
                     items.append((n, "F32", np.array(arr, np.float32, order="C")))
-                write_safetensors(os.path.join(dst, f"rank_{rank}", filename), items, {"layout": "sharded"})
-        atomic_write_json(os.path.join(dst, LAYOUT_FILE), layout_doc(table, {"dp": par.dp, "tp": par.tp, "ep": par.ep,
-                                                                          "pp": 1}, coords))
+                write_safetensors(os.path.join(work, f"rank_{rank}", filename), items, {"layout": "sharded"})
+        atomic_write_json(os.path.join(work, LAYOUT_FILE), layout_doc(table, {"dp": par.dp, "tp": par.tp,
+                                                                           "ep": par.ep, "pp": 1}, coords))
     finally:
         ck.close()
-    _copy_side_files(src, dst)
+    _copy_side_files(src, work)
+    destination.commit(work, dst)
     return f"split {src} into {world} rank shards in {dst}"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import mindspore as ms
@@ -36,15 +36,17 @@ def eval_loss(sums: EvalSums, rows: Rows, batch_size: int, max_batches: int) -> 
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": count}
 
 
-def exact_match(generator, tokenizer, records: Sequence[Dict], max_new_tokens: int) -> Dict[str, object]:
-    """Share of records whose greedy answer equals the reference `output` (whitespace-stripped)."""
+def exact_match(generator, tokenizer, records: Sequence[Dict], max_new_tokens: int,
+                progress: Optional[str] = None) -> Dict[str, object]:
+    """Share of records whose greedy answer equals the reference `output` (whitespace-stripped).
+    `progress`: a bar with this title over the generated batches (the first one compiles)."""
     from ..data.datasets import to_messages
     prompts, refs = [], []
     for r in records:
         msgs = to_messages(r, "auto", "eval")
         prompts.append(tokenizer.encode_prompt(msgs[:-1]))
         refs.append(msgs[-1]["content"].strip())
-    outs = generator.generate(prompts, max_new_tokens, eos_id=tokenizer.eos_id)
+    outs = generator.generate(prompts, max_new_tokens, eos_id=tokenizer.eos_id, progress=progress)
     answers = [tokenizer.decode(o).strip() for o in outs]
     hits = [a == ref for a, ref in zip(answers, refs)]
     examples: List[Dict[str, str]] = [{"prompt": r.get("instruction", "") + " " + r.get("input", ""),

@@ -83,7 +83,7 @@ def merge_checkpoint(cfg, adapter_dir: str, out_dir: str, layout: str = "mindspo
     import os
     from ..checkpoint import manager
     from ..checkpoint.pretrained import save_pretrained
-    from .trainer import build_model
+    from .setup import build_model
     model = build_model(cfg)
     apply_lora(model, cfg.lora, cfg.train.seed)
     manager.load_params(adapter_dir, "adapter.safetensors", adapter_parameters(model))

@@ -26,9 +26,9 @@ _adamw = ops.MultitypeFuncGraph("adamw")
 
 
 @_adamw.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                 "Tensor")
-def _adamw_update(kernel, lr, beta1, beta2, eps, decay, param, m, v, grad):
-    return kernel(param, m, v, lr, beta1, beta2, eps, decay, grad.astype(param.dtype))[0]
+                 "Tensor", "Tensor")
+def _adamw_update(kernel, lr, beta1, beta2, eps, decay_scale, decay, param, m, v, grad):
+    return kernel(param, m, v, lr, beta1, beta2, eps, decay * decay_scale, grad.astype(param.dtype))[0]
 
 
 def no_decay(name: str) -> bool:
@@ -66,7 +66,9 @@ class AdamW(nn.Cell):
         lr_k = ops.select(applied, lr * sqrt_bc2 / bc1, self.zero)
         beta1 = ops.select(applied, self.beta1, self.one)
         beta2 = ops.select(applied, self.beta2, self.one)
-        decay_scale = bc1 / sqrt_bc2
-        decays = tuple(d * decay_scale for d in self.decay)
-        return self.hyper_map(ops.partial(_adamw, self.kernel, lr_k, beta1, beta2, self.eps * sqrt_bc2),
-                              decays, self.params, self.exp_avg, self.exp_avg_sq, grads)
+        # the per-parameter decay is scaled inside the mapped function: a Python tuple built over
+        # every parameter here was unrolled into nested calls, and at 32 layers compilation stopped
+        # with "Exceed function call depth limit 1000"; HyperMap maps a tuple without nesting
+        return self.hyper_map(ops.partial(_adamw, self.kernel, lr_k, beta1, beta2, self.eps * sqrt_bc2,
+                                          bc1 / sqrt_bc2),
+                              self.decay, self.params, self.exp_avg, self.exp_avg_sq, grads)

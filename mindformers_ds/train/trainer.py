@@ -4,19 +4,22 @@ Everything a run produces lands in `train.output_dir`: `config.yaml` (resolved),
 `metrics.jsonl` (one record per logged step and per evaluation), `checkpoints/step_N/` and
 `summary.json`. `train.resume: auto` continues from the newest complete checkpoint with the
 same data order (a function of the step), LR (a function of the step), optimizer moments and
-router biases.
+router biases. Nothing is created before the run's checks pass (train/preflight.py): a
+directory that already holds a run is refused unless it is resumed. Every checkpoint carries
+the tokenizer and the run config, so generation and evaluation need only the checkpoint.
+Ctrl-C stops with one line naming the step, the newest checkpoint and how to resume.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import fnmatch
-import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -26,14 +29,8 @@ from tqdm import tqdm
 from .. import config as config_mod
 from ..checkpoint import manager as ckpt
 from ..config import ConfigError, RunConfig
-from ..data.datasets import DataError, load_samples, read_jsonl
-from ..data.loader import BatchLoader
-from ..data.packing import build_rows, fit_length
-from ..data.tokenizer import Tokenizer, TokenizerError
+from ..errors import TrainingInterrupted
 from ..generation import Generator
-from ..models.deepseek import build_model as causal_lm
-from ..models.deepseek.model import DeepseekForCausalLM
-from ..checkpoint.pretrained import load_weights
 from ..observe.peak import peak_tflops
 from ..observe.profiling import ProfileWindow
 from ..observe.step_metrics import StepMetrics, expert_stats, steady_state
@@ -41,7 +38,10 @@ from ..utils.io import atomic_write_json
 from ..utils.logging import MetricsWriter, setup_logging
 from .evaluation import EvalSums, eval_loss, exact_match
 from .optimizer import AdamW
+from .preflight import preflight
+from .run_data import build_run_data
 from .schedule import learning_rate
+from .setup import DistEnv, apply_freeze, build_model, set_graph_mode  # noqa: F401  (re-exported)
 from .step import (AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters,
                    router_bias_rows)
 
@@ -52,61 +52,26 @@ class TrainingError(RuntimeError):
     pass
 
 
-@dataclass
-class DistEnv:
-    """Where this process sits in a parallel job: `ctx` is the explicit executor's
-    ParallelContext (None for a single process)."""
-    ctx: object = None
-
-    @property
-    def rank(self) -> int:
-        return 0 if self.ctx is None else self.ctx.rank
-
-    @property
-    def world(self) -> int:
-        return 1 if self.ctx is None else self.ctx.world
-
-    @property
-    def dp(self) -> int:
-        return 1 if self.ctx is None else self.ctx.dp
-
-    @property
-    def dp_rank(self) -> int:
-        return 0 if self.ctx is None else self.ctx.dp_rank
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
-def set_graph_mode(device: Optional[str] = None) -> None:
-    ms.set_context(mode=ms.GRAPH_MODE)
-    target = device or os.environ.get("MFDS_DEVICE") or "CPU"
-    ms.set_device(target)
-
-
-def build_model(cfg: RunConfig, ctx=None, table=None) -> DeepseekForCausalLM:
-    """The model (this rank's slices of it under the explicit executor), initialised from the
-    seed or `model.pretrained`; every layout starts from the same full weights."""
-    model = causal_lm(cfg.model.model_config(), parallel=ctx)
-    layout = None
-    if ctx is not None:
-        from ..parallel.explicit import layout_init
-        layout = layout_init(table, ctx)
-    model.init_weights(cfg.train.seed, layout)
-    if cfg.model.pretrained:
-        report = load_weights(model, cfg.model.pretrained, layout=layout)
-        log.info("loaded %d tensors from %s", report["loaded"], cfg.model.pretrained)
-    return model
-
-
-def apply_freeze(model, patterns: List[str]) -> int:
-    frozen = 0
-    for p in model.get_parameters():
-        if any(fnmatch.fnmatch(p.name, pat) for pat in patterns):
-            p.requires_grad = False
-            frozen += 1
-    return frozen
+@contextlib.contextmanager
+def interruptible():
+    """Ctrl-C as KeyboardInterrupt during the loop. While a graph runs, MindSpore's runtime
+    handles SIGINT itself by ending the process with SIGTERM (measured: exit status -15, nothing
+    said), so SIGTERM is turned into the same interruption here; both handlers are restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 class Trainer:
@@ -117,46 +82,6 @@ class Trainer:
         self.ckpt_root = os.path.join(self.out, "checkpoints")
 
     # ---- setup ---------------------------------------------------------------------------
-    def _setup_data(self) -> None:
-        from ..data import mindrecord
-        d = self.cfg.data
-        if not d.tokenizer:
-            raise ConfigError(self.cfg.source, "data.tokenizer", "data.tokenizer is required (a tokenizer.json)")
-        if not d.train_file:
-            raise ConfigError(self.cfg.source, "data.train_file", "data.train_file is required")
-        self.tok = Tokenizer(d.tokenizer, d.chat_template)
-        if self.tok.vocab_size > self.cfg.model.vocab_size:
-            raise ConfigError(self.cfg.source, "model.vocab_size",
-                              f"model.vocab_size={self.cfg.model.vocab_size} is smaller than the tokenizer's "
-                              f"{self.tok.vocab_size} tokens ({d.tokenizer})")
-        self.eval_records = [r for _, r in read_jsonl(d.eval_file)] if d.eval_file else []
-        cached = mindrecord.load_or_none(d, "train") if d.eval_fraction == 0 else None
-        n_trunc = n_drop = n_train = 0
-        evals = load_samples(d.eval_file, self.tok, d.format) if d.eval_file else []
-        if cached is not None:
-            self.rows = cached
-            log.info("train rows read from the MindRecord cache %s", mindrecord.cache_path(d, "train"))
-        else:
-            train = load_samples(d.train_file, self.tok, d.format, d.max_samples)
-            if not d.eval_file and d.eval_fraction > 0:
-                n_eval = int(len(train) * d.eval_fraction)
-                evals, train = train[len(train) - n_eval:], train[:len(train) - n_eval]
-            train, n_trunc, n_drop = fit_length(train, d.seq_length, d.overlong)
-            if not train:
-                raise DataError(f"{d.train_file}: no sample fits data.seq_length={d.seq_length} with data.overlong=drop")
-            n_train = len(train)
-            self.rows = build_rows(train, d.seq_length, self.tok.pad_id, d.packing)
-        evals, _, _ = fit_length(evals, d.seq_length, d.overlong)
-        self.eval_rows = build_rows(evals, d.seq_length, self.tok.pad_id, d.packing) if evals else None
-        log.info("data: %s train samples -> %d rows of %d tokens (packing=%s; %d truncated, %d dropped as longer "
-                 "than seq_length); %d eval samples", n_train or "cached", len(self.rows), d.seq_length, d.packing,
-                 n_trunc, n_drop, len(evals))
-        self.data_stats = {"train_samples": n_train, "train_rows": len(self.rows), "truncated": n_trunc,
-                           "dropped": n_drop, "eval_samples": len(evals)}
-        t = self.cfg.train
-        self.loader = BatchLoader(self.rows, t.micro_batch_size, t.grad_accum_steps, self.env.dp, self.env.dp_rank,
-                                  t.seed, d.shuffle, self.cfg.model.num_nextn_predict_layers)
-
     def _setup_model(self) -> None:
         cfg = self.cfg
         ctx = self.env.ctx
@@ -261,45 +186,77 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> Dict:
-        cfg, t = self.cfg, self.cfg.train
+        distributed = self.env.world > 1
+        # nothing is created before every check passed (and, in a parallel job, on every rank)
+        self.cfg, self.tok, notes = preflight(self.cfg, distributed)
+        if distributed:
+            from ..parallel.explicit import barrier
+            barrier()
+        cfg = self.cfg
         os.makedirs(self.out, exist_ok=True)
         log_name = "train.log" if self.env.world == 1 else f"train_rank{self.env.rank}.log"
         setup_logging(os.path.join(self.out, log_name), cfg.logging.level, console=self.env.is_main)
+        for note in notes:
+            log.warning(note)
         if self.env.is_main:
             config_mod.dump_yaml(cfg, os.path.join(self.out, "config.yaml"))
-        self._setup_data()
+        self.data = build_run_data(cfg, self.tok, self.env.dp, self.env.dp_rank)
+        self.loader, self.eval_rows = self.data.loader, self.data.eval_rows
         self._setup_model()
         start = self._resume()
         metrics = MetricsWriter(os.path.join(self.out, "metrics.jsonl" if self.env.is_main else
                                              f"metrics_rank{self.env.rank}.jsonl"),
                                 keep_until_step=start if start > 0 else None)
         summary: Dict = {"start_step": start, "n_params": self.n_params, "n_trainable": self.n_trainable,
-                         **self.data_stats}
-        if t.exact_match_samples > 0 and start == 0:  # every rank decodes in lockstep (collectives)
-            summary["exact_match_before"] = self._exact_match()["exact_match"]
-            log.info("held-out exact match before training: %.3f", summary["exact_match_before"])
-            metrics.write({"type": "eval", "step": 0, "exact_match": summary["exact_match_before"]})
-        losses = self._loop(start, metrics, summary)
-        metrics.close()
-        summary["final_loss"] = losses[-1] if losses else None
-        summary["first_loss"] = losses[0] if losses else None
-        self._finish(summary)
+                         **self.data.stats}
+        try:
+            if cfg.train.exact_match_samples > 0 and start == 0:  # every rank decodes in lockstep (collectives)
+                summary["exact_match_before"] = self._exact_match("exact match before")["exact_match"]
+                log.info("held-out exact match before training: %.3f", summary["exact_match_before"])
+                metrics.write({"type": "eval", "step": 0, "exact_match": summary["exact_match_before"]})
+            losses = self._loop(start, metrics, summary)
+            summary["final_loss"] = losses[-1] if losses else None
+            summary["first_loss"] = losses[0] if losses else None
+            self._finish(summary, metrics)
+        finally:
+            metrics.close()
         return summary
 
+    def _bar(self, initial: int):
+        # a log file gets a line per 30 s; the console a live bar
+        return tqdm(total=self.cfg.train.max_steps, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                    mininterval=0.5 if sys.stderr.isatty() else 30.0,
+                    disable=not (self.cfg.logging.progress_bar and self.env.is_main))
+
     def _loop(self, start: int, metrics: MetricsWriter, summary: Dict) -> List[float]:
-        cfg, t = self.cfg, self.cfg.train
-        losses: List[float] = []
-        steady: List[Dict] = []  # records after the first (compiling) step
-        bar = tqdm(total=t.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s
-                   disable=not (cfg.logging.progress_bar and self.env.is_main))
-        tokens_seen = 0
-        timer = StepMetrics(self.model.config, cfg.data.seq_length,
-                            peak_tflops(cfg.logging.peak_tflops, ms.get_context("device_target")), self.env.world)
+        t = self.cfg.train
+        if start >= t.max_steps:
+            log.info("the checkpoint is at step %d, train.max_steps=%d: nothing left to train", start, t.max_steps)
+            return []
+        state = {"losses": [], "steady": [], "tokens_seen": 0, "done": start, "bar": None}
+        timer = StepMetrics(self.model.config, self.cfg.data.seq_length,
+                            peak_tflops(self.cfg.logging.peak_tflops, ms.get_context("device_target")), self.env.world)
         profile = ProfileWindow(t.profile.start_step, t.profile.steps, self.out, enabled=self.env.is_main)
+        try:
+            with interruptible():
+                self._steps(start, metrics, timer, profile, state)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self._interrupted(state["done"])) from None
+        finally:
+            if state["bar"] is not None:
+                state["bar"].close()
+            profile.close()
+        summary.update(steady_state(state["steady"]))
+        return state["losses"]
+
+    def _steps(self, start: int, metrics: MetricsWriter, timer: StepMetrics, profile: ProfileWindow,
+               state: Dict) -> None:
+        cfg, t = self.cfg, self.cfg.train
         biases = router_bias_parameters(self.model)
         last_end, paused = time.perf_counter(), 0.0
         for step in range(start, t.max_steps):
+            if step == start:
+                log.info("compiling the training step (first step)...")
             profile.before_step(step)
             t0 = time.perf_counter()
             prepared = self.prepare_step(step)
@@ -309,12 +266,16 @@ class Trainer:
             dt, last_end, paused = t2 - last_end - paused, t2, 0.0
             top_ops = profile.after_step(step)
             if top_ops is not None:
-                summary["profile_top_ops"] = top_ops[:10]
+                self.profile_top_ops = top_ops[:10]
                 paused += time.perf_counter() - t2  # the profiler's analysis is not step time
             lm_loss = float(parts[1]) / max(float(parts[2]), 1.0)
             mtp_loss = float(parts[3]) / max(float(parts[4]), 1.0) if self.model.num_mtp else 0.0
             n_tok = int(self.loader.global_rows * cfg.data.seq_length)
-            tokens_seen += n_tok
+            state["tokens_seen"] += n_tok
+            state["done"] = step + 1
+            if step == start:
+                log.info("first step done in %.1f s (graph compilation included)", t2 - t0)
+                state["bar"] = self._bar(step + 1)  # created after the compile: its rate and ETA are the steady ones
             if not (finite and math.isfinite(lm_loss)):
                 msg = (f"step {step + 1}: non-finite loss {lm_loss} / grad norm {norm}; batch rows "
                        f"{batch.global_indices.tolist()}; the update was skipped")
@@ -322,8 +283,9 @@ class Trainer:
                 metrics.write({"type": "nan", "step": step + 1, "rows": batch.global_indices.tolist()})
                 if t.nan_policy == "stop":
                     raise TrainingError(msg)
+                state["bar"].update(int(step > start))
                 continue
-            losses.append(lm_loss)
+            state["losses"].append(lm_loss)
             rec = {"step": step + 1, "loss": lm_loss, "mtp_loss": mtp_loss, "aux_loss": float(parts[5]),
                    "lr": lr, "grad_norm": norm, "tokens": n_tok, "epoch": self.loader.epoch_of(step + 1),
                    **timer.timing(n_tok, t1 - t0, t2 - t1, dt)}
@@ -335,21 +297,28 @@ class Trainer:
                 log.info("step %d loss %.4f lr %.2e grad_norm %.3f %.0f tok/s mfu %.1f%%", step + 1, lm_loss, lr,
                          norm, rec["tokens_per_sec"], 100 * rec["mfu"])
             if step > start:
-                steady.append(rec)
-            bar.set_postfix(loss=f"{lm_loss:.4f}", lr=f"{lr:.1e}", tok_s=f"{n_tok / dt:.0f}", refresh=False)
-            bar.update(1)
-            done = step + 1 == t.max_steps
-            p0 = time.perf_counter()  # evaluations and saves are not step time
-            if t.eval_every and (step + 1) % t.eval_every == 0 and not done and self.eval_rows is not None:
-                metrics.write({"type": "eval", "step": step + 1, **self._eval_loss()})
-            ck = cfg.checkpoint
-            if (ck.save_every and (step + 1) % ck.save_every == 0) or (done and ck.save_final):
-                self._save(step + 1, tokens_seen)
-            paused += time.perf_counter() - p0
-        bar.close()
-        profile.close()
-        summary.update(steady_state(steady))
-        return losses
+                state["steady"].append(rec)
+            state["bar"].set_postfix(loss=f"{lm_loss:.4f}", lr=f"{lr:.1e}", tok_s=f"{n_tok / dt:.0f}", refresh=False)
+            state["bar"].update(int(step > start))
+            paused = self._between_steps(step + 1, metrics, state["tokens_seen"], paused)
+
+    def _between_steps(self, done_steps: int, metrics: MetricsWriter, tokens_seen: int, paused: float) -> float:
+        """Evaluation and checkpoint after a step; returns `paused` plus their time (not step time)."""
+        t, ck = self.cfg.train, self.cfg.checkpoint
+        done = done_steps == t.max_steps
+        p0 = time.perf_counter()
+        if t.eval_every and done_steps % t.eval_every == 0 and not done and self.eval_rows is not None:
+            metrics.write({"type": "eval", "step": done_steps, **self._eval_loss()})
+        if (ck.save_every and done_steps % ck.save_every == 0) or (done and ck.save_final):
+            self._save(done_steps, tokens_seen)
+        return paused + time.perf_counter() - p0
+
+    def _interrupted(self, done: int) -> str:
+        newest = ckpt.latest(self.ckpt_root)
+        where = (f"the newest checkpoint is {newest}" if newest else
+                 "no checkpoint was saved yet, so resuming starts from step 0")
+        return (f"stopped at step {done} of {self.cfg.train.max_steps} (interrupted); {where}; resume with "
+                f"--set train.resume=auto")
 
     def _eval_loss(self) -> Dict[str, float]:
         # the global batch size, so the rows evaluated do not depend on the parallel layout
@@ -363,11 +332,21 @@ class Trainer:
             self._gen = Generator(self.model, self.cfg.data.seq_length, batch_size=16)
         return self._gen
 
-    def _exact_match(self) -> Dict:
-        recs = [r for r in self.eval_records if "instruction" in r or "messages" in r][:self.cfg.train.exact_match_samples]
+    def _exact_match(self, desc: str) -> Dict:
+        recs = [r for r in self.data.eval_records if "instruction" in r or "messages" in r]
+        recs = recs[:self.cfg.train.exact_match_samples]
         if not recs:
             return {"exact_match": 0.0, "n": 0, "examples": []}
-        return exact_match(self._generator(), self.tok, recs, self.cfg.train.max_new_tokens)
+        bar = desc if (self.cfg.logging.progress_bar and self.env.is_main) else None
+        return exact_match(self._generator(), self.tok, recs, self.cfg.train.max_new_tokens, progress=bar)
+
+    def _side_files(self) -> Dict[str, str]:
+        """Files every checkpoint carries so it is usable alone: the tokenizer and the run config."""
+        files = {"tokenizer.json": self.tok.path, "run_config.yaml": os.path.join(self.out, "config.yaml")}
+        tok_cfg = os.path.join(os.path.dirname(self.tok.path), "tokenizer_config.json")
+        if os.path.isfile(tok_cfg):
+            files["tokenizer_config.json"] = tok_cfg
+        return {name: src for name, src in files.items() if os.path.isfile(src)}
 
     def _save(self, step: int, tokens_seen: int) -> None:
         state = {"tokens_seen": tokens_seen, "config": self.cfg.source}
@@ -376,7 +355,7 @@ class Trainer:
             from ..parallel.shards import save_sharded
             path = save_sharded(self.ckpt_root, step, self.env.ctx, list(self.model.get_parameters()),
                                 self.optimizer.state_parameters(), state, self.model.config.to_hf_dict(),
-                                self.cfg.checkpoint.keep_last, self.table, barrier)
+                                self.cfg.checkpoint.keep_last, self.table, barrier, self._side_files())
             self.last_checkpoint = path
             log.info("saved checkpoint %s (rank %d of %d)", path, self.env.rank, self.env.world)
             return
@@ -390,17 +369,24 @@ class Trainer:
         else:
             params, filename = list(self.model.get_parameters()), "model.safetensors"
         path = ckpt.save(self.ckpt_root, step, params, self.optimizer.state_parameters(), state,
-                         self.model.config.to_hf_dict(), self.cfg.checkpoint.keep_last, model_file=filename)
+                         self.model.config.to_hf_dict(), self.cfg.checkpoint.keep_last, model_file=filename,
+                         side_files=self._side_files())
         self.last_checkpoint = path
         log.info("saved checkpoint %s", path)
 
-    def _finish(self, summary: Dict) -> None:
+    def _finish(self, summary: Dict, metrics: MetricsWriter) -> None:
+        last = self.cfg.train.max_steps
+        if getattr(self, "profile_top_ops", None) is not None:
+            summary["profile_top_ops"] = self.profile_top_ops
         if self.eval_rows is not None:
-            summary.update(self._eval_loss())
+            res = self._eval_loss()
+            summary.update(res)
+            metrics.write({"type": "eval", "step": last, **res})  # the eval curve ends at the last step
         if self.cfg.train.exact_match_samples > 0:
-            em = self._exact_match()
+            em = self._exact_match("exact match after")
             summary["exact_match_after"] = em["exact_match"]
             summary["examples"] = em["examples"]
+            metrics.write({"type": "eval", "step": last, "exact_match": em["exact_match"]})
             log.info("held-out exact match after training: %.3f", em["exact_match"])
         summary["checkpoint"] = getattr(self, "last_checkpoint", None) or ckpt.latest(self.ckpt_root)
         if self.env.is_main:

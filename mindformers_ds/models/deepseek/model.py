@@ -19,6 +19,7 @@ from mindspore import nn, ops
 from .attention import MLAttention, RotaryEmbedding
 from .config import DeepseekConfig
 from .layers import DTYPES, MLP, Embedding, Linear, RMSNorm
+from .masks import attention_mask
 from .moe import MoE
 
 IGNORE_INDEX = -100
@@ -97,17 +98,6 @@ class DeepseekModel(nn.Cell):
         self.rotary_emb = RotaryEmbedding(c)
 
 
-def attention_mask(batch: int, seq: int, segment_ids=None):
-    """Causal mask [B|1, 1, S, S] (True = may attend); with segment ids it is block-diagonal,
-    so packed samples never see each other."""
-    pos = ops.arange(seq, dtype=ms.int32)
-    causal = (pos.expand_dims(0) <= pos.expand_dims(1)).reshape(1, 1, seq, seq)
-    if segment_ids is None:
-        return causal
-    same = segment_ids.expand_dims(2) == segment_ids.expand_dims(1)
-    return ops.logical_and(causal, same.expand_dims(1))
-
-
 def shift_left(x, n: int, fill):
     """x[:, n:] padded on the right with `fill` to the original length."""
     pad = ops.full((x.shape[0], n), fill, dtype=x.dtype)
@@ -156,6 +146,7 @@ class DeepseekForCausalLM(nn.Cell):
         self.num_layers, self.num_mtp = c.num_hidden_layers, self.mtp_depth(c)
         self.mtp_factor = c.mtp_loss_factor
         self.num_moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers + self.num_mtp))
+        self.generators = {}  # (batch, length, cache) -> the compiled decoder `generate` reuses
 
     # ---- pieces ------------------------------------------------------------------------
     @staticmethod
@@ -230,6 +221,16 @@ class DeepseekForCausalLM(nn.Cell):
         if self.num_mtp > 0:
             loss = loss + self.mtp_factor * mtp_sum / ops.maximum(mtp_count, 1.0)
         return loss
+
+    def generate(self, input_ids, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None, pad_token_id=None, attention_mask=None,
+                 seed: int = 0, use_cache: bool = True):
+        """transformers-style generation (KV cache for V2/V3): ids [B, S] -> ms.Tensor int32
+        [B, S + new], prompt then new tokens, padded with `pad_token_id`; see generation.generate_ids."""
+        from ...generation import generate_ids
+        out = generate_ids(self, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id,
+                           pad_token_id, attention_mask, seed, use_cache)
+        return ms.Tensor(out)
 
     # ---- transformers-style loading ---------------------------------------------------------
     @classmethod

@@ -1,0 +1,74 @@
+"""Building what a run trains: graph mode on the device, the model (this rank's slices of it
+under the explicit executor) from the seed or `model.pretrained`, and frozen parameters."""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import mindspore as ms
+
+from ..checkpoint.pretrained import load_weights
+from ..config import RunConfig
+from ..models.deepseek import build_model as causal_lm
+
+log = logging.getLogger("mindformers_ds.train")
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits in a parallel job: `ctx` is the explicit executor's
+    ParallelContext (None for a single process)."""
+    ctx: object = None
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.ctx is None else self.ctx.rank
+
+    @property
+    def world(self) -> int:
+        return 1 if self.ctx is None else self.ctx.world
+
+    @property
+    def dp(self) -> int:
+        return 1 if self.ctx is None else self.ctx.dp
+
+    @property
+    def dp_rank(self) -> int:
+        return 0 if self.ctx is None else self.ctx.dp_rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def set_graph_mode(device: Optional[str] = None) -> None:
+    ms.set_context(mode=ms.GRAPH_MODE)
+    target = device or os.environ.get("MFDS_DEVICE") or "CPU"
+    ms.set_device(target)
+
+
+def build_model(cfg: RunConfig, ctx=None, table=None):
+    """The model (this rank's slices of it under the explicit executor), initialised from the
+    seed or `model.pretrained`; every layout starts from the same full weights."""
+    model = causal_lm(cfg.model.model_config(), parallel=ctx)
+    layout = None
+    if ctx is not None:
+        from ..parallel.explicit import layout_init
+        layout = layout_init(table, ctx)
+    model.init_weights(cfg.train.seed, layout)
+    if cfg.model.pretrained:
+        report = load_weights(model, cfg.model.pretrained, layout=layout)
+        log.info("loaded %d tensors from %s", report["loaded"], cfg.model.pretrained)
+    return model
+
+
+def apply_freeze(model, patterns: List[str]) -> int:
+    frozen = 0
+    for p in model.get_parameters():
+        if any(fnmatch.fnmatch(p.name, pat) for pat in patterns):
+            p.requires_grad = False
+            frozen += 1
+    return frozen
