@@ -116,7 +116,8 @@ def finished_run(tmp_path_factory):
 # The suite runs on two xdist workers, a whole file per worker at a time (`make test`). These files
 # hold most of the wall time (msrun launches, killed-and-resumed runs, the V4 fine-tune): handing
 # them out first lets the two workers finish together instead of one waiting on the last of them.
-SLOW_FIRST = ("test_parallel_msrun.py", "test_resume.py", "test_v4.py", "test_generation.py")
+SLOW_FIRST = ("test_depth.py", "test_depth_v4.py", "test_parallel_msrun.py", "test_resume.py", "test_v4.py", "test_first_hour.py",
+              "test_generation.py")
 
 
 def pytest_collection_modifyitems(config, items):

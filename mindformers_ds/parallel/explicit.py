@@ -85,9 +85,25 @@ def _split_of(table: Dict[str, ParamLayout], name: str) -> Dict[str, int]:
     return table[name].split if name in table else {}
 
 
-def _reducer_for(ctx: ParallelContext, split: Dict[str, int]):
-    axis = "edp" if "ep" in split else "dp"
-    return Identity() if axis not in ctx.groups else _AllReduceCell(ctx, axis)
+_KIND = {"rep": 0, "dp": 1, "edp": 2}
+_reduce_grad = ops.MultitypeFuncGraph("reduce_grad")
+
+
+@_reduce_grad.register("Function", "Function", "Number", "Tensor")
+def _reduce_one(dp_sum, edp_sum, kind, g):
+    if kind == 1:
+        return dp_sum(g)
+    if kind == 2:
+        return edp_sum(g)
+    return g
+
+
+_weighted = ops.MultitypeFuncGraph("weighted")
+
+
+@_weighted.register("Number", "Tensor")
+def _weight_one(w, x):
+    return x * w
 
 
 class _AllReduceCell(nn.Cell):
@@ -100,23 +116,32 @@ class _AllReduceCell(nn.Cell):
 
 
 class GradReducer(nn.Cell):
-    """Sum gradients over data-parallel replicas and the expert load over the dp group."""
+    """Sum gradients over data-parallel replicas (experts over their expert-data-parallel group)
+    and the expert load over the dp group. One HyperMap over the gradient tuple: a Python loop
+    building a tuple per parameter nests one call per parameter and stops compilation of deep
+    models ("Exceed function call depth limit")."""
 
     def __init__(self, params: Sequence, table: Dict[str, ParamLayout], ctx: ParallelContext):
         super().__init__(auto_prefix=False)
-        self.reduce_ops = nn.CellList([_reducer_for(ctx, _split_of(table, p.name)) for p in params])
+        kinds = []
+        for p in params:
+            axis = "edp" if "ep" in _split_of(table, p.name) else "dp"
+            kinds.append(_KIND[axis] if axis in ctx.groups else _KIND["rep"])
+        self.kinds = tuple(kinds)
+        # a group this layout lacks is never selected by its kind; the world-group op stands in
+        self.dp_sum = _all_reduce(ctx, "dp") if "dp" in ctx.groups else ops.AllReduce(ops.ReduceOp.SUM)
+        self.edp_sum = _all_reduce(ctx, "edp") if "edp" in ctx.groups else self.dp_sum
         self.load = Identity() if "dp" not in ctx.groups else _AllReduceCell(ctx, "dp")
-        self.n = len(params)
+        self.hyper_map = ops.HyperMap()
 
     def construct(self, grads, load):
-        out = ()
-        for i in range(self.n):
-            out = out + (self.reduce_ops[i](grads[i]),)
+        out = self.hyper_map(ops.partial(_reduce_grad, self.dp_sum, self.edp_sum), self.kinds, grads)
         return out, self.load(load)
 
 
 class GlobalNorm(nn.Cell):
-    """sqrt of the sum of squared gradients of the whole (unsplit) model, on every rank."""
+    """sqrt of the sum of squared gradients of the whole (unsplit) model, on every rank: the
+    squares of tp-split and ep-split gradients are summed over their groups, replicated ones not."""
 
     def __init__(self, params: Sequence, table: Dict[str, ParamLayout], ctx: ParallelContext):
         super().__init__(auto_prefix=False)
@@ -124,23 +149,16 @@ class GlobalNorm(nn.Cell):
         for p in params:
             split = _split_of(table, p.name)
             kinds.append("tp" if "tp" in split else "ep" if "ep" in split else "rep")
-        self.kinds = tuple(kinds)
+        self.w_rep, self.w_tp, self.w_ep = (tuple(1.0 if x == k else 0.0 for x in kinds) for k in ("rep", "tp", "ep"))
         self.tp = _AllReduceCell(ctx, "tp") if "tp" in ctx.groups else Identity()
         self.ep = _AllReduceCell(ctx, "ep") if "ep" in ctx.groups else Identity()
         self.hyper_map = ops.HyperMap()
 
     def construct(self, grads):
         sq = self.hyper_map(_square_sum, grads)
-        rep = ops.zeros((), ms.float32)
-        tp = ops.zeros((), ms.float32)
-        ep = ops.zeros((), ms.float32)
-        for i in range(len(self.kinds)):
-            if self.kinds[i] == "tp":
-                tp = tp + sq[i]
-            elif self.kinds[i] == "ep":
-                ep = ep + sq[i]
-            else:
-                rep = rep + sq[i]
+        rep = ops.addn(self.hyper_map(_weighted, self.w_rep, sq))
+        tp = ops.addn(self.hyper_map(_weighted, self.w_tp, sq))
+        ep = ops.addn(self.hyper_map(_weighted, self.w_ep, sq))
         return ops.sqrt(rep + self.tp(tp) + self.ep(ep))
 
 

@@ -38,6 +38,17 @@ def _scale_grad_kernel(kernel, finite, coef, g):
     return kernel(g, coef, finite)
 
 
+_move_bias = ops.MultitypeFuncGraph("move_bias")
+
+
+@_move_bias.register("Number", "Tensor", "Tensor", "Tensor", "Number")
+def _move_one_bias(rate, finite, load, bias, row):
+    """bias += rate * sign(mean(load) - load) for this bias's row of the stacked expert load."""
+    counts = load[row]
+    new = bias + rate * ops.sign(counts.mean() - counts)
+    return ops.assign(bias, ops.select(finite, new, bias))
+
+
 _add = ops.MultitypeFuncGraph("add")
 
 
@@ -94,7 +105,7 @@ class ApplyStep(nn.Cell):
             from ..ops import kernels
             self.sum_squares, self.scale_kernel = kernels.grad_sum_squares_op(), kernels.grad_scale_op()
         self.optimizer = optimizer
-        self.bias_rows = list(bias_rows) if bias_rows is not None else list(range(len(router_biases)))
+        self.bias_rows = tuple(bias_rows) if bias_rows is not None else tuple(range(len(router_biases)))
         self.global_norm = global_norm  # parallel runs: the norm of the whole model, same on all ranks
         self.biases = ms.ParameterTuple(router_biases) if router_biases else ()
         self.num_biases = len(router_biases)
@@ -122,11 +133,8 @@ class ApplyStep(nn.Cell):
         else:
             grads = self.hyper_map(ops.partial(_scale, finite, coef), grads)
         self.optimizer(grads, lr, finite)
-        for i in range(self.num_biases):
-            bias = self.biases[i]
-            row = load[self.bias_rows[i]]
-            new = bias + self.bias_rate * ops.sign(row.mean() - row)
-            ops.assign(bias, ops.select(finite, new, bias))
+        if self.num_biases:  # one HyperMap, not a loop per layer (deep models: call depth)
+            self.hyper_map(ops.partial(_move_bias, self.bias_rate, finite, load), self.biases, self.bias_rows)
         return norm, finite
 
 

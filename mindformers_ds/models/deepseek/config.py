@@ -115,6 +115,7 @@ class DeepseekConfig:
     compute_dtype: str = "float32"       # bfloat16 on Ascend; CPU kernels need float32
     moe_block_size: int = 32             # rows per expert block in the blocked grouped matmul
     fused_ops: List[str] = field(default_factory=list)
+    cell_reuse: bool = True              # repeated decoder layers compiled once (models/deepseek/reuse.py)
 
     # ---- derived -------------------------------------------------------------------
     @property
@@ -299,7 +300,7 @@ class DeepseekConfig:
         arch = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v32": "DeepseekV32ForCausalLM"}.get(
             self.model_type, "DeepseekV3ForCausalLM")
         hf_only = {"aux_loss_alpha", "seq_aux", "bias_update_rate", "mtp_loss_factor", "compute_dtype",
-                   "moe_block_size", "fused_ops", "rope_scaling", "rope_theta"}
+                   "moe_block_size", "fused_ops", "cell_reuse", "rope_scaling", "rope_theta"}
         d: Dict[str, Any] = {"architectures": [arch]}
         for f in dataclasses.fields(self):
             if f.name not in hf_only and f.name not in V4_FIELDS:

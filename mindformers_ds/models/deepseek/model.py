@@ -21,6 +21,7 @@ from .config import DeepseekConfig
 from .layers import DTYPES, MLP, Embedding, Linear, RMSNorm
 from .masks import attention_mask
 from .moe import MoE
+from .reuse import layer_class
 
 IGNORE_INDEX = -100
 
@@ -32,6 +33,7 @@ class DecoderLayer(nn.Cell):
         fused_norm = "rms_norm" in c.fused_ops
         self.self_attn = MLAttention(c, ctx)
         self.is_moe = c.is_moe_layer(layer_idx)
+        self.reuse_key = ("moe" if self.is_moe else "dense",)  # what makes two layers' graphs differ (reuse.py)
         self.mlp = MoE(c, ctx, layer_idx) if self.is_moe else MLP(c.hidden_size, c.intermediate_size, DTYPES[c.compute_dtype],
                                                        "swiglu" in c.fused_ops, ctx)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
@@ -91,7 +93,8 @@ class DeepseekModel(nn.Cell):
         self.num_layers = c.num_hidden_layers
         self.num_mtp = c.num_nextn_predict_layers
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
-        layers = [DecoderLayer(c, i, ctx) for i in range(c.num_hidden_layers)]
+        layer = layer_class(DecoderLayer, c)
+        layers = [layer(c, i, ctx) for i in range(c.num_hidden_layers)]
         layers += [MTPLayer(c, c.num_hidden_layers + d, ctx) for d in range(c.num_nextn_predict_layers)]
         self.layers = nn.CellList(layers)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "rms_norm" in c.fused_ops)

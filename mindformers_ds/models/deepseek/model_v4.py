@@ -22,6 +22,7 @@ from .hyper_connection import HyperConnection, HyperHead, merge_streams
 from .layers import Embedding, RMSNorm
 from .model import DeepseekForCausalLM
 from .moe import MoE
+from .reuse import layer_class
 from .v4_attention import V4Attention, sliding_window_bias
 
 
@@ -47,6 +48,8 @@ class V4DecoderLayer(nn.Cell):
         self.is_moe = True
         self.self_attn = V4Attention(c, layer_idx)
         self.mlp = MoE(c, None, layer_idx)
+        # what makes two layers' graphs differ (reuse.py): the attention type, hash or learned routing
+        self.reuse_key = (self.self_attn.layer_type, "hash" if self.mlp.gate.is_hash else "learned")
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
         self.attn_hc = HyperConnection(c)
@@ -67,7 +70,8 @@ class DeepseekV4Model(nn.Cell):
         super().__init__()
         self.hc_mult, self.window = c.hc_mult, c.sliding_window
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.CellList([V4DecoderLayer(c, i) for i in range(c.num_hidden_layers)])
+        layer = layer_class(V4DecoderLayer, c)
+        self.layers = nn.CellList([layer(c, i) for i in range(c.num_hidden_layers)])
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "rms_norm" in c.fused_ops)
         self.hc_head = HyperHead(c)
         self.rotary_emb = V4Rotary(c)
