@@ -363,3 +363,15 @@ def test_model_generate_matches_transformers_generate(hf_v3_dir):
     stopped = ours.generate(ids[:1], max_new_tokens=10, eos_token_id=eos, pad_token_id=0).asnumpy()[0]
     first = 7 + list(got[0, 7:]).index(eos)
     assert list(stopped[:first + 1]) == list(got[0, :first + 1]) and set(stopped[first + 1:]) <= {0}
+
+
+def test_a_converted_checkpoint_carries_the_tokenizer(fp32_model, tmp_path):
+    import shutil
+    src = str(tmp_path / "src")
+    shutil.copytree(fp32_model, src)
+    tok = os.path.join(ROOT, "tokenizers/demo/tokenizer.json")
+    shutil.copyfile(tok, os.path.join(src, "tokenizer.json"))
+    convert.hf_to_ms(src, str(tmp_path / "ms"), bar=False)
+    convert.ms_to_hf(str(tmp_path / "ms"), str(tmp_path / "back"), bar=False)
+    for out in ("ms", "back"):
+        assert open(tmp_path / out / "tokenizer.json", "rb").read() == open(tok, "rb").read()

@@ -159,3 +159,10 @@ def test_v4_presets_fit_and_count_the_v4_model(name):
     assert sum(sp.total for sp in params_per_device(model, p.run.parallel)) > 0
     if "flash" in name:  # transformers' V4-Flash defaults: 284B total, 13B active
         assert round(counts["total"] / 1e9) == 284 and round(counts["active"] / 1e9) == 13
+
+
+def test_the_trainers_memory_check_uses_the_measured_cpu_constants():
+    """train/preflight.py refuses runs with the constants parallel/cpu_single.yaml states."""
+    from mindformers_ds.train import preflight
+    c = preset("cpu_single.yaml").cluster
+    assert (preflight.CPU_RUNTIME_GB, preflight.CPU_ACTIVATION_FACTOR) == (c.runtime_overhead_gb, c.activation_factor)
