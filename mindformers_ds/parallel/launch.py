@@ -98,9 +98,10 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
     world = nproc * nnodes
     cfg = _train_config(train_args)
     if cfg is not None:
-        from .explicit import check_explicit_layout
+        from .explicit import check_explicit_layout, check_explicit_model
         if cfg.parallel.executor != "ascend":
             check_explicit_layout(cfg.parallel, world, cfg.origin)
+            check_explicit_model(cfg)
         elif cfg.parallel.world_size != world:
             set_by = [cfg.origin(f"parallel.{k}") for k in ("dp", "tp", "pp")]
             raise ConfigError("--set" if "--set" in set_by else cfg.source, "parallel",

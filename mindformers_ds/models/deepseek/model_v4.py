@@ -79,9 +79,10 @@ class DeepseekV4Model(nn.Cell):
 
 class DeepseekV4ForCausalLM(DeepseekForCausalLM):
     def __init__(self, config: DeepseekConfig, parallel=None):
-        if parallel is not None:
-            raise ValueError("deepseek_v4 runs in one process in this stack (no explicit TP/EP/DP executor "
-                             "for its attention yet); set parallel to 1 everywhere")
+        # data parallelism keeps every weight whole, so the model is built as for one process;
+        # the executor's layout check refuses V4 with tp or ep > 1 before anything is built
+        if parallel is not None and (parallel.tp > 1 or parallel.ep > 1):
+            raise ValueError("deepseek_v4 runs data parallel only under the explicit executor (tp = ep = 1)")
         super().__init__(config, None)
 
     @staticmethod
