@@ -27,3 +27,17 @@ def test_v4_with_43_layers_trains_in_one_process_and_under_dp2(tmp_path):
     single, dp2 = deep_runs(tmp_path, os.path.join(ROOT, "configs/deepseek_v4/finetune_tiny.yaml"), v4_depth(43))
     a = check_deep_runs(single, dp2)
     assert len(a["expert_load"]) == 43
+
+
+def test_v4_tensor_or_expert_parallelism_is_refused_before_any_worker_starts(tmp_path):
+    import subprocess
+    import sys
+    for axis in ("tp", "ep"):
+        extra = ["--set", "parallel.dp=2"] if axis == "ep" else []
+        r = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--", "train", "--config",
+                            os.path.join(ROOT, "configs/deepseek_v4/finetune_tiny.yaml"), "--set",
+                            f"train.output_dir={tmp_path}", "--set", f"parallel.{axis}=2", *extra],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and not os.path.exists(os.path.join(str(tmp_path), "logs"))
+        assert r.stderr.strip() == (f"error: --set: parallel.{axis}=2: the explicit executor runs DeepSeek-V4 data "
+                                    f"parallel only (parallel.dp); its tensor and expert parallelism are not built yet")

@@ -60,18 +60,6 @@ def check_explicit_layout(par, world: int, origin_of: Union[str, Callable[[str],
                           "parallel.vocab_parallel is not supported by the explicit executor")
 
 
-def check_explicit_model(cfg) -> None:
-    """What the explicit executor runs of each family: DeepSeek-V4 data parallel only so far."""
-    from ..config import ConfigError
-    par = cfg.parallel
-    if cfg.model.is_v4:
-        for axis in ("tp", "ep"):
-            if getattr(par, axis) > 1:
-                raise ConfigError(cfg.origin(f"parallel.{axis}"), f"parallel.{axis}",
-                                  f"parallel.{axis}={getattr(par, axis)}: the explicit executor runs DeepSeek-V4 data "
-                                  f"parallel only (parallel.dp); its tensor and expert parallelism are not built yet")
-
-
 def init_context(par, device: str = "CPU") -> ParallelContext:
     from mindspore.communication import get_group_size, get_rank, init
     init()

@@ -98,7 +98,8 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
     world = nproc * nnodes
     cfg = _train_config(train_args)
     if cfg is not None:
-        from .explicit import check_explicit_layout, check_explicit_model
+        from .config import check_explicit_model
+        from .explicit import check_explicit_layout
         if cfg.parallel.executor != "ascend":
             check_explicit_layout(cfg.parallel, world, cfg.origin)
             check_explicit_model(cfg)

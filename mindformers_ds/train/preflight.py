@@ -164,7 +164,10 @@ def preflight(cfg: RunConfig, distributed: bool = False):
     notes to log once logging is set up). Under `mfds launch` the launcher checks the memory of
     all its workers at once, so workers skip it."""
     check_output_dir(cfg)
-    if not distributed:
+    if distributed:
+        from ..parallel.config import check_explicit_model
+        check_explicit_model(cfg)
+    else:
         check_memory(cfg, 1, os.environ.get("MFDS_DEVICE") or "CPU")
     tok = load_tokenizer(cfg)
     cfg, note = resolve_missing_mtp(cfg)
