@@ -11,16 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import TrainingInterrupted
-
-
-def _user_errors():
-    from .checkpoint.safetensors_io import CheckpointError
-    from .config import ConfigError
-    from .data.datasets import DataError
-    from .data.tokenizer import TokenizerError
-    from .observe.report import ReportError
-    return (ConfigError, DataError, TokenizerError, CheckpointError, ReportError)
+from .errors import USER_ERRORS, TrainingInterrupted
 
 
 def cmd_train(a) -> int:
@@ -97,7 +88,7 @@ def _load_for_inference(a):
     if not tok_path and os.path.isfile(os.path.join(a.checkpoint, "tokenizer.json")):
         tok_path = os.path.join(a.checkpoint, "tokenizer.json")
     if not tok_path:
-        from .config import ConfigError
+        from .errors import ConfigError
         raise ConfigError("--tokenizer", "tokenizer", f"{a.checkpoint} holds no tokenizer.json: give --tokenizer PATH "
                           f"or --config with data.tokenizer")
     tok = Tokenizer(tok_path)
@@ -126,7 +117,7 @@ def cmd_eval(a) -> int:
     from .train.evaluation import EvalSums, eval_loss, exact_match
     model, tok, seq, cfg = _load_for_inference(a)
     if cfg is None:
-        from .config import ConfigError
+        from .errors import ConfigError
         raise ConfigError("--config", "config", f"{a.checkpoint} holds no run_config.yaml: give --config with the "
                           f"data to evaluate on")
     path = cfg.data.eval_file or cfg.data.train_file
@@ -290,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:

@@ -22,15 +22,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from .errors import ConfigError
 from .models.deepseek.config import DeepseekConfig
 
 
-class ConfigError(ValueError):
-    """A bad configuration value. `str()` is the one-line message shown to users."""
-
-    def __init__(self, file: str, field_path: str, message: str):
-        self.file, self.field, self.message = file, field_path, message
-        super().__init__(f"{file}: {message}" if file else message)
+# ConfigError lives in the leaf module errors.py; `from mindformers_ds.config import ConfigError` keeps working
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..errors import CheckpointError  # noqa: F401  (raised here; importers read it from here too)
+
 from ..utils.io import atomic_path
 
 # dtype tag -> (storage numpy dtype, bytes per element)
@@ -30,8 +32,6 @@ NUMPY_TAG = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F
 MAX_HEADER = 100 * 1024 * 1024
 
 
-class CheckpointError(ValueError):
-    """One-line description of a bad checkpoint file; names the file and, where known, the tensor."""
 
 
 Tagged = Tuple[str, np.ndarray]

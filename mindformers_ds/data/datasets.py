@@ -12,11 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Tuple
 
+from ..errors import DataError
 from .tokenizer import Tokenizer
 
 
-class DataError(ValueError):
-    pass
 
 
 @dataclass

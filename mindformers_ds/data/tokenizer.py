@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from tokenizers import Tokenizer as _HFTokenizer
 
+from ..errors import TokenizerError
+
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
 USER = "<｜User｜>"
@@ -20,8 +22,6 @@ ASSISTANT = "<｜Assistant｜>"
 PAD = "<｜▁pad▁｜>"
 
 
-class TokenizerError(ValueError):
-    pass
 
 
 def _token_content(v) -> Optional[str]:

@@ -12,13 +12,12 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from ..errors import ReportError
 from ..utils.io import atomic_write_bytes, atomic_write_text
 from ..utils.logging import read_metrics
 from .figures import FIGURES
 
 
-class ReportError(RuntimeError):
-    pass
 
 
 def _summary_rows(summary: Dict, steps: List[Dict]) -> List[tuple]:

@@ -19,7 +19,7 @@ def launched_workers() -> int:
 
 def check_explicit_model(cfg) -> None:
     """What the explicit executor runs of each family: DeepSeek-V4 data parallel only so far."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
     par = cfg.parallel
     if cfg.model.is_v4:
         for axis in ("tp", "ep"):
@@ -38,7 +38,7 @@ def stage_layer_counts(num_layers: int, pp: int, pp_offset: List[int] | None) ->
 
 
 def check_parallel(p, model: DeepseekConfig, train, origin_of: Callable[[str], str]) -> None:
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     def need(cond: bool, dotted: str, msg: str) -> None:
         if not cond:

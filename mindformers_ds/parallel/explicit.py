@@ -40,7 +40,7 @@ def distributed_world() -> int:
 def check_explicit_layout(par, world: int, origin_of: Union[str, Callable[[str], str]] = "parallel") -> None:
     """Layouts the explicit executor runs (one-line errors before anything starts). `origin_of`
     names the file (or `--set`) that set a field: a RunConfig's `origin`, or one name for all."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
     where = origin_of if callable(origin_of) else (lambda dotted: origin_of)
 
     def blame(*fields: str) -> str:

@@ -94,7 +94,7 @@ def _watch_workers(proc: subprocess.Popen, local_ranks, status_dir: str, poll: f
 def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
            master_port: int = 8118, log_dir: Optional[str] = None, cluster_timeout: int = 120,
            poll: float = 0.5) -> int:
-    from ..config import ConfigError
+    from ..errors import ConfigError
     world = nproc * nnodes
     cfg = _train_config(train_args)
     if cfg is not None:

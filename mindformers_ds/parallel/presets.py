@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
-from ..config import ConfigError, RunConfig, load, read_yaml_mapping, rebuild
+from ..config import RunConfig, load, read_yaml_mapping, rebuild
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import List
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..parallel.config import check_parallel
 from .estimate import Plan, plan_layout
 

@@ -35,7 +35,7 @@ def apply_lora(model, lora_cfg, seed: int = 0) -> List[str]:
     """Attach adapters; freeze everything else. Returns the adapter parameter names."""
     found = lora_targets(model, lora_cfg.targets)
     if not found:
-        from ..config import ConfigError
+        from ..errors import ConfigError
         raise ConfigError("", "lora.targets", f"lora.targets={lora_cfg.targets} matches no Linear layer of the model")
     for p in model.get_parameters():
         p.requires_grad = False

@@ -19,7 +19,8 @@ import dataclasses
 import os
 from typing import List, Optional, Tuple
 
-from ..config import ConfigError, RunConfig
+from ..config import RunConfig
+from ..errors import ConfigError
 
 GIB = 1024 ** 3
 # not a run: `mfds launch` writes <output_dir>/logs before its workers start, and `mfds train`

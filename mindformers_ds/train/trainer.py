@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from .. import config as config_mod
 from ..checkpoint import manager as ckpt
-from ..config import ConfigError, RunConfig
+from ..config import RunConfig
+from ..errors import ConfigError
 from ..errors import TrainingInterrupted
 from ..generation import Generator
 from ..observe.peak import peak_tflops

@@ -10,22 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-log = logging.getLogger(__name__)
+from .config_common import (FUSED_OPS, MODEL_TYPES, SCORING_FUNCS, TOPK_METHODS, V4_ATTENTION_TYPES,  # noqa: F401
+                            V4_FIELDS, V4_MLP_TYPES, RopeScaling, rope_scaling_from, yarn_mscale)
 
-MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4")
-TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
-SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")
-V4_ATTENTION_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
-V4_MLP_TYPES = ("hash_moe", "moe")
-V4_FIELDS = ("head_dim", "layer_types", "mlp_layer_types", "compress_rate_csa", "compress_rate_hca",
-             "compress_rope_theta", "compress_rope_scaling", "sliding_window", "o_groups", "o_lora_rank",
-             "hc_mult", "hc_sinkhorn_iters", "hc_eps", "swiglu_limit")
-FUSED_OPS = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk", "mla_attention",
-             "lm_head_nll", "grad_clip")  # grad_clip: the optimizer step's norm and scaling
+log = logging.getLogger(__name__)
 
 # Keys HF configs carry that say nothing about the math (or that we derive ourselves).
 _HF_BOOKKEEPING = {
@@ -35,18 +26,6 @@ _HF_BOOKKEEPING = {
     "mlp_layer_types", "layer_types",
     "rope_scaling", "rope_parameters", "rope_theta", "mlp_bias", "num_mtp_layers",
 }
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """YaRN parameters (`type: yarn`); `default` means plain RoPE."""
-    type: str = "yarn"
-    factor: float = 1.0
-    original_max_position_embeddings: int = 4096
-    beta_fast: float = 32.0
-    beta_slow: float = 1.0
-    mscale: float = 1.0
-    mscale_all_dim: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -230,7 +209,7 @@ class DeepseekConfig:
     # ---- HuggingFace config.json ----------------------------------------------------
     @classmethod
     def from_hf_dict(cls, d: Dict[str, Any], source: str = "config.json") -> "DeepseekConfig":
-        from ...config import ConfigError  # local import: config.py imports this module
+        from ...errors import ConfigError  # local import: config.py imports this module
         mt = d.get("model_type", "deepseek_v3")
         if mt not in MODEL_TYPES:
             raise ConfigError(source, "model_type", f"model_type={mt!r} is not a DeepSeek V2/V3/V3.2/V4 model "
@@ -283,7 +262,7 @@ class DeepseekConfig:
 
     @classmethod
     def from_hf_file(cls, path: str) -> "DeepseekConfig":
-        from ...config import ConfigError
+        from ...errors import ConfigError
         try:
             with open(path, "r", encoding="utf-8") as f:
                 d = json.load(f)
@@ -321,7 +300,7 @@ class DeepseekConfig:
 
 def _check_layer_types(d: Dict[str, Any], kwargs: Dict[str, Any], source: str) -> None:
     """V3.2 configs list per-layer types; they must be what first_k_dense_replace implies."""
-    from ...config import ConfigError
+    from ...errors import ConfigError
     n = d.get("num_hidden_layers", 0)
     mlp = d.get("mlp_layer_types")
     if mlp is not None:
@@ -333,22 +312,3 @@ def _check_layer_types(d: Dict[str, Any], kwargs: Dict[str, Any], source: str) -
     attn = d.get("layer_types")
     if attn is not None and d.get("model_type") == "deepseek_v32" and set(attn) != {"indexed_attention"}:
         raise ConfigError(source, "layer_types", f"layer_types={sorted(set(attn))} must all be 'indexed_attention'")
-
-
-def rope_scaling_from(rope: Dict[str, Any], source: str, fld: str) -> Optional[RopeScaling]:
-    """RopeScaling from HF rope parameters without `rope_theta` (`rope_type` / `type` + YaRN keys);
-    None for plain RoPE. Unknown keys are refused, naming the field."""
-    from ...config import ConfigError
-    rope = dict(rope)
-    rtype = rope.pop("rope_type", None) or rope.pop("type", "default")
-    rope.pop("type", None)
-    if rtype == "default":
-        return None
-    extra = set(rope) - {f.name for f in dataclasses.fields(RopeScaling)}
-    if extra:
-        raise ConfigError(source, fld, f"{fld} has unknown keys {sorted(extra)}")
-    return RopeScaling(type=rtype, **rope)
-
-
-def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
-    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0

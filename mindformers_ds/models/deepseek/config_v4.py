@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from typing import Any, Dict, List, Set, Tuple
 
-from .config import V4_ATTENTION_TYPES, V4_MLP_TYPES, rope_scaling_from
+from .config_common import V4_ATTENTION_TYPES, V4_MLP_TYPES, rope_scaling_from
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ _HANDLED = {"model_type", "compress_rates", "compress_ratios", "compress_rate_cs
 
 def v4_from_hf(d: Dict[str, Any], names: Set[str], source: str) -> Dict[str, Any]:
     """DeepseekConfig keyword arguments from a V4 config.json (dict)."""
-    from ...config import ConfigError
+    from ...errors import ConfigError
     kw: Dict[str, Any] = {"model_type": "deepseek_v4", "topk_method": "noaux_tc", "n_group": 1, "topk_group": 1,
                           "first_k_dense_replace": 0, "scoring_func": "sqrtsoftplus", "rope_interleave": True,
                           "swiglu_limit": 10.0, "intermediate_size": d.get("moe_intermediate_size", 2048)}
