@@ -5,6 +5,8 @@ import json
 import os
 
 import numpy as np
+
+from mindformers_ds.models.deepseek import results as R
 import pytest
 import mindspore as ms
 
@@ -76,7 +78,7 @@ def test_packing_gives_the_same_per_sample_loss(tok, tmp_path):
 
         def construct(self, ids, labels, pos, seg):
             out = self.m.forward_train(ids, labels, pos, seg)
-            return out[0], out[1], out[2], out[3]
+            return out[R.LM_SUM], out[R.LM_COUNT], out[R.MTP_SUM], out[R.MTP_COUNT]
 
     sums = Sums(model)
     t = lambda x: ms.Tensor(x)

@@ -80,7 +80,7 @@ def test_v3_with_61_layers_generates_through_the_kv_cache():
     cfg = config.load(V3, ["model.num_hidden_layers=61", FUSED, *NARROW_V3], check_paths=False)
     model = build_model(cfg.model.model_config())
     model.init_weights(0)
-    assert model.num_layers == 61 and model.num_mtp == 1
+    assert model.num_layers == 61 and model.mtp_depth == 1
     out = Generator(model, 24, batch_size=2, use_cache=True).generate([[5, 6, 7], [8, 9, 10, 11]], 6)
     assert [len(x) for x in out] == [6, 6]
 

@@ -10,6 +10,8 @@ import json
 import os
 
 import numpy as np
+
+from mindformers_ds.models.deepseek import results as R
 import pytest
 import torch
 import mindspore as ms
@@ -38,7 +40,7 @@ class _Load(nn.Cell):
         self.model = model
 
     def construct(self, ids):
-        return self.model.forward_train(ids, ids)[5]
+        return self.model.forward_train(ids, ids)[R.LOAD]
 
 
 def _capture_routing(hf, ids):

@@ -11,6 +11,7 @@ from mindspore import Tensor, nn
 from conftest import ROOT, random_ids
 from mindformers_ds.config import model_config_from_dict
 from mindformers_ds.models.deepseek import DeepseekForCausalLM
+from mindformers_ds.models.deepseek import results as R
 from mindformers_ds.models.deepseek.model import attention_mask
 from test_train_step import make_step, step_inputs
 
@@ -41,7 +42,7 @@ def test_bias_moves_a_skewed_router_toward_balance():
     for i in range(40):
         bias_before = gate.e_score_correction_bias.asnumpy().copy()
         outs, _, _ = step(*step_inputs(ids, ids), Tensor(0.0, ms.float32))  # lr 0: only the bias moves
-        load = outs[6].asnumpy()[0]
+        load = R.named(outs)[R.LOAD].asnumpy()[0]
         ratios.append(load.max() / load.mean())
         expected = bias_before + 0.01 * np.sign(load.mean() - load)
         np.testing.assert_allclose(gate.e_score_correction_bias.asnumpy(), expected, atol=1e-7)
@@ -80,9 +81,10 @@ class _Pieces(nn.Cell):
 
     def construct(self, ids):
         m = self.model
-        hidden, cos, sin, mask, _, _ = m.backbone(ids)
+        out = m.backbone(ids)
+        hidden = out[R.HIDDEN]
         nxt = ms.ops.concat((ids[:, 1:], ms.ops.zeros((ids.shape[0], 1), ids.dtype)), 1)
-        h1, _, _ = m.model.layers[m.num_layers].mtp_forward(m.model.embed_tokens(nxt), hidden, cos, sin, mask)
+        h1, _, _ = m.model.layers[m.num_layers].mtp_forward(m.model.embed_tokens(nxt), hidden, out[R.LAYER_INPUTS])
         return m.head(hidden), m.head(m.model.layers[m.num_layers].shared_head(h1))
 
 

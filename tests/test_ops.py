@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from mindspore import nn, ops, Tensor
 
 from conftest import ROOT, random_ids
+from mindformers_ds.models.deepseek import results as R
 from mindformers_ds.models.deepseek.model import token_nll
 from mindformers_ds.ops import build, composite, kernels, native
 from mindformers_ds.checkpoint.fp8 import block_dequant, block_dequant_numpy, block_quant
@@ -301,6 +302,7 @@ def test_model_with_all_fused_ops_matches():
         for s in range(20):  # the loss trajectory over 20 steps, optimisations on and off
             batch = random_ids(4, 32, cfg.model.vocab_size, seed=100 + s)
             outs, _, _ = step(*step_inputs(batch, batch), Tensor(1e-3, ms.float32))
-            losses[fused].append(float(outs[1].asnumpy() / outs[2].asnumpy()))
+            outs = R.named(outs)
+            losses[fused].append(float(outs[R.LM_SUM].asnumpy() / outs[R.LM_COUNT].asnumpy()))
     np.testing.assert_allclose(losses[True][0], losses[False][0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(losses[True][1:], losses[False][1:], rtol=1e-5, atol=0)

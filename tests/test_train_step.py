@@ -15,6 +15,7 @@ from mindformers_ds.checkpoint.names import hf_to_internal
 from mindformers_ds.models.deepseek import DeepseekForCausalLM
 from mindformers_ds.train.optimizer import AdamW, no_decay
 from mindformers_ds.train.schedule import learning_rate
+from mindformers_ds.models.deepseek import results as R
 from mindformers_ds.train.step import (AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep,
                                        router_bias_parameters,
                                        router_bias_rows)
@@ -96,7 +97,8 @@ def test_one_step_matches_pytorch_adamw(hf_v3_dir):
     tnorm = torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0).item()
     topt.step()
 
-    loss = float(outs[1].asnumpy()) / float(outs[2].asnumpy())
+    outs = R.named(outs)
+    loss = float(outs[R.LM_SUM].asnumpy()) / float(outs[R.LM_COUNT].asnumpy())
     assert abs(loss - out.loss.item()) < 1e-5 * out.loss.item()
     assert abs(float(norm.asnumpy()) - tnorm) < 1e-4 * tnorm and tnorm > 1.0  # clipping was active
     ref = hf_to_internal({n: p.detach().numpy() for n, p in hf.state_dict().items()}, model.config.n_routed_experts)
@@ -122,7 +124,8 @@ def test_gradient_accumulation_equals_one_big_batch(hf_v2_dir):
         inp[4] = Tensor(1.0 / n_tok, ms.float32)
         outs, g = grad(*inp)
         total = g if total is None else AccumulateGrads()(total, g)
-        loads = outs[6].asnumpy() if loads is None else loads + outs[6].asnumpy()
+        outs = R.named(outs)
+        loads = outs[R.LOAD].asnumpy() if loads is None else loads + outs[R.LOAD].asnumpy()
     apply(total, Tensor(loads), Tensor(1.0, ms.float32), Tensor(1e-3, ms.float32))
     for a, b in zip(big.trainable_params(), acc.trainable_params()):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=0, atol=2e-6 * max(1.0, np.abs(a.asnumpy()).max()))
@@ -137,7 +140,7 @@ def test_non_finite_step_changes_nothing(hf_v2_dir, fused_clip):
     inp = step_inputs(ids, ids)
     inp[4] = Tensor(float("nan"), ms.float32)  # poisons the loss and every gradient
     outs, norm, finite = step(*inp, Tensor(1e-3, ms.float32))
-    assert not bool(finite.asnumpy()) and math.isnan(float(outs[0].asnumpy()))
+    assert not bool(finite.asnumpy()) and math.isnan(float(R.named(outs)[R.LOSS].asnumpy()))
     for p, b in zip(model.get_parameters(), before):
         np.testing.assert_array_equal(p.asnumpy(), b)
     assert float(opt.step.asnumpy()) == 0

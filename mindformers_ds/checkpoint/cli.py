@@ -1,4 +1,4 @@
-"""`mfds convert ...` (also `python -m mindformers_ds.checkpoint.convert ...`)."""
+"""`mfds convert ...`: the parser and the dispatch (`python -m mindformers_ds.checkpoint.convert` too)."""
 from __future__ import annotations
 
 import argparse
@@ -55,7 +55,7 @@ def _conversion_line(cmd: str, dst: str, r: dict) -> str:
 
 
 def run_convert(a) -> int:
-    from . import convert
+    from . import conversion as convert
     if a.convert_cmd == "hf-to-ms":
         r = convert.hf_to_ms(a.src, a.dst, a.dtype, a.format, a.max_shard_size, a.workers, not a.no_progress,
                              a.overwrite)
@@ -81,8 +81,3 @@ def run_convert(a) -> int:
         print(f"note: {note}")
     print(_conversion_line(a.convert_cmd, a.dst, r))
     return 0
-
-
-def convert_main(argv: Optional[List[str]] = None) -> int:
-    from ..cli import main
-    return main(["convert"] + list(argv if argv is not None else sys.argv[1:]))

@@ -17,7 +17,7 @@ import numpy as np
 from ..models.deepseek.config import DeepseekConfig
 from ..models.deepseek.shapes import parameter_specs
 from ..utils.io import atomic_write_json
-from .convert import FP8_LINEAR
+from .conversion import FP8_LINEAR
 from .fp8 import block_quant
 from .names import unstack_experts
 from .safetensors_io import f32_to_bf16, write_safetensors_stream

@@ -89,7 +89,7 @@ def forward_flops_per_token(c: DeepseekConfig, seq: int, include_mtp: bool = Tru
     if c.is_v4:
         parts["hyper_connections"] += float(2 * c.hc_mult * c.hidden_size * c.hc_mult)  # the hyper head
     if include_mtp and not c.is_v4:
-        for d in range(c.num_nextn_predict_layers):
+        for d in range(c.mtp_depth):
             i = c.num_hidden_layers + d
             mtp = {"mtp_proj": float(2 * 2 * c.hidden_size * c.hidden_size), "mtp_head": head}
             for k, x in {**attention_flops(c, seq), **mlp_flops(c, i)}.items():

@@ -25,6 +25,7 @@ def measure(config_path: str, sets, steps: int, batch: int) -> dict:
     from mindspore import Tensor
     from .. import config
     from ..models.deepseek import build_model
+    from ..models.deepseek import results as R
     from ..train.optimizer import AdamW
     from ..train.step import ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters, router_bias_rows
     from .flops import train_flops_per_token
@@ -50,12 +51,12 @@ def measure(config_path: str, sets, steps: int, batch: int) -> dict:
               Tensor(1.0 / n_tok, ms.float32), Tensor(1.0, ms.float32), Tensor(1e-4, ms.float32)]
     t0 = time.perf_counter()
     outs = step(*inputs)
-    first_loss = float(outs[0][1].asnumpy()) * 1.0 / n_tok
+    first_loss = float(R.named(outs[0])[R.LM_SUM].asnumpy()) * 1.0 / n_tok
     compile_s = time.perf_counter() - t0
     times, cpu = [], []
     for _ in range(steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        step(*inputs)[0][1].asnumpy()
+        R.named(step(*inputs)[0])[R.LM_SUM].asnumpy()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     median = statistics.median(times)

@@ -99,7 +99,7 @@ def layer_stage(model: DeepseekConfig, par) -> List[int]:
     """Pipeline stage of every decoder layer (MTP modules sit on the last stage)."""
     counts = stage_layer_counts(model.num_hidden_layers, par.pp, par.pp_offset)
     stages = [s for s, n in enumerate(counts) for _ in range(n)]
-    return stages + [par.pp - 1] * model.mtp_modules
+    return stages + [par.pp - 1] * model.mtp_depth
 
 
 def layout_table(model: DeepseekConfig, par) -> Dict[str, ParamLayout]:

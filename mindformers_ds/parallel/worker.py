@@ -6,6 +6,8 @@ import sys
 
 def main() -> int:
     status = os.environ.get("MFDS_STATUS_DIR")
+    if os.environ.get("MS_ROLE") == "MS_SCHED":
+        status = None  # msrun's scheduler runs this script too; it has no rank of its own
     rank = os.environ.get("RANK_ID", "0")
     if status:
         with open(os.path.join(status, f"rank_{rank}.pid"), "w") as f:

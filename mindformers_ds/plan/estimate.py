@@ -61,7 +61,7 @@ def plan_layout(model, par, cluster, micro_batch: int, seq: int, global_batch: i
     # gradients all-reduced over dp (dense) and over dp*tp/ep (experts); with LoRA only the adapters have any
     grad_dense, grad_experts = (stage.lora, 0) if stage.lora else (stage.dense, stage.experts)
     expert_dp = max(1, par.dp * par.tp // par.ep)
-    layers = model.num_hidden_layers + model.mtp_modules
+    layers = model.num_hidden_layers + model.mtp_depth
     layers_per_stage = -(-layers // par.pp)
     moe_per_stage = -(-sum(model.is_moe_layer(i) for i in range(layers)) // par.pp)
     ring = lambda n: (n - 1) / n if n > 1 else 0.0  # noqa: E731

@@ -113,7 +113,7 @@ def v4_activation_bytes(c: DeepseekConfig, layer: int, t: float, batch: int, seq
 def head_activation_bytes(c: DeepseekConfig, tokens: int, tp: int, vocab_parallel: bool, act_bytes: int) -> float:
     """Final norm, then the fp32 logits and softmax the loss backward reads (per head: main + MTP)."""
     v = c.vocab_size / (tp if vocab_parallel else 1)
-    return (1 + c.mtp_modules) * (act_bytes * tokens * 2 * c.hidden_size + 4 * tokens * 2 * v)
+    return (1 + c.mtp_depth) * (act_bytes * tokens * 2 * c.hidden_size + 4 * tokens * 2 * v)
 
 
 @dataclass(frozen=True)

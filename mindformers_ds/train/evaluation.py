@@ -9,6 +9,7 @@ import mindspore as ms
 from mindspore import nn
 
 from ..data.packing import Rows
+from ..models.deepseek import results as R
 
 
 class EvalSums(nn.Cell):
@@ -19,8 +20,8 @@ class EvalSums(nn.Cell):
         self.model = model
 
     def construct(self, input_ids, labels, position_ids, segment_ids):
-        lm_sum, lm_count, _, _, _, _ = self.model.forward_train(input_ids, labels, position_ids, segment_ids)
-        return lm_sum, lm_count
+        parts = self.model.forward_train(input_ids, labels, position_ids, segment_ids)
+        return parts[R.LM_SUM], parts[R.LM_COUNT]
 
 
 def eval_loss(sums: EvalSums, rows: Rows, batch_size: int, max_batches: int) -> Dict[str, float]:

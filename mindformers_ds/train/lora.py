@@ -82,7 +82,7 @@ def merge_checkpoint(cfg, adapter_dir: str, out_dir: str, layout: str = "mindspo
     """Base model of `cfg` + adapters of a LoRA checkpoint -> a merged model directory."""
     import os
     from ..checkpoint import manager
-    from ..checkpoint.pretrained import save_pretrained
+    from ..checkpoint.weights import save_pretrained
     from .setup import build_model
     model = build_model(cfg)
     apply_lora(model, cfg.lora, cfg.train.seed)

@@ -140,7 +140,7 @@ def resolve_missing_mtp(cfg: RunConfig) -> Tuple[RunConfig, Optional[str]]:
     trains without MTP modules (`model.missing_mtp: drop`) or with fresh ones (`init`). Returns
     the config to train and the one line saying which, or None when nothing is missing."""
     m = cfg.model
-    if not m.pretrained or m.mtp_modules == 0 or not os.path.isdir(m.pretrained):
+    if not m.pretrained or m.mtp_depth == 0 or not os.path.isdir(m.pretrained):
         return cfg, None
     from ..checkpoint.mapping import has_mtp_weights
     from ..checkpoint.reader import CheckpointReader

@@ -51,5 +51,5 @@ def build_run_data(cfg: RunConfig, tok, dp: int, dp_rank: int) -> RunData:
     stats = {"train_samples": n_train, "train_rows": len(rows), "truncated": n_trunc, "dropped": n_drop,
              "eval_samples": len(evals)}
     loader = BatchLoader(rows, t.micro_batch_size, t.grad_accum_steps, dp, dp_rank, t.seed, d.shuffle,
-                         cfg.model.num_nextn_predict_layers)
+                         cfg.model.mtp_depth)  # 0 for V4, whose release MTP block the model does not build
     return RunData(rows, eval_rows, eval_records, loader, stats)

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import mindspore as ms
 
-from ..checkpoint.pretrained import load_weights
+from ..checkpoint.weights import load_weights
 from ..config import RunConfig
 from ..models.deepseek import build_model as causal_lm
 

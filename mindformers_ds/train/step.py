@@ -15,6 +15,8 @@ from typing import List, Optional, Sequence
 import mindspore as ms
 from mindspore import nn, ops, Parameter
 
+from ..models.deepseek import results as R
+
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 
 
@@ -58,25 +60,26 @@ def _add_grad(a, b):
 
 
 class LossCell(nn.Cell):
-    """Scaled loss of one micro-batch (first output, differentiated) plus its parts for logging."""
+    """Scaled loss of one micro-batch (differentiated) and the forward's named parts
+    (models/deepseek/results.py) for logging and the bias update: (loss, {LOSS, LM_SUM, ...})."""
 
     def __init__(self, model):
         super().__init__(auto_prefix=False)
         self.model = model
-        self.has_mtp = model.num_mtp > 0
+        self.has_mtp = model.mtp_depth > 0
         self.mtp_factor = model.mtp_factor
 
     def construct(self, input_ids, labels, position_ids, segment_ids, inv_lm_tokens, inv_mtp_tokens, aux_scale):
-        lm_sum, lm_count, mtp_sum, mtp_count, aux, load = self.model.forward_train(
-            input_ids, labels, position_ids, segment_ids)
-        loss = lm_sum * inv_lm_tokens + aux * aux_scale
+        parts = self.model.forward_train(input_ids, labels, position_ids, segment_ids)
+        loss = parts[R.LM_SUM] * inv_lm_tokens + parts[R.AUX] * aux_scale
         if self.has_mtp:
-            loss = loss + self.mtp_factor * mtp_sum * inv_mtp_tokens
-        return loss, lm_sum, lm_count, mtp_sum, mtp_count, aux, load
+            loss = loss + self.mtp_factor * parts[R.MTP_SUM] * inv_mtp_tokens
+        parts[R.LOSS] = loss
+        return loss, parts
 
 
 class GradStep(nn.Cell):
-    """Forward + backward of one micro-batch -> (loss parts..., load, grads)."""
+    """Forward + backward of one micro-batch -> (parts in results.STEP_PARTS order, grads)."""
 
     def __init__(self, loss_cell: LossCell, weights: Sequence[Parameter]):
         super().__init__(auto_prefix=False)
@@ -85,9 +88,9 @@ class GradStep(nn.Cell):
         self.grad_fn = ms.value_and_grad(loss_cell, None, self.weights, has_aux=True)
 
     def construct(self, input_ids, labels, position_ids, segment_ids, inv_lm_tokens, inv_mtp_tokens, aux_scale):
-        outs, grads = self.grad_fn(input_ids, labels, position_ids, segment_ids, inv_lm_tokens,
-                                   inv_mtp_tokens, aux_scale)
-        return outs, grads
+        (_, parts), grads = self.grad_fn(input_ids, labels, position_ids, segment_ids, inv_lm_tokens,
+                                         inv_mtp_tokens, aux_scale)
+        return R.step_tuple(parts), grads
 
 
 class ApplyStep(nn.Cell):
@@ -147,10 +150,10 @@ class TrainStep(nn.Cell):
         self.apply_step = apply_step
 
     def construct(self, input_ids, labels, position_ids, segment_ids, inv_lm_tokens, inv_mtp_tokens, aux_scale, lr):
-        outs, grads = self.grad_step(input_ids, labels, position_ids, segment_ids, inv_lm_tokens,
-                                     inv_mtp_tokens, aux_scale)
-        norm, finite = self.apply_step(grads, outs[6], outs[0], lr)
-        return outs, norm, finite
+        parts, grads = self.grad_step(input_ids, labels, position_ids, segment_ids, inv_lm_tokens,
+                                      inv_mtp_tokens, aux_scale)
+        norm, finite = self.apply_step(grads, parts[R.AT[R.LOAD]], parts[R.AT[R.LOSS]], lr)
+        return parts, norm, finite
 
 
 class AccumulateGrads(nn.Cell):

@@ -32,6 +32,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..errors import TrainingInterrupted
 from ..generation import Generator
+from ..models.deepseek import results as R
 from ..observe.peak import peak_tflops
 from ..observe.profiling import ProfileWindow
 from ..observe.step_metrics import StepMetrics, expert_stats, steady_state
@@ -168,21 +169,23 @@ class Trainer:
         return self.compute_step(*self.prepare_step(step))
 
     def compute_step(self, batch, scales, lr, tensors):
-        """Forward, backward and the update, up to the host sync on the loss sums."""
+        """Forward, backward and the update, up to the host sync on the loss sums. The parts come
+        back by name (models/deepseek/results.py), as numpy, summed over micro-batches and ranks."""
         if len(tensors) == 1:
             outs, norm, finite = self.fused_step(*tensors[0], *scales, lr)
-            parts = [o.asnumpy() for o in outs]
+            parts = {k: v.asnumpy() for k, v in R.named(outs).items()}
         else:
             grads, parts = None, None
             for mb in tensors:
                 outs, g = self.grad_step(*mb, *scales)
                 grads = g if grads is None else self.accumulate(grads, g)
-                cur = [o.asnumpy() for o in outs]
-                parts = cur if parts is None else [a + b for a, b in zip(parts, cur)]
-            norm, finite = self.apply_step(grads, ms.Tensor(parts[6]), ms.Tensor(parts[0], ms.float32), lr)
+                cur = {k: v.asnumpy() for k, v in R.named(outs).items()}
+                parts = cur if parts is None else {k: parts[k] + cur[k] for k in cur}
+            norm, finite = self.apply_step(grads, ms.Tensor(parts[R.LOAD]), ms.Tensor(parts[R.LOSS], ms.float32), lr)
         if self.sum_parts is not None:  # losses of the whole global batch, on every rank
-            summed = self.sum_parts(ms.Tensor(np.array(parts[1:6], np.float32))).asnumpy()
-            parts = [parts[0], *summed, self.sum_parts(ms.Tensor(parts[6])).asnumpy()]
+            summed = self.sum_parts(ms.Tensor(np.array([parts[k] for k in R.LOSS_SUMS], np.float32))).asnumpy()
+            parts.update(zip(R.LOSS_SUMS, summed))
+            parts[R.LOAD] = self.sum_parts(ms.Tensor(parts[R.LOAD])).asnumpy()
         return batch, parts, float(norm.asnumpy()), bool(finite.asnumpy()), float(lr.asnumpy())
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -269,8 +272,8 @@ class Trainer:
             if top_ops is not None:
                 self.profile_top_ops = top_ops[:10]
                 paused += time.perf_counter() - t2  # the profiler's analysis is not step time
-            lm_loss = float(parts[1]) / max(float(parts[2]), 1.0)
-            mtp_loss = float(parts[3]) / max(float(parts[4]), 1.0) if self.model.num_mtp else 0.0
+            lm_loss = float(parts[R.LM_SUM]) / max(float(parts[R.LM_COUNT]), 1.0)
+            mtp_loss = float(parts[R.MTP_SUM]) / max(float(parts[R.MTP_COUNT]), 1.0) if self.model.mtp_depth else 0.0
             n_tok = int(self.loader.global_rows * cfg.data.seq_length)
             state["tokens_seen"] += n_tok
             state["done"] = step + 1
@@ -287,13 +290,13 @@ class Trainer:
                 state["bar"].update(int(step > start))
                 continue
             state["losses"].append(lm_loss)
-            rec = {"step": step + 1, "loss": lm_loss, "mtp_loss": mtp_loss, "aux_loss": float(parts[5]),
+            rec = {"step": step + 1, "loss": lm_loss, "mtp_loss": mtp_loss, "aux_loss": float(parts[R.AUX]),
                    "lr": lr, "grad_norm": norm, "tokens": n_tok, "epoch": self.loader.epoch_of(step + 1),
                    **timer.timing(n_tok, t1 - t0, t2 - t1, dt)}
             if step == start:
                 rec["includes_compile"] = True  # the first step's compute time holds the graph compilation
             if (step + 1) % cfg.logging.log_every == 0 or step + 1 == t.max_steps:
-                rec.update(expert_stats(parts[6], [b.asnumpy() for b in biases]))
+                rec.update(expert_stats(parts[R.LOAD], [b.asnumpy() for b in biases]))
                 metrics.write(rec)
                 log.info("step %d loss %.4f lr %.2e grad_norm %.3f %.0f tok/s mfu %.1f%%", step + 1, lm_loss, lr,
                          norm, rec["tokens_per_sec"], 100 * rec["mfu"])

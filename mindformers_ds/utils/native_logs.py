@@ -12,6 +12,7 @@ of another library) still reaches the console. `logging.level: debug` leaves fd 
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import sys
@@ -41,6 +42,18 @@ class NativeLogRouter:
         self._thread = threading.Thread(target=self._pump, args=(read_fd,), name="mindspore-log-router",
                                         daemon=True)
         self._thread.start()
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        """Give fd 2 back to the console and let the thread drain the pipe. At exit this must come
+        first: a daemon thread is frozen during finalisation, and what MindSpore's C++ side writes
+        then would fill a pipe nobody reads."""
+        if self._console_fd < 0:
+            return
+        sys.stderr.flush()
+        os.dup2(self._console_fd, 2)  # closes the pipe's only write end: the thread reads EOF
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
 
     def _pump(self, read_fd: int) -> None:
         quiet = False
@@ -60,8 +73,10 @@ def user_log_dir() -> str:
 
 
 def route_native_logs(run_dir: str, level: str) -> Optional[NativeLogRouter]:
-    """Start routing unless `level` is debug; returns the router (None when not routed)."""
-    if level.upper() == "DEBUG":
+    """Start routing unless `level` is debug or this is an msrun worker (msrun already writes each
+    worker's output to its own log file); returns the router (None when not routed)."""
+    from ..parallel.config import launched_workers
+    if level.upper() == "DEBUG" or launched_workers() > 1:
         return None
     os.makedirs(run_dir, exist_ok=True)
     router = NativeLogRouter(os.path.join(run_dir, "mindspore.log"))

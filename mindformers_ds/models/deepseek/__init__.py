@@ -7,11 +7,8 @@ from .config import DeepseekConfig, RopeScaling
 
 def build_model(config: DeepseekConfig, parallel=None):
     """The causal LM of `config.model_type` (V4 has its own backbone; V2/V3/V3.2 share one)."""
-    if config.is_v4:
-        from .model_v4 import DeepseekV4ForCausalLM
-        return DeepseekV4ForCausalLM(config, parallel)
     from .model import DeepseekForCausalLM
-    return DeepseekForCausalLM(config, parallel)
+    return DeepseekForCausalLM.family_for(config)(config, parallel)
 
 
 def __getattr__(name):

@@ -106,7 +106,7 @@ class DeepseekConfig:
         return self.model_type == "deepseek_v4"
 
     @property
-    def mtp_modules(self) -> int:
+    def mtp_depth(self) -> int:
         """MTP depths the model builds: V4's release ships one, which the model (as transformers) does not."""
         return 0 if self.is_v4 else self.num_nextn_predict_layers
 

@@ -1,5 +1,5 @@
 """DeepSeek-V4 (Flash, Pro) causal LM: the V3 causal-LM shell (head, loss, loading, init) around
-V4's backbone: hyper-connected streams (hyper_connection.py), hybrid sliding / CSA / HCA
+V4's backbone in the shared shell (causal_lm.py): hyper-connected streams (hyper_connection.py), hybrid sliding / CSA / HCA
 attention (v4_attention.py, v4_compressor.py) and the shared MoE (moe.py) with hash-routed
 (`hash_moe`) and learned (`moe`, sqrt-softplus + bias) layers.
 
@@ -20,7 +20,8 @@ from .attention import rope_inv_freq
 from .config import DeepseekConfig
 from .hyper_connection import HyperConnection, HyperHead, merge_streams
 from .layers import Embedding, RMSNorm
-from .model import DeepseekForCausalLM
+from . import results as R
+from .causal_lm import CausalLM
 from .moe import MoE
 from .reuse import layer_class
 from .v4_attention import V4Attention, sliding_window_bias
@@ -77,7 +78,7 @@ class DeepseekV4Model(nn.Cell):
         self.rotary_emb = V4Rotary(c)
 
 
-class DeepseekV4ForCausalLM(DeepseekForCausalLM):
+class DeepseekV4ForCausalLM(CausalLM):
     def __init__(self, config: DeepseekConfig, parallel=None):
         # data parallelism keeps every weight whole, so the model is built as for one process;
         # the executor's layout check refuses V4 with tp or ep > 1 before anything is built
@@ -89,12 +90,16 @@ class DeepseekV4ForCausalLM(DeepseekForCausalLM):
     def make_backbone(c: DeepseekConfig, parallel):
         return DeepseekV4Model(c)
 
-    @staticmethod
-    def mtp_depth(c: DeepseekConfig) -> int:
-        return 0  # the release's MTP block is kept by the converter, not instantiated (as in transformers)
+    @classmethod
+    def family_for(cls, config: DeepseekConfig):
+        if not config.is_v4:
+            from ...errors import CheckpointError
+            raise CheckpointError(f"{cls.__name__} builds deepseek_v4 models; this one is {config.model_type} "
+                                  f"(DeepseekForCausalLM.from_pretrained picks the class)")
+        return cls
 
     def backbone(self, input_ids, position_ids=None, segment_ids=None):
-        """Same contract as V3's: (final hidden [B, S, H], rope, rope, mask, loads, aux sum).
+        """-> {HIDDEN, LAYER_INPUTS: (rope_main, rope_compress, positions, mask), LOADS, AUX}.
         `position_ids` are not used: V4 lays windows and RoPE on the row's token indices."""
         b, s = input_ids.shape
         positions = ops.broadcast_to(ops.arange(s, dtype=ms.int32).expand_dims(0), (b, s))
@@ -109,7 +114,8 @@ class DeepseekV4ForCausalLM(DeepseekForCausalLM):
                                                               input_ids, segment_ids)
             loads = loads + (counts,)
             aux = aux + layer_aux
-        return self.model.norm(self.model.hc_head(streams)), rope_main, rope_compress, mask, loads, aux
+        return {R.HIDDEN: self.model.norm(self.model.hc_head(streams)),
+                R.LAYER_INPUTS: (rope_main, rope_compress, positions, mask), R.LOADS: loads, R.AUX: aux}
 
     def init_special(self, seed: int) -> None:
         """mHC scales start at 1 (as transformers initialises them); the hash table, which a release

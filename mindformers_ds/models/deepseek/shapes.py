@@ -132,7 +132,7 @@ def parameter_specs(c: DeepseekConfig) -> Iterator[Spec]:
         yield "model.hc_head.hc_base", (n,), "hc"
         yield "model.hc_head.hc_scale", (1,), "hc"
     else:
-        for i in range(c.num_hidden_layers + c.num_nextn_predict_layers):
+        for i in range(c.num_hidden_layers + c.mtp_depth):
             yield from layer_params(c, i)
     yield "model.norm.weight", (c.hidden_size,), "norm"
     if not c.tie_word_embeddings:

@@ -1,0 +1,192 @@
+"""The causal-LM shell every DeepSeek family shares: output head and token-mean losses (with the
+MTP heads), the training forward with named results, generation, transformers-style loading and
+deterministic initialisation. A family subclasses it with its backbone (`make_backbone`,
+`backbone`); V2/V3/V3.2 in model.py, V4 in model_v4.py.
+
+    loss(position i) = -log p(labels[i + 1] | tokens <= i)           (targets of another packed
+    mtp_d(position i) = -log p(labels[i + 1 + d] | MTP module d)     sample are ignored)
+`forward_train` returns sums and counts, not means, so gradient accumulation and data parallelism
+average over the global batch's tokens exactly (the step scales by 1/tokens).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from . import results as R
+from .config import DeepseekConfig
+from .layers import DTYPES, Linear
+
+IGNORE_INDEX = -100
+
+
+def shift_left(x, n: int, fill):
+    """x[:, n:] padded on the right with `fill` to the original length."""
+    pad = ops.full((x.shape[0], n), fill, dtype=x.dtype)
+    return ops.concat((x[:, n:], pad), 1)
+
+
+def shifted_targets(labels, n: int, segment_ids=None):
+    """Targets at offset n (labels[i + n] for position i), ignored when they fall in another
+    packed sample than position i."""
+    targets = shift_left(labels, n, IGNORE_INDEX)
+    if segment_ids is None:
+        return targets
+    same = shift_left(segment_ids, n, -1) == segment_ids
+    return ops.where(same, targets, ops.full_like(targets, IGNORE_INDEX))
+
+
+def token_nll(logits, targets):
+    """(sum of -log p(target), number of targets) over targets != IGNORE_INDEX, in float32."""
+    # One LogSoftmax kernel (and its grad kernel) instead of logsumexp's composite: each [T, V]
+    # intermediate is 262 MB at 2048 tokens x 32k vocab, and the composite kept ~10 of them.
+    valid = targets != IGNORE_INDEX
+    safe = ops.where(valid, targets, ops.zeros_like(targets))
+    logp = ops.log_softmax(logits.astype(ms.float32), -1)
+    picked = ops.gather_elements(logp, -1, safe.expand_dims(-1)).squeeze(-1)
+    nll = -picked * valid.astype(ms.float32)
+    return nll.sum(), valid.astype(ms.float32).sum()
+
+
+class CausalLM(nn.Cell):
+    def __init__(self, config: DeepseekConfig, parallel=None):
+        """`parallel`: a ParallelContext of the explicit executor; this rank then holds only
+        its slices (heads / FFN width over tp, experts over ep). None: the whole model."""
+        super().__init__()
+        self.config = config
+        self.parallel = parallel
+        c = config
+        self.model = self.make_backbone(c, parallel)
+        self.tie = c.tie_word_embeddings
+        if not self.tie:
+            self.lm_head = Linear(c.hidden_size, c.vocab_size, False, DTYPES[c.compute_dtype])
+        self.head_matmul = ops.MatMul(transpose_b=True)
+        self.head_nll = None  # head + cross-entropy as one kernel (no [T, V] logits kept)
+        if "lm_head_nll" in c.fused_ops:
+            from ...ops import kernels
+            self.head_nll = kernels.lm_head_nll_op(DTYPES[c.compute_dtype])
+        self.num_layers, self.mtp_depth = c.num_hidden_layers, c.mtp_depth
+        self.mtp_factor = c.mtp_loss_factor
+        self.num_moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers + self.mtp_depth))
+        self.generators = {}  # (batch, length, cache) -> the compiled decoder `generate` reuses
+
+    # ---- what a family provides ---------------------------------------------------------
+    @staticmethod
+    def make_backbone(c: DeepseekConfig, parallel):
+        raise NotImplementedError
+
+    def backbone(self, input_ids, position_ids, segment_ids):
+        """-> {HIDDEN, LAYER_INPUTS, LOADS, AUX} (results.py)"""
+        raise NotImplementedError
+
+    @classmethod
+    def family_for(cls, config: DeepseekConfig):
+        """The class that builds `config`'s family; a family class refuses another family."""
+        return cls
+
+    # ---- pieces ------------------------------------------------------------------------
+    def head(self, h):
+        if self.tie:
+            b, s, d = h.shape
+            w = self.model.embed_tokens.weight.astype(h.dtype)
+            return self.head_matmul(h.reshape(b * s, d), w).reshape(b, s, -1)
+        return self.lm_head(h)
+
+    def head_loss(self, h, targets):
+        """(sum of -log p(target), count) for hidden states h [B, S, D]."""
+        lora_on_head = not self.tie and self.lm_head.lora_rank > 0  # the kernel knows no adapters
+        if self.head_nll is None or lora_on_head:
+            return token_nll(self.head(h), targets)
+        w = self.model.embed_tokens.weight if self.tie else self.lm_head.weight
+        return self.head_nll(h, w, targets)
+
+    # ---- entry points --------------------------------------------------------------------
+    def forward_train(self, input_ids, labels, position_ids=None, segment_ids=None):
+        """-> {LM_SUM, LM_COUNT, MTP_SUM (mean over depths), MTP_COUNT, AUX, LOAD} (results.py)"""
+        out = self.backbone(input_ids, position_ids, segment_ids)
+        hidden, loads, aux = out[R.HIDDEN], out[R.LOADS], out[R.AUX]
+        lm_sum, lm_count = self.head_loss(hidden, shifted_targets(labels, 1, segment_ids))
+        mtp_sum = ops.zeros((), ms.float32)
+        mtp_count = ops.zeros((), ms.float32)
+        h_prev = hidden
+        for d in range(self.mtp_depth):
+            layer = self.model.layers[self.num_layers + d]
+            emb = self.model.embed_tokens(shift_left(input_ids, d + 1, 0))
+            h_prev, counts, layer_aux = layer.mtp_forward(emb, h_prev, out[R.LAYER_INPUTS])
+            if counts is not None:
+                loads = loads + (counts,)
+            aux = aux + layer_aux
+            d_sum, d_count = self.head_loss(layer.shared_head(h_prev), shifted_targets(labels, d + 2, segment_ids))
+            mtp_sum = mtp_sum + d_sum / self.mtp_depth
+            mtp_count = mtp_count + d_count / self.mtp_depth
+        load = ops.stack(loads).astype(ms.float32) if loads else ops.zeros((0,), ms.float32)
+        return {R.LM_SUM: lm_sum, R.LM_COUNT: lm_count, R.MTP_SUM: mtp_sum, R.MTP_COUNT: mtp_count,
+                R.AUX: aux, R.LOAD: load}
+
+    def construct(self, input_ids, labels=None, position_ids=None, segment_ids=None):
+        if labels is None:
+            return self.head(self.backbone(input_ids, position_ids, segment_ids)[R.HIDDEN])
+        out = self.forward_train(input_ids, labels, position_ids, segment_ids)
+        loss = out[R.LM_SUM] / ops.maximum(out[R.LM_COUNT], 1.0) + out[R.AUX]
+        if self.mtp_depth > 0:
+            loss = loss + self.mtp_factor * out[R.MTP_SUM] / ops.maximum(out[R.MTP_COUNT], 1.0)
+        return loss
+
+    def generate(self, input_ids, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id=None, pad_token_id=None, attention_mask=None,
+                 seed: int = 0, use_cache: bool = True):
+        """transformers-style generation (KV cache for V2/V3): ids [B, S] -> ms.Tensor int32
+        [B, S + new], prompt then new tokens, padded with `pad_token_id`; see generation.generate_ids."""
+        from ...generation import generate_ids
+        out = generate_ids(self, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id,
+                           pad_token_id, attention_mask, seed, use_cache)
+        return ms.Tensor(out)
+
+    # ---- transformers-style loading ---------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str, seed: int = 0, **overrides) -> "CausalLM":
+        """A model from a HuggingFace directory or a directory/checkpoint written by this stack,
+        built by `cls.family_for(config)` (the family class of the checkpoint, or a refusal)."""
+        from ...checkpoint.weights import load_weights, pretrained_config
+        cfg = pretrained_config(path, **overrides)
+        model = cls.family_for(cfg)(cfg)
+        model.init_weights(seed)
+        load_weights(model, path)
+        return model
+
+    def save_pretrained(self, directory: str, layout: str = "hf", dtype: str = "F32") -> str:
+        from ...checkpoint.weights import save_pretrained
+        return save_pretrained(self, directory, layout, dtype)
+
+    # ---- initialisation ------------------------------------------------------------------
+    def init_weights(self, seed: int = 0, layout=None) -> None:
+        """Deterministic init from `seed` (same on every process): N(0, initializer_range) for
+        matrices, ones for norms, zeros for biases and the router correction bias. Each
+        parameter draws from its own stream keyed by name, so adding a module never changes
+        the others. With `layout` (a callable name -> (full shape, slicer)), the full tensor is
+        drawn and this rank keeps its slice, so every parallel layout starts from the same model."""
+        std = self.config.initializer_range
+        for p in self.get_parameters():
+            name = p.name
+            if p.dtype in (ms.int32, ms.int64):
+                continue  # integer tables (V4's tid2eid): see init_special
+            if name.endswith("norm.weight"):
+                continue  # created as ones
+            if name.endswith("bias") or p.ndim < 2:
+                p.set_data(ms.Tensor(np.zeros(p.shape, np.float32)))
+                continue
+            full_shape, slicer = layout(name) if layout is not None else (p.shape, None)
+            key = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+            values = np.random.default_rng([seed, key]).normal(0.0, std, full_shape).astype(np.float32)
+            p.set_data(ms.Tensor(slicer(values) if slicer is not None else values))
+        self.init_special(seed)
+
+    def init_special(self, seed: int) -> None:
+        """Parameters whose initial value is not N(0, std) / ones / zeros (V4 has some)."""
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        params = self.trainable_params() if trainable_only else self.get_parameters()
+        return int(sum(int(np.prod(p.shape)) for p in params))

@@ -1,0 +1,42 @@
+"""Named results: the training forward (`forward_train`) and the loss cell return dicts with
+these keys inside the graph; the step's graph returns them as a tuple in `STEP_PARTS` order and
+the host turns it back into a dict (`named`). Readers use the names, never positions.
+
+Why not NamedTuples, and why a tuple at the graph's edge (MindSpore 2.10, measured): a NamedTuple
+built inside a differentiated graph gives zero gradients without a word (a loss read from
+`Parts(loss=...)` differentiated to 0; the same value in a dict or a tuple correctly); a dict
+returned by the top-level step graph makes MindSpore execute it as "any type" segments, which
+cannot run Custom ops ("The prim is not a PrimitivePy. Prim name: Custom"), and the expert load
+it returned no longer matched the one the router-bias update had used (tests/test_moe_mtp.py).
+"""
+from __future__ import annotations
+
+# forward_train: the sums the step scales and logs, and the expert load the bias update reads
+LM_SUM = "lm_sum"          # sum of -log p over the main head's targets
+LM_COUNT = "lm_count"      # number of those targets
+MTP_SUM = "mtp_sum"        # the same for the MTP heads (mean over depths)
+MTP_COUNT = "mtp_count"
+AUX = "aux"                # the sequence-wise balance loss, summed over MoE layers
+LOAD = "load"              # tokens per expert [MoE layers, E] (float32), or a 0-size tensor
+LOSS_SUMS = (LM_SUM, LM_COUNT, MTP_SUM, MTP_COUNT, AUX)   # summed over micro-batches and dp ranks
+# the loss cell adds the scaled loss it differentiates
+LOSS = "loss"
+
+# backbone: what the head and the MTP modules read
+HIDDEN = "hidden"          # final normed hidden [B, S, H]
+LAYER_INPUTS = "layer_inputs"  # the per-layer inputs the MTP layers need (V3: cos, sin, mask)
+LOADS = "loads"            # tuple of per-MoE-layer expert counts
+
+# the step graph's outputs, in this order (TrainStep / GradStep); `named` reads them back
+STEP_PARTS = (LOSS, LM_SUM, LM_COUNT, MTP_SUM, MTP_COUNT, AUX, LOAD)
+AT = {name: i for i, name in enumerate(STEP_PARTS)}   # for graph code that must index the tuple
+
+
+def step_tuple(parts):
+    """The step parts of a dict as the graph's output tuple (graph code; STEP_PARTS order)."""
+    return (parts[LOSS], parts[LM_SUM], parts[LM_COUNT], parts[MTP_SUM], parts[MTP_COUNT], parts[AUX], parts[LOAD])
+
+
+def named(outputs) -> dict:
+    """The step graph's output tuple as a dict keyed by STEP_PARTS (host code)."""
+    return dict(zip(STEP_PARTS, outputs))
