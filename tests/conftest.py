@@ -12,6 +12,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only
+# the suite's GEMM-peak measurement (taken on a loaded machine) must not become the user's cache
+import tempfile  # noqa: E402
+os.environ.setdefault("MFDS_CACHE_DIR", os.path.join(tempfile.gettempdir(), "mindformers_ds-test-cache"))
 
 import mindspore as ms  # noqa: E402
 
