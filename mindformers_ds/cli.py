@@ -24,7 +24,8 @@ def cmd_train(a) -> int:
     preflight(cfg, distributed)  # refusals come before anything is created or imported
     route_native_logs(cfg.train.output_dir, cfg.logging.level)  # before MindSpore loads
     from .parallel.explicit import init_context
-    from .train.trainer import DistEnv, Trainer, set_graph_mode
+    from .train.setup import DistEnv, set_graph_mode
+    from .train.trainer import Trainer
     set_graph_mode()
     env = DistEnv(init_context(cfg.parallel)) if distributed else DistEnv()
     summary = Trainer(cfg, env).run()
@@ -146,8 +147,8 @@ def cmd_data(a) -> int:
 
 def cmd_lora(a) -> int:
     from . import config
-    from .train.lora import merge_checkpoint
-    from .train.trainer import set_graph_mode
+    from .train.lora_merge import merge_checkpoint
+    from .train.setup import set_graph_mode
     cfg = config.load(a.config, a.set)
     set_graph_mode()
     print(merge_checkpoint(cfg, a.adapter, a.out, a.layout))

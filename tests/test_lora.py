@@ -11,9 +11,11 @@ from conftest import ROOT, random_ids
 from mindformers_ds import DeepseekForCausalLM, config
 from mindformers_ds.checkpoint import manager
 from mindformers_ds.checkpoint.safetensors_io import SafetensorsFile
-from mindformers_ds.models.deepseek.layers import Linear
-from mindformers_ds.train.lora import adapter_parameters, merge_checkpoint, merge_lora
-from mindformers_ds.train.trainer import Trainer, build_model
+from mindformers_ds.models.deepseek.lora_linear import LoraLinear, merge_adapters as merge_lora
+from mindformers_ds.train.lora import adapter_parameters
+from mindformers_ds.train.lora_merge import merge_checkpoint
+from mindformers_ds.train.setup import build_model
+from mindformers_ds.train.trainer import Trainer
 
 LORA = os.path.join(ROOT, "configs/deepseek_v3/finetune_lora_tiny.yaml")
 
@@ -43,10 +45,10 @@ def test_base_weights_unchanged_bit_for_bit(lora_run):
 
 def test_trainable_count_is_rank_times_in_plus_out(lora_run):
     cfg, trainer, summary, _ = lora_run
-    targets = [c for n, c in trainer.model.cells_and_names() if isinstance(c, Linear) and c.lora_rank > 0]
+    targets = [c for n, c in trainer.model.cells_and_names() if isinstance(c, LoraLinear)]
     want = sum(4 * (c.in_features + c.out_features) for c in targets)
     assert summary["n_trainable"] == want == sum(int(np.prod(p.shape)) for p in adapter_parameters(trainer.model))
-    assert {n.split(".")[-1] for n, c in trainer.model.cells_and_names() if isinstance(c, Linear) and c.lora_rank > 0} \
+    assert {n.split(".")[-1] for n, c in trainer.model.cells_and_names() if isinstance(c, LoraLinear)} \
         == set(cfg.lora.targets)
     log = open(os.path.join(cfg.train.output_dir, "train.log")).read()
     assert f"{want} trainable" in log
@@ -79,3 +81,23 @@ def test_checkpoint_holds_only_adapters_and_merges_exactly(lora_run, tmp_path):
         def construct(self, x):
             return self.m(x)
     np.testing.assert_allclose(Fresh(trainer.model)(ids).asnumpy(), with_adapters, atol=tol, rtol=0)
+
+
+def test_lora_replaces_the_linear_and_keeps_its_parameter_names(lora_run):
+    """LoRA is a cell that replaces the Linear it adapts: no attribute is attached to the
+    Linear, the base weight keeps its object and its name, only the adapters are new."""
+    from mindformers_ds.models.deepseek.layers import Linear
+    from mindformers_ds.train.lora import apply_lora
+    cfg = lora_run[0]
+    model = build_model(cfg)
+    before = {p.name: p for p in model.get_parameters()}
+    adapters = apply_lora(model, cfg.lora, cfg.train.seed)
+    after = {p.name: p for p in model.get_parameters()}
+    assert set(after) == set(before) | set(adapters) and len(after) == len(before) + len(adapters)
+    assert all(after[n] is p for n, p in before.items())
+    adapted = {n: c for n, c in model.cells_and_names() if isinstance(c, LoraLinear)}
+    assert {n.split(".")[-1] for n in adapted} == set(cfg.lora.targets)
+    assert all(f"{n}.lora_a" in after and c.weight is before[f"{n}.weight"] for n, c in adapted.items())
+    assert not any(hasattr(c, "lora_a") for _, c in model.cells_and_names() if type(c) is Linear)
+    assert merge_lora(model) == len(adapted)
+    assert {p.name for p in model.get_parameters()} == set(before)

@@ -3,6 +3,7 @@
 a property test for permute/unpermute, and the whole model with every fused op on vs off."""
 from __future__ import annotations
 
+import glob
 import os
 
 import numpy as np
@@ -306,3 +307,40 @@ def test_model_with_all_fused_ops_matches():
             losses[fused].append(float(outs[R.LM_SUM].asnumpy() / outs[R.LM_COUNT].asnumpy()))
     np.testing.assert_allclose(losses[True][0], losses[False][0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(losses[True][1:], losses[False][1:], rtol=1e-5, atol=0)
+
+
+def test_fused_op_choice_is_made_in_one_place():
+    """ops/choice.py names every op of model.fused_ops and is the only module that reads the list
+    or imports the kernels; a model asks it for each op and gets the kernel exactly when asked."""
+    import ast
+    from mindformers_ds.models.deepseek import DeepseekForCausalLM
+    from mindformers_ds.models.deepseek.config import FUSED_OPS
+    from mindformers_ds.ops import choice
+    assert tuple(choice.OPS) == FUSED_OPS
+    package = os.path.join(ROOT, "mindformers_ds")
+    readers = []
+    for path in glob.glob(os.path.join(package, "**", "*.py"), recursive=True):
+        rel = os.path.relpath(path, ROOT)
+        if rel in ("mindformers_ds/ops/choice.py", "mindformers_ds/ops/kernels.py"):
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            membership = (isinstance(node, ast.Compare) and any(isinstance(o, (ast.In, ast.NotIn)) for o in node.ops)
+                          and any(isinstance(c, ast.Attribute) and c.attr == "fused_ops" for c in node.comparators))
+            kernel_import = isinstance(node, ast.ImportFrom) and (
+                (node.module or "").endswith("kernels") or any(a.name == "kernels" for a in node.names))
+            if membership or kernel_import:
+                readers.append(f"{rel}:{node.lineno}")
+    assert readers == []
+    # the sqrt-softplus router (V4) is not a case the router kernel computes
+    assert not choice.uses_kernel("router_topk", FUSED_OPS, scoring="sqrtsoftplus")
+    assert choice.uses_kernel("router_topk", FUSED_OPS, scoring="sigmoid")
+    from mindformers_ds import config
+    kinds = {}
+    for fused in ((), FUSED_OPS):
+        sets = [f"model.fused_ops=[{','.join(fused)}]"] if fused else []
+        model = DeepseekForCausalLM(config.load(os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml"),
+                                                sets).model.model_config())
+        kinds[fused] = {type(c).__name__ for _, c in model.cells_and_names() if type(c).__name__.startswith("Fused")}
+    assert kinds[()] == set()
+    assert kinds[FUSED_OPS] >= {"FusedRMSNorm", "FusedSwiglu", "FusedRope", "FusedMoePermute", "FusedMoeUnpermute",
+                                "FusedGroupedMatmul", "FusedRouterTopk", "FusedMlaAttention", "FusedLmHeadNll"}

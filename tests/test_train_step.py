@@ -26,7 +26,7 @@ def make_step(model, lr_eps=1e-6, wd=0.1, clip=1.0, bias_rate=0.0, fused_clip=Fa
     opt = AdamW(weights, (0.9, 0.95), lr_eps, wd)
     grad = GradStep(LossCell(model), weights)
     apply = ApplyStep(opt, router_bias_parameters(model), bias_rate, clip, bias_rows=router_bias_rows(model),
-                      fused_clip=fused_clip)
+                      fused_ops=["grad_clip"] if fused_clip else [])
     return TrainStep(grad, apply), grad, apply, opt
 
 

@@ -42,7 +42,7 @@ def measure(config_path: str, sets, steps: int, batch: int) -> dict:
     opt = AdamW(weights, tuple(o.betas), o.eps, o.weight_decay)
     step = TrainStep(GradStep(LossCell(model), weights),
                      ApplyStep(opt, router_bias_parameters(model), mc.bias_update_rate, cfg.train.max_grad_norm,
-                               bias_rows=router_bias_rows(model), fused_clip="grad_clip" in mc.fused_ops))
+                               bias_rows=router_bias_rows(model), fused_ops=mc.fused_ops))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, mc.vocab_size, (batch, seq)).astype(np.int32)
     n_tok = batch * (seq - 1)

@@ -16,6 +16,7 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter
 
 from ..models.deepseek import results as R
+from ..ops import choice
 
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 
@@ -98,15 +99,12 @@ class ApplyStep(nn.Cell):
     `global_norm` measures the gradient norm of the whole model when parameters are split."""
 
     def __init__(self, optimizer, router_biases: List[Parameter], bias_rate: float, max_grad_norm: float,
-                 reducer=None, global_norm=None, bias_rows: Optional[List[int]] = None, fused_clip: bool = False):
+                 reducer=None, global_norm=None, bias_rows: Optional[List[int]] = None, fused_ops=()):
         """`bias_rows`: the row of the stacked expert load each bias follows (default: the i-th;
-        V4's hash-routed layers report a load but have no bias). `fused_clip` ("grad_clip" in
-        `model.fused_ops`): the norm and the scaling through the CPU kernels (ops/cpu/grad_clip.cc)."""
+        V4's hash-routed layers report a load but have no bias). With "grad_clip" in `fused_ops`
+        (`model.fused_ops`) the norm and the scaling run as the CPU kernels (ops/cpu/grad_clip.cc)."""
         super().__init__(auto_prefix=False)
-        self.sum_squares = self.scale_kernel = None
-        if fused_clip:
-            from ..ops import kernels
-            self.sum_squares, self.scale_kernel = kernels.grad_sum_squares_op(), kernels.grad_scale_op()
+        self.sum_squares, self.scale_kernel = choice.operator("grad_clip", fused_ops) or (None, None)
         self.optimizer = optimizer
         self.bias_rows = tuple(bias_rows) if bias_rows is not None else tuple(range(len(router_biases)))
         self.global_norm = global_norm  # parallel runs: the norm of the whole model, same on all ranks

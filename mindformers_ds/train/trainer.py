@@ -39,11 +39,12 @@ from ..observe.step_metrics import StepMetrics, expert_stats, steady_state
 from ..utils.io import atomic_write_json
 from ..utils.logging import MetricsWriter, setup_logging
 from .evaluation import EvalSums, eval_loss, exact_match
+from .lora import adapter_parameters, apply_lora
 from .optimizer import AdamW
 from .preflight import preflight
 from .run_data import build_run_data
 from .schedule import learning_rate
-from .setup import DistEnv, apply_freeze, build_model, set_graph_mode  # noqa: F401  (re-exported)
+from .setup import DistEnv, apply_freeze, build_model
 from .step import (AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters,
                    router_bias_rows)
 
@@ -95,7 +96,6 @@ class Trainer:
         frozen = apply_freeze(self.model, cfg.train.freeze)
         self.lora = cfg.lora.enabled
         if self.lora:
-            from .lora import apply_lora
             apply_lora(self.model, cfg.lora, cfg.train.seed)
         trainable = self.model.trainable_params()
         if not trainable:
@@ -119,7 +119,7 @@ class Trainer:
             self.sum_parts = SumOverDP(ctx)
         apply_step = ApplyStep(self.optimizer, biases, cfg.model.bias_update_rate, cfg.train.max_grad_norm,
                                reducer, global_norm, [] if self.lora else router_bias_rows(self.model),
-                               fused_clip="grad_clip" in cfg.model.fused_ops)
+                               fused_ops=cfg.model.fused_ops)
         self.grad_step, self.apply_step = grad_step, apply_step
         self.fused_step = TrainStep(grad_step, apply_step)
         self.accumulate = AccumulateGrads()
@@ -131,7 +131,6 @@ class Trainer:
         if path is None:
             return 0
         if self.lora:
-            from .lora import adapter_parameters
             ckpt.load_params(path, "adapter.safetensors", adapter_parameters(self.model))
             ckpt.load_params(path, "optimizer.safetensors", self.optimizer.state_parameters())
         else:
@@ -366,7 +365,6 @@ class Trainer:
         if not self.env.is_main:
             return
         if self.lora:
-            from .lora import adapter_parameters
             state["lora"] = {"base": self.cfg.model.pretrained, "seed": self.cfg.train.seed,
                              **dataclasses.asdict(self.cfg.lora)}
             params, filename = adapter_parameters(self.model), "adapter.safetensors"

@@ -13,7 +13,8 @@ def main() -> None:
     import mindspore as ms
     from mindformers_ds import config
     from mindformers_ds.parallel.explicit import GradReducer, distributed_world, init_context
-    from mindformers_ds.train.trainer import DistEnv, Trainer, set_graph_mode
+    from mindformers_ds.train.setup import DistEnv, set_graph_mode
+    from mindformers_ds.train.trainer import Trainer
     cfg_path, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     sets = sys.argv[4:]
     cfg = config.load(cfg_path, sets)

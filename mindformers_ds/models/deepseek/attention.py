@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Tensor
 
-from ...ops import composite
+from ...ops import choice, composite
 from .config import DeepseekConfig, RopeScaling, yarn_mscale
 from ...parallel.comm import CopyToGroup, make, tp_size
 from .layers import DTYPES, Linear, RMSNorm
@@ -59,7 +59,6 @@ class RotaryEmbedding(nn.Cell):
         inv_freq, self.attention_factor = rope_inv_freq(config.qk_rope_head_dim, config.rope_theta,
                                                         config.rope_scaling)
         self.inv_freq = Tensor(inv_freq)
-        self.fused = "rope" in config.fused_ops
 
     def construct(self, position_ids):
         return composite.rope_cos_sin(position_ids, self.inv_freq, self.attention_factor)
@@ -81,28 +80,21 @@ class MLAttention(nn.Cell):
         heads = c.num_attention_heads  # Linear divides the split dims by tp itself
         if self.use_q_lora:
             self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank, c.attention_bias, dt)
-            self.q_a_layernorm = RMSNorm(c.q_lora_rank, 1e-6, "rms_norm" in c.fused_ops)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, 1e-6, c.fused_ops)
             self.q_b_proj = Linear(c.q_lora_rank, heads * qk_dim, False, dt, "col", ctx)
         else:
             self.q_proj = Linear(c.hidden_size, heads * qk_dim, False, dt, "col", ctx)
         self.kv_a_proj_with_mqa = Linear(c.hidden_size, c.kv_lora_rank + self.rope_dim, c.attention_bias, dt)
-        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, 1e-6, "rms_norm" in c.fused_ops)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, 1e-6, c.fused_ops)
         self.kv_b_proj = Linear(c.kv_lora_rank, heads * (self.nope_dim + self.v_dim), False, dt, "col", ctx)
         self.o_proj = Linear(heads * self.v_dim, c.hidden_size, c.attention_bias, dt, "row", ctx)
         self.shared_key = make(CopyToGroup, ctx, "tp")  # k_pe feeds only this rank's heads
         self.scale = c.softmax_scale()
         self.interleave = c.rope_interleave
-        self.rope = composite.apply_rope
-        if "rope" in c.fused_ops:
-            from ...ops import kernels
-            self.rope = kernels.rope_op(self.interleave)
+        self.rope = choice.operator("rope", c.fused_ops, interleave=self.interleave)
         # scores, mask, softmax and the weighted values: one fused op (MLA's CPU kernel, CANN's
         # FlashAttentionScore on Ascend) or the composite cell, which the Ascend plan shards
-        if "mla_attention" in c.fused_ops:
-            from ...ops import kernels
-            self.core = kernels.mla_attention_op(self.scale, dt)
-        else:
-            self.core = composite.MlaAttentionCore()
+        self.core = choice.operator("mla_attention", c.fused_ops, scale=self.scale, dtype=dt)
         self.compute_dtype = dt
         self.has_indexer = c.index_topk > 0  # V3.2: DeepSeek Sparse Attention
         if self.has_indexer:

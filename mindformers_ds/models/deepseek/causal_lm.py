@@ -16,6 +16,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from ...ops import choice
 from . import results as R
 from .config import DeepseekConfig
 from .layers import DTYPES, Linear
@@ -64,10 +65,8 @@ class CausalLM(nn.Cell):
         if not self.tie:
             self.lm_head = Linear(c.hidden_size, c.vocab_size, False, DTYPES[c.compute_dtype])
         self.head_matmul = ops.MatMul(transpose_b=True)
-        self.head_nll = None  # head + cross-entropy as one kernel (no [T, V] logits kept)
-        if "lm_head_nll" in c.fused_ops:
-            from ...ops import kernels
-            self.head_nll = kernels.lm_head_nll_op(DTYPES[c.compute_dtype])
+        # head + cross-entropy as one kernel (no [T, V] logits kept), or None: logits + token_nll
+        self.head_nll = choice.operator("lm_head_nll", c.fused_ops, dtype=DTYPES[c.compute_dtype])
         self.num_layers, self.mtp_depth = c.num_hidden_layers, c.mtp_depth
         self.mtp_factor = c.mtp_loss_factor
         self.num_moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers + self.mtp_depth))
@@ -97,7 +96,7 @@ class CausalLM(nn.Cell):
 
     def head_loss(self, h, targets):
         """(sum of -log p(target), count) for hidden states h [B, S, D]."""
-        lora_on_head = not self.tie and self.lm_head.lora_rank > 0  # the kernel knows no adapters
+        lora_on_head = not self.tie and self.lm_head.has_adapter  # the kernel knows no adapters
         if self.head_nll is None or lora_on_head:
             return token_nll(self.head(h), targets)
         w = self.model.embed_tokens.weight if self.tie else self.lm_head.weight

@@ -11,7 +11,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 
-from ...ops import composite
+from ...ops import choice
 from ...parallel.comm import CopyToGroup, Identity, ReduceFromGroup, make, tp_size
 
 DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
@@ -22,8 +22,8 @@ def zeros_param(shape, name: str, requires_grad: bool = True) -> Parameter:
 
 
 class Linear(nn.Cell):
-    """y = x W^T (+ b). Optional LoRA adapters (`lora_a` [r, in], `lora_b` [out, r]) add
-    (alpha/r) * x A^T B^T; they are attached by `train.lora.apply_lora`, never by default.
+    """y = x W^T (+ b). LoRA replaces a Linear by its subclass `lora_linear.LoraLinear`, which
+    adds an adapter to `product` and keeps this cell's parameters (same objects, same names).
 
     With a parallel context of tp > 1, `parallel="col"` keeps out/tp output rows (its input
     passes Megatron's f: gradient all-reduced) and `parallel="row"` keeps in/tp input columns
@@ -32,6 +32,7 @@ class Linear(nn.Cell):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype=ms.float32,
                  parallel: Optional[str] = None, ctx=None):
         super().__init__()
+        self.init_args = (in_features, out_features, bias, compute_dtype, parallel, ctx)  # see `rebuilt`
         tp = tp_size(ctx) if parallel else 1
         if parallel == "col":
             out_features //= tp
@@ -47,35 +48,41 @@ class Linear(nn.Cell):
         self.compute_dtype = compute_dtype
         self.cast_needed = compute_dtype != ms.float32
         self.matmul = ops.MatMul(transpose_b=True)
-        self.lora_rank = 0
-        self.lora_scale = 0.0
 
-    def construct(self, x):
-        shape = x.shape
-        x2 = self.enter(x.reshape(-1, shape[-1]))
+    has_adapter = False  # LoraLinear: True (a fused head + loss kernel knows no adapters)
+
+    def rebuilt(self, cls, *extra):
+        """A `cls` (Linear or a subclass) of this one's shape holding this one's Parameters, so
+        replacing this cell by it keeps every weight and its name (see utils/cells.py)."""
+        new = cls(*self.init_args, *extra)
+        new.weight = self.weight
+        if self.has_bias:
+            new.bias = self.bias
+        return new
+
+    def product(self, x2):
+        """x2 [N, in] -> x2 W^T [N, out] in the compute dtype."""
         w = self.weight
         if self.cast_needed:
             x2 = x2.astype(self.compute_dtype)
             w = w.astype(self.compute_dtype)
-        y = self.matmul(x2, w)
-        if self.lora_rank > 0:
-            h = self.lora_matmul_a(self.lora_dropout(x2), self.lora_a.astype(x2.dtype))
-            y = y + self.lora_matmul_b(h, self.lora_b.astype(x2.dtype)) * self.lora_scale
-        y = self.leave(y)
+        return self.matmul(x2, w)
+
+    def construct(self, x):
+        shape = x.shape
+        x2 = self.enter(x.reshape(-1, shape[-1]))
+        y = self.leave(self.product(x2))
         if self.has_bias:
             y = y + self.bias.astype(y.dtype)
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
 class RMSNorm(nn.Cell):
-    def __init__(self, dim: int, eps: float = 1e-6, fused: bool = False):
+    def __init__(self, dim: int, eps: float = 1e-6, fused_ops=()):
         super().__init__()
         self.weight = Parameter(Tensor(np.ones((dim,), np.float32)), name="weight")
         self.eps = eps
-        self.norm = composite.rms_norm
-        if fused:
-            from ...ops import kernels
-            self.norm = kernels.rms_norm_op(eps)
+        self.norm = choice.operator("rms_norm", fused_ops, eps=eps)
 
     def construct(self, x):
         return self.norm(x, self.weight, self.eps)
@@ -84,7 +91,7 @@ class RMSNorm(nn.Cell):
 class MLP(nn.Cell):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); used dense and as the shared experts."""
 
-    def __init__(self, hidden: int, intermediate: int, compute_dtype=ms.float32, fused_swiglu: bool = False, ctx=None,
+    def __init__(self, hidden: int, intermediate: int, compute_dtype=ms.float32, fused_ops=(), ctx=None,
                  limit: float = 0.0):
         """`limit` > 0: V4's clipping of the gate (above) and up (both sides) pre-activations."""
         super().__init__()
@@ -92,10 +99,8 @@ class MLP(nn.Cell):
         self.gate_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype, parallel="col", ctx=ctx)
         self.up_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype, parallel="col", ctx=ctx)
         self.down_proj = Linear(intermediate, hidden, compute_dtype=compute_dtype, parallel="row", ctx=ctx)
-        self.fused = fused_swiglu
-        if fused_swiglu:
-            from ...ops import kernels
-            self.act = kernels.swiglu_op()
+        self.fused = choice.uses_kernel("swiglu", fused_ops)
+        self.act = choice.operator("swiglu", fused_ops)
 
     def construct(self, x):
         gate, up = self.gate_proj(x), self.up_proj(x)

@@ -28,14 +28,13 @@ class DecoderLayer(nn.Cell):
     def __init__(self, config: DeepseekConfig, layer_idx: int, ctx=None):
         super().__init__()
         c = config
-        fused_norm = "rms_norm" in c.fused_ops
         self.self_attn = MLAttention(c, ctx)
         self.is_moe = c.is_moe_layer(layer_idx)
         self.reuse_key = ("moe" if self.is_moe else "dense",)  # what makes two layers' graphs differ (reuse.py)
         self.mlp = MoE(c, ctx, layer_idx) if self.is_moe else MLP(c.hidden_size, c.intermediate_size, DTYPES[c.compute_dtype],
-                                                       "swiglu" in c.fused_ops, ctx)
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
+                                                       c.fused_ops, ctx)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
 
     def construct(self, h, cos, sin, mask):
         """-> (hidden, tokens per expert [E] or None, balance loss)"""
@@ -61,7 +60,7 @@ class SharedHead(nn.Cell):
 
     def __init__(self, config: DeepseekConfig):
         super().__init__()
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "rms_norm" in config.fused_ops)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.fused_ops)
 
     def construct(self, h):
         return self.norm(h)
@@ -73,9 +72,8 @@ class MTPLayer(DecoderLayer):
     def __init__(self, config: DeepseekConfig, layer_idx: int, ctx=None):
         super().__init__(config, layer_idx, ctx)
         c = config
-        fused_norm = "rms_norm" in c.fused_ops
-        self.enorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
-        self.hnorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
+        self.enorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
+        self.hnorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.eh_proj = Linear(2 * c.hidden_size, c.hidden_size, False, DTYPES[c.compute_dtype])
         self.shared_head = SharedHead(c)
 
@@ -97,7 +95,7 @@ class DeepseekModel(nn.Cell):
         layers = [layer(c, i, ctx) for i in range(c.num_hidden_layers)]
         layers += [MTPLayer(c, c.num_hidden_layers + d, ctx) for d in range(c.mtp_depth)]
         self.layers = nn.CellList(layers)
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "rms_norm" in c.fused_ops)
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.rotary_emb = RotaryEmbedding(c)
 
 

@@ -45,14 +45,13 @@ class V4Rotary(nn.Cell):
 class V4DecoderLayer(nn.Cell):
     def __init__(self, c: DeepseekConfig, layer_idx: int):
         super().__init__()
-        fused_norm = "rms_norm" in c.fused_ops
         self.is_moe = True
         self.self_attn = V4Attention(c, layer_idx)
         self.mlp = MoE(c, None, layer_idx)
         # what makes two layers' graphs differ (reuse.py): the attention type, hash or learned routing
         self.reuse_key = (self.self_attn.layer_type, "hash" if self.mlp.gate.is_hash else "learned")
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, fused_norm)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.attn_hc = HyperConnection(c)
         self.ffn_hc = HyperConnection(c)
 
@@ -73,7 +72,7 @@ class DeepseekV4Model(nn.Cell):
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
         layer = layer_class(V4DecoderLayer, c)
         self.layers = nn.CellList([layer(c, i) for i in range(c.num_hidden_layers)])
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, "rms_norm" in c.fused_ops)
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.hc_head = HyperHead(c)
         self.rotary_emb = V4Rotary(c)
 

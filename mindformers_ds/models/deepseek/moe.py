@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 
-from ...ops import composite
+from ...ops import choice, composite
 from ...parallel.comm import GatherFromGroup, ScatterSumToGroup, ep_info, make
 from .config import DeepseekConfig
 from .layers import DTYPES, MLP, zeros_param
@@ -38,10 +38,10 @@ class TopkRouter(nn.Cell):
         self.args = (c.num_experts_per_tok, c.n_group, c.topk_group, c.scoring_func, c.topk_method,
                      c.norm_topk_prob, c.routed_scaling_factor)
         self.matmul = ops.MatMul(transpose_b=True)
-        self.topk = composite.router_topk
-        if "router_topk" in c.fused_ops and c.scoring_func != "sqrtsoftplus":  # the kernel knows V2/V3 scoring
-            from ...ops import kernels
-            self.topk = kernels.router_topk_op(*self.args, c.n_routed_experts, self.has_bias)
+        self.topk = choice.operator("router_topk", c.fused_ops, top_k=c.num_experts_per_tok, n_group=c.n_group,
+                                    topk_group=c.topk_group, scoring=c.scoring_func, method=c.topk_method,
+                                    norm_topk_prob=c.norm_topk_prob, routed_scaling_factor=c.routed_scaling_factor,
+                                    num_experts=c.n_routed_experts, has_bias=self.has_bias)
 
     def construct(self, x2d, token_ids=None):
         logits = self.matmul(x2d.astype(ms.float32), self.weight.astype(ms.float32))
@@ -76,21 +76,12 @@ class Experts(nn.Cell):
         self.block = c.moe_block_size
         self.compute_dtype = DTYPES[c.compute_dtype]
         self.permute, self.unpermute = composite.moe_permute, composite.moe_unpermute
-        self.gmm = composite.grouped_matmul
-        self.act = composite.swiglu
+        fused_permute = choice.operator("moe_permute", c.fused_ops, num_experts=self.num_experts)
+        if fused_permute is not None:
+            self.permute, self.unpermute, self.block = fused_permute
+        self.gmm = choice.operator("grouped_matmul", c.fused_ops)
+        self.act = choice.operator("swiglu", c.fused_ops)
         self.limit = c.swiglu_limit
-        if "moe_permute" in c.fused_ops:
-            from ...ops import kernels
-            permute, unpermute = kernels.moe_permute_op(self.num_experts), kernels.moe_unpermute_op()
-            if permute is not None and unpermute is not None:
-                self.permute, self.unpermute = permute, unpermute
-                self.block = 1  # the kernels keep groups contiguous without padding
-        if "grouped_matmul" in c.fused_ops:
-            from ...ops import kernels
-            self.gmm = kernels.grouped_matmul_op()
-        if "swiglu" in c.fused_ops:
-            from ...ops import kernels
-            self.act = kernels.swiglu_op()
 
     def construct(self, x2d, topk_idx, topk_weight):
         """x2d [N, H] -> combined expert output [N, H]."""
@@ -123,7 +114,7 @@ class MoE(nn.Cell):
         self.has_shared = c.n_shared_experts > 0
         if self.has_shared:
             self.shared_experts = MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts,
-                                      DTYPES[c.compute_dtype], "swiglu" in c.fused_ops, ctx, c.swiglu_limit)
+                                      DTYPES[c.compute_dtype], c.fused_ops, ctx, c.swiglu_limit)
         self.top_k = c.num_experts_per_tok
         self.num_experts = c.n_routed_experts
         self.aux_alpha = c.aux_loss_alpha

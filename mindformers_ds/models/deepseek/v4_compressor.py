@@ -55,13 +55,13 @@ class WindowCompressor(nn.Cell):
     """kv_proj / gate_proj / position_bias / kv_norm of one compressor. `overlap`: CSA layout
     (two series per token, windows of 2m slots)."""
 
-    def __init__(self, hidden: int, dim: int, rate: int, overlap: bool, eps: float, fused_norm: bool = False):
+    def __init__(self, hidden: int, dim: int, rate: int, overlap: bool, eps: float, fused_ops=()):
         super().__init__()
         width = 2 * dim if overlap else dim
         self.kv_proj = Linear(hidden, width)
         self.gate_proj = Linear(hidden, width)
         self.position_bias = zeros_param((rate, width), "position_bias")
-        self.kv_norm = RMSNorm(dim, eps, fused_norm)
+        self.kv_norm = RMSNorm(dim, eps, fused_ops)
         self.dim, self.rate, self.overlap = dim, rate, overlap
 
     def compress(self, x, cos, sin):
@@ -132,7 +132,7 @@ class IndexScorer(nn.Cell):
 class HCACompressor(WindowCompressor):
     def __init__(self, c: DeepseekConfig):
         super().__init__(c.hidden_size, c.head_dim, c.compress_rate_hca, False, c.rms_norm_eps,
-                         "rms_norm" in c.fused_ops)
+                         c.fused_ops)
 
     def construct(self, x, q_resid, cos, sin, positions, segment_ids=None):
         """-> (entries [B, 1, T, D], visible [B, S, T]) or (None, None) when no window has closed."""
@@ -145,7 +145,7 @@ class HCACompressor(WindowCompressor):
 class CSACompressor(WindowCompressor):
     def __init__(self, c: DeepseekConfig):
         super().__init__(c.hidden_size, c.head_dim, c.compress_rate_csa, True, c.rms_norm_eps,
-                         "rms_norm" in c.fused_ops)
+                         c.fused_ops)
         self.indexer = V4Indexer(c)
 
     def construct(self, x, q_resid, cos, sin, positions, segment_ids=None):
