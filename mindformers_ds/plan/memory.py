@@ -7,7 +7,7 @@ the attention probabilities, router scores and the logits/softmax of the head in
 replicas: dp for dense parameters, dp*tp/ep for routed experts (expert data parallelism).
 
 Activations are the tensors the backward pass reads, counted per layer (Korthikanti et al.'s
-method applied to MLA and DeepSeekMoE; every term is listed in `layer_activation_bytes`).
+method applied to MLA and DeepSeekMoE; each block lists its terms in models/deepseek/facts/).
 Tensor parallelism splits the per-head and FFN terms; sequence parallelism also the
 per-token hidden-size terms. With full recompute a layer keeps only its input, plus one
 layer's activations live while it is recomputed. Under 1F1B the first stage holds `pp`
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Dict, List
 
 from ..models.deepseek.config import DeepseekConfig
+from ..models.deepseek.facts.base import ActivationShape
+from ..models.deepseek.facts.model import HeadFacts, layer_facts
 from ..parallel.layout import layout_table, mesh_sizes
 
 GB = 1024 ** 3
@@ -64,56 +66,16 @@ def params_per_device(model: DeepseekConfig, par, lora=None) -> List[StageParams
 
 def layer_activation_bytes(c: DeepseekConfig, layer: int, tokens: int, batch: int, seq: int, tp: int,
                            sequence_parallel: bool, act_bytes: int) -> Dict[str, float]:
-    """Bytes one layer keeps for its backward, per micro-batch of `tokens` = batch*seq."""
-    h, nh = c.hidden_size, c.num_attention_heads / tp
-    qk, v = c.qk_nope_head_dim + c.qk_rope_head_dim, c.v_head_dim
-    sp = tp if sequence_parallel else 1
-    B, F = act_bytes, 4
-    t = float(tokens)
-    if c.is_v4:
-        return v4_activation_bytes(c, layer, t, batch, seq, B)
-    attn = B * t * 2 * h / sp                                   # norm input and output
-    if c.q_lora_rank:
-        attn += B * t * 2 * c.q_lora_rank                       # q_a output, its norm output
-    attn += B * t * (2 * c.kv_lora_rank + c.qk_rope_head_dim)   # kv_a output, kv norm output
-    attn += B * t * nh * (2 * qk + 2 * v)                       # q, k, v and the attention output
-    attn += F * batch * nh * seq * seq                          # softmax probabilities
-    out = {"attention": attn}
-    if c.is_moe_layer(layer):
-        inter, k = c.moe_intermediate_size, c.num_experts_per_tok
-        moe = B * t * 2 * h / sp + F * t * 2 * c.n_routed_experts          # norm; router scores
-        moe += B * t * 3 * inter * c.n_shared_experts / tp                   # shared gate/up/act
-        moe += B * t * k * (2 * h + 3 * inter)                               # permuted in, gate/up, act, out
-        out["moe"] = moe
-    else:
-        out["mlp"] = B * t * 2 * h / sp + B * t * 3 * c.intermediate_size / tp
-    if layer >= c.num_hidden_layers:                                         # MTP: norms, concat, eh_proj
-        out["mtp_inputs"] = B * t * 5 * h
-    return out
-
-
-def v4_activation_bytes(c: DeepseekConfig, layer: int, t: float, batch: int, seq: int, B: int) -> Dict[str, float]:
-    """A V4 layer (attention replicated, as in transformers' TP plan): the n residual streams around
-    both blocks, q/kv/compressed entries, the [S, S + T] probabilities, the MoE as in V3."""
-    h, nh, d, n, F = c.hidden_size, c.num_attention_heads, c.head_dim, c.hc_mult, 4
-    kind = c.layer_types[layer]
-    rate = {"compressed_sparse_attention": c.compress_rate_csa, "heavily_compressed_attention": c.compress_rate_hca}
-    entries = seq // rate[kind] if kind in rate else 0
-    hc = F * t * 2 * (2 * n * h + (2 + n) * n)                                 # streams, flat norm, mixes (x2)
-    attn = B * t * (2 * h + 2 * c.q_lora_rank + 3 * nh * d + 2 * d)           # norms, q latent, q, out, kv
-    attn += F * batch * nh * seq * (seq + entries)                             # probabilities
-    if entries:
-        attn += B * t * 4 * d * (2 if kind == "compressed_sparse_attention" else 1)  # compressor kv/gate
-    inter, k = c.moe_intermediate_size, c.num_experts_per_tok
-    moe = B * t * 2 * h + F * t * 2 * c.n_routed_experts + B * t * 3 * inter * c.n_shared_experts
-    moe += B * t * k * (2 * h + 3 * inter)
-    return {"hyper_connections": hc, "attention": attn, "moe": moe}
+    """Bytes one layer keeps for its backward, per micro-batch of `tokens` = batch*seq, by block
+    (each block states its own terms: facts/)."""
+    shape = ActivationShape(float(tokens), batch, seq, tp, tp if sequence_parallel else 1, act_bytes)
+    return layer_facts(c, layer).activations(shape)
 
 
 def head_activation_bytes(c: DeepseekConfig, tokens: int, tp: int, vocab_parallel: bool, act_bytes: int) -> float:
     """Final norm, then the fp32 logits and softmax the loss backward reads (per head: main + MTP)."""
-    v = c.vocab_size / (tp if vocab_parallel else 1)
-    return (1 + c.mtp_depth) * (act_bytes * tokens * 2 * c.hidden_size + 4 * tokens * 2 * v)
+    shape = ActivationShape(float(tokens), 1, tokens, tp, 1, act_bytes)
+    return HeadFacts(c).head_activations(shape, tp if vocab_parallel else 1)
 
 
 @dataclass(frozen=True)
