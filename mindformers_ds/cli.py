@@ -23,12 +23,13 @@ def cmd_train(a) -> int:
     distributed = launched_workers() > 1  # started by msrun (mfds launch)
     preflight(cfg, distributed)  # refusals come before anything is created or imported
     route_native_logs(cfg.train.output_dir, cfg.logging.level)  # before MindSpore loads
-    from .parallel.explicit import init_context
-    from .train.setup import DistEnv, set_graph_mode
+    from .parallel.executors import executor_for
+    from .train.setup import set_graph_mode
     from .train.trainer import Trainer
     set_graph_mode()
-    env = DistEnv(init_context(cfg.parallel)) if distributed else DistEnv()
-    summary = Trainer(cfg, env).run()
+    executor = executor_for(cfg.parallel)
+    env = executor.start(cfg, distributed)
+    summary = Trainer(cfg, env, executor).run()
     if env.is_main:
         _print_summary(summary)
     return 0

@@ -29,15 +29,15 @@ def test_v4_with_43_layers_trains_in_one_process_and_under_dp2(tmp_path):
     assert len(a["expert_load"]) == 43
 
 
-def test_v4_tensor_or_expert_parallelism_is_refused_before_any_worker_starts(tmp_path):
+def test_a_v4_layout_that_does_not_divide_is_refused_before_any_worker_starts(tmp_path):
+    """V4 runs tp and ep now (tests/test_parallel_v4.py); a layout its fields do not divide is
+    refused in one line naming the field, before any worker starts."""
     import subprocess
     import sys
-    for axis in ("tp", "ep"):
-        extra = ["--set", "parallel.dp=2"] if axis == "ep" else []
-        r = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--", "train", "--config",
+    for sets, want in ((["parallel.dp=4", "parallel.ep=3"], "parallel.ep=3 must divide model.n_routed_experts=8"),):
+        r = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "4", "--", "train", "--config",
                             os.path.join(ROOT, "configs/deepseek_v4/finetune_tiny.yaml"), "--set",
-                            f"train.output_dir={tmp_path}", "--set", f"parallel.{axis}=2", *extra],
+                            f"train.output_dir={tmp_path}", *[a for x in sets for a in ("--set", x)]],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and not os.path.exists(os.path.join(str(tmp_path), "logs"))
-        assert r.stderr.strip() == (f"error: --set: parallel.{axis}=2: the explicit executor runs DeepSeek-V4 data "
-                                    f"parallel only (parallel.dp); its tensor and expert parallelism are not built yet")
+        assert r.stderr.strip() == f"error: --set: {want}"

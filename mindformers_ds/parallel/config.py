@@ -17,18 +17,6 @@ def launched_workers() -> int:
     return int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")) or 1)
 
 
-def check_explicit_model(cfg) -> None:
-    """What the explicit executor runs of each family: DeepSeek-V4 data parallel only so far."""
-    from ..errors import ConfigError
-    par = cfg.parallel
-    if cfg.model.is_v4:
-        for axis in ("tp", "ep"):
-            if getattr(par, axis) > 1:
-                raise ConfigError(cfg.origin(f"parallel.{axis}"), f"parallel.{axis}",
-                                  f"parallel.{axis}={getattr(par, axis)}: the explicit executor runs DeepSeek-V4 data "
-                                  f"parallel only (parallel.dp); its tensor and expert parallelism are not built yet")
-
-
 def stage_layer_counts(num_layers: int, pp: int, pp_offset: List[int] | None) -> List[int]:
     """Layers per pipeline stage: the even split plus MindFormers-style per-stage offsets."""
     base = [num_layers // pp] * pp

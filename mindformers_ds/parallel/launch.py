@@ -94,19 +94,11 @@ def _watch_workers(proc: subprocess.Popen, local_ranks, status_dir: str, poll: f
 def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
            master_port: int = 8118, log_dir: Optional[str] = None, cluster_timeout: int = 120,
            poll: float = 0.5) -> int:
-    from ..errors import ConfigError
     world = nproc * nnodes
     cfg = _train_config(train_args)
     if cfg is not None:
-        from .config import check_explicit_model
-        from .explicit import check_explicit_layout
-        if cfg.parallel.executor != "ascend":
-            check_explicit_layout(cfg.parallel, world, cfg.origin)
-            check_explicit_model(cfg)
-        elif cfg.parallel.world_size != world:
-            set_by = [cfg.origin(f"parallel.{k}") for k in ("dp", "tp", "pp")]
-            raise ConfigError("--set" if "--set" in set_by else cfg.source, "parallel",
-                              f"parallel.dp*tp*pp={cfg.parallel.world_size} must equal --nproc*--nnodes={world}")
+        from .executors import executor_for
+        executor_for(cfg.parallel).check(cfg, world)
         from ..train.preflight import check_memory, check_output_dir
         check_output_dir(cfg)  # before any worker starts (they check again, before writing)
         check_memory(cfg, nproc, os.environ.get("MFDS_DEVICE") or "CPU")  # every worker of this host
@@ -143,6 +135,23 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
               open(os.path.join(status_dir, f"rank_{r}.done")).read().strip() not in ("0", "")]
     if code != 0 or failed:
         which = f" (rank {', '.join(map(str, failed))} exited with an error)" if failed else ""
+        for line in _worker_errors(log_dir, failed or local_ranks):
+            print(line, file=sys.stderr, flush=True)
         print(f"error: distributed job failed with status {code}{which}; see {log_dir}", file=sys.stderr, flush=True)
         return code or 1
     return 0
+
+
+def _worker_errors(log_dir: str, ranks) -> List[str]:
+    """The workers' own one-line `error: ...` messages, each distinct one once (a config error
+    every rank meets is shown once)."""
+    seen: List[str] = []
+    for r in ranks:
+        path = os.path.join(log_dir, f"worker_{r}.log")
+        if not os.path.isfile(path):
+            continue
+        with open(path, errors="replace") as f:
+            errors = [ln.rstrip("\n") for ln in f if ln.startswith("error: ")]
+        if errors and errors[-1] not in seen:
+            seen.append(errors[-1])
+    return seen

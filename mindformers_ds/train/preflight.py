@@ -165,10 +165,12 @@ def preflight(cfg: RunConfig, distributed: bool = False):
     notes to log once logging is set up). Under `mfds launch` the launcher checks the memory of
     all its workers at once, so workers skip it."""
     check_output_dir(cfg)
-    if distributed:
-        from ..parallel.config import check_explicit_model
-        check_explicit_model(cfg)
-    else:
+    from ..parallel.config import launched_workers
+    from ..parallel.executors import executor_for
+    executor = executor_for(cfg.parallel)
+    if distributed or executor.name == "ascend":
+        executor.check(cfg, launched_workers())
+    if not distributed:
         check_memory(cfg, 1, os.environ.get("MFDS_DEVICE") or "CPU")
     tok = load_tokenizer(cfg)
     cfg, note = resolve_missing_mtp(cfg)

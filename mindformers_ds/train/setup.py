@@ -20,24 +20,29 @@ log = logging.getLogger("mindformers_ds.train")
 @dataclass
 class DistEnv:
     """Where this process sits in a parallel job: `ctx` is the explicit executor's
-    ParallelContext (None for a single process)."""
+    ParallelContext, `ranks` the Ascend executor's AscendRanks (both None: one process)."""
     ctx: object = None
+    ranks: object = None
+
+    @property
+    def _where(self):
+        return self.ctx if self.ctx is not None else self.ranks
 
     @property
     def rank(self) -> int:
-        return 0 if self.ctx is None else self.ctx.rank
+        return 0 if self._where is None else self._where.rank
 
     @property
     def world(self) -> int:
-        return 1 if self.ctx is None else self.ctx.world
+        return 1 if self._where is None else self._where.world
 
     @property
     def dp(self) -> int:
-        return 1 if self.ctx is None else self.ctx.dp
+        return 1 if self._where is None else self._where.dp
 
     @property
     def dp_rank(self) -> int:
-        return 0 if self.ctx is None else self.ctx.dp_rank
+        return 0 if self._where is None else self._where.dp_rank
 
     @property
     def is_main(self) -> bool:

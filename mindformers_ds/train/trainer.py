@@ -44,7 +44,8 @@ from .optimizer import AdamW
 from .preflight import preflight
 from .run_data import build_run_data
 from .schedule import learning_rate
-from .setup import DistEnv, apply_freeze, build_model
+from ..parallel.executors import executor_for
+from .setup import DistEnv, apply_freeze
 from .step import (AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters,
                    router_bias_rows)
 
@@ -78,21 +79,21 @@ def interruptible():
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, env: Optional[DistEnv] = None):
+    def __init__(self, cfg: RunConfig, env: Optional[DistEnv] = None, executor=None):
+        """`executor`: parallel/executors.py's choice for `parallel.executor` (default: resolved here)."""
         self.cfg = cfg
         self.env = env or DistEnv()
+        self.executor = executor or executor_for(cfg.parallel)
         self.out = cfg.train.output_dir
         self.ckpt_root = os.path.join(self.out, "checkpoints")
 
     # ---- setup ---------------------------------------------------------------------------
     def _setup_model(self) -> None:
         cfg = self.cfg
-        ctx = self.env.ctx
-        self.table = None
-        if ctx is not None:
-            from ..parallel.layout import layout_table
-            self.table = layout_table(cfg.model.model_config(), cfg.parallel)
-        self.model = build_model(cfg, ctx, self.table)
+        log.info("executor: %s (parallel.executor=%s; %d worker%s)", self.executor.name, cfg.parallel.executor,
+                 self.env.world, "s" if self.env.world > 1 else "")
+        self.table = self.executor.layout(cfg, self.env)
+        self.model = self.executor.build(cfg, self.env, self.table)
         frozen = apply_freeze(self.model, cfg.train.freeze)
         self.lora = cfg.lora.enabled
         if self.lora:
@@ -110,18 +111,12 @@ class Trainer:
         grad_step = GradStep(LossCell(self.model), trainable)
         # LoRA keeps the whole base model fixed, router correction biases included
         biases = [] if self.lora else router_bias_parameters(self.model)
-        reducer = global_norm = None
-        self.sum_parts = None
-        if ctx is not None:
-            from ..parallel.explicit import GlobalNorm, GradReducer, SumOverDP
-            reducer = GradReducer(trainable, self.table, ctx)
-            global_norm = GlobalNorm(trainable, self.table, ctx)
-            self.sum_parts = SumOverDP(ctx)
+        reducer, global_norm, self.sum_parts = self.executor.collectives(trainable, self.table, self.env)
         apply_step = ApplyStep(self.optimizer, biases, cfg.model.bias_update_rate, cfg.train.max_grad_norm,
                                reducer, global_norm, [] if self.lora else router_bias_rows(self.model),
                                fused_ops=cfg.model.fused_ops)
         self.grad_step, self.apply_step = grad_step, apply_step
-        self.fused_step = TrainStep(grad_step, apply_step)
+        self.fused_step = self.executor.wrap(TrainStep(grad_step, apply_step), cfg)
         self.accumulate = AccumulateGrads()
         self.eval_sums = EvalSums(self.model)
 

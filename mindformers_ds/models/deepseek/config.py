@@ -95,6 +95,7 @@ class DeepseekConfig:
     moe_block_size: int = 32             # rows per expert block in the blocked grouped matmul
     fused_ops: List[str] = field(default_factory=list)
     cell_reuse: bool = True              # repeated decoder layers compiled once (models/deepseek/reuse.py)
+    attention_types: List[str] = field(default_factory=list)  # per V2/V3 layer (attention_types.py); []: MLA
 
     # ---- derived -------------------------------------------------------------------
     @property
@@ -186,6 +187,8 @@ class DeepseekConfig:
             need(self.topk_method != "noaux_tc" or self.scoring_func == ("sqrtsoftplus" if self.is_v4 else "sigmoid"),
                  "scoring_func", f"{p}scoring_func={self.scoring_func!r} must be 'sigmoid' with {p}topk_method="
                  "'noaux_tc' (the V3 router; V4's is 'sqrtsoftplus')")
+        from .attention_types import attention_problems
+        out += attention_problems(self, p)
         if self.is_v4:
             from .config_v4 import v4_problems
             out += v4_problems(self, p)
@@ -279,11 +282,13 @@ class DeepseekConfig:
         arch = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v32": "DeepseekV32ForCausalLM"}.get(
             self.model_type, "DeepseekV3ForCausalLM")
         hf_only = {"aux_loss_alpha", "seq_aux", "bias_update_rate", "mtp_loss_factor", "compute_dtype",
-                   "moe_block_size", "fused_ops", "cell_reuse", "rope_scaling", "rope_theta"}
+                   "moe_block_size", "fused_ops", "cell_reuse", "rope_scaling", "rope_theta", "attention_types"}
         d: Dict[str, Any] = {"architectures": [arch]}
         for f in dataclasses.fields(self):
             if f.name not in hf_only and f.name not in V4_FIELDS:
                 d[f.name] = getattr(self, f.name)
+        if self.attention_types:  # not an HF field: written only when a layer is not MLA
+            d["attention_types"] = list(self.attention_types)
         d["aux_loss_alpha"] = self.aux_loss_alpha
         d["seq_aux"] = self.seq_aux
         d["num_key_value_heads"] = self.num_attention_heads

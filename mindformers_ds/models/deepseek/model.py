@@ -14,7 +14,8 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from . import results as R
-from .attention import MLAttention, RotaryEmbedding
+from .attention import RotaryEmbedding
+from .attention_types import attention_type, cell_class
 from .causal_lm import IGNORE_INDEX, CausalLM, shift_left, shifted_targets, token_nll  # noqa: F401  (public)
 from .config import DeepseekConfig
 from .layers import DTYPES, MLP, Embedding, Linear, RMSNorm
@@ -28,9 +29,10 @@ class DecoderLayer(nn.Cell):
     def __init__(self, config: DeepseekConfig, layer_idx: int, ctx=None):
         super().__init__()
         c = config
-        self.self_attn = MLAttention(c, ctx)
+        kind = attention_type(c, layer_idx)
+        self.self_attn = cell_class(kind)(c, ctx)
         self.is_moe = c.is_moe_layer(layer_idx)
-        self.reuse_key = ("moe" if self.is_moe else "dense",)  # what makes two layers' graphs differ (reuse.py)
+        self.reuse_key = ("moe" if self.is_moe else "dense", kind)  # what makes two layers' graphs differ (reuse.py)
         self.mlp = MoE(c, ctx, layer_idx) if self.is_moe else MLP(c.hidden_size, c.intermediate_size, DTYPES[c.compute_dtype],
                                                        c.fused_ops, ctx)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)

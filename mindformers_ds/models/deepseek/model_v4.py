@@ -24,7 +24,8 @@ from . import results as R
 from .causal_lm import CausalLM
 from .moe import MoE
 from .reuse import layer_class
-from .v4_attention import V4Attention, sliding_window_bias
+from .attention_types import attention_type, cell_class
+from .v4_attention import sliding_window_bias
 
 
 class V4Rotary(nn.Cell):
@@ -43,11 +44,15 @@ class V4Rotary(nn.Cell):
 
 
 class V4DecoderLayer(nn.Cell):
-    def __init__(self, c: DeepseekConfig, layer_idx: int):
+    """Under the explicit executor's tp/ep the MoE splits as V3's (routed experts over ep, shared
+    experts by width over tp); attention, compressors, indexers and mHC stay whole on every rank
+    (the layout table's roles: mla_latent, compressor, indexer, hc are replicated)."""
+
+    def __init__(self, c: DeepseekConfig, layer_idx: int, ctx=None):
         super().__init__()
         self.is_moe = True
-        self.self_attn = V4Attention(c, layer_idx)
-        self.mlp = MoE(c, None, layer_idx)
+        self.self_attn = cell_class(attention_type(c, layer_idx))(c, layer_idx)
+        self.mlp = MoE(c, ctx, layer_idx)
         # what makes two layers' graphs differ (reuse.py): the attention type, hash or learned routing
         self.reuse_key = (self.self_attn.layer_type, "hash" if self.mlp.gate.is_hash else "learned")
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
@@ -66,28 +71,21 @@ class V4DecoderLayer(nn.Cell):
 
 
 class DeepseekV4Model(nn.Cell):
-    def __init__(self, c: DeepseekConfig):
+    def __init__(self, c: DeepseekConfig, ctx=None):
         super().__init__()
         self.hc_mult, self.window = c.hc_mult, c.sliding_window
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
         layer = layer_class(V4DecoderLayer, c)
-        self.layers = nn.CellList([layer(c, i) for i in range(c.num_hidden_layers)])
+        self.layers = nn.CellList([layer(c, i, ctx) for i in range(c.num_hidden_layers)])
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.hc_head = HyperHead(c)
         self.rotary_emb = V4Rotary(c)
 
 
 class DeepseekV4ForCausalLM(CausalLM):
-    def __init__(self, config: DeepseekConfig, parallel=None):
-        # data parallelism keeps every weight whole, so the model is built as for one process;
-        # the executor's layout check refuses V4 with tp or ep > 1 before anything is built
-        if parallel is not None and (parallel.tp > 1 or parallel.ep > 1):
-            raise ValueError("deepseek_v4 runs data parallel only under the explicit executor (tp = ep = 1)")
-        super().__init__(config, None)
-
     @staticmethod
     def make_backbone(c: DeepseekConfig, parallel):
-        return DeepseekV4Model(c)
+        return DeepseekV4Model(c, parallel)
 
     @classmethod
     def family_for(cls, config: DeepseekConfig):

@@ -1,27 +1,18 @@
 """The blocks a config builds, in the model's order: embedding, decoder layers (attention and
 feed-forward, V4's hyper-connections, the MTP modules of V3), final norm, head.
 
-`ATTENTION_FACTS` maps a layer's attention type to its facts: "mla" (V2/V3/V3.2) and V4's
-three types; `attention_type(c, i)` is the type layer i builds.
+A layer's attention facts come from the type it builds (attention_types.py: "mla" for
+V2/V3/V3.2, V4's three types, and whatever else is registered).
 """
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Dict, Iterator, List
+from typing import Dict, Iterator, List
 
+from ..attention_types import REGISTRY, attention_type
 from .base import ActivationShape, BlockFacts, Composite, Norms, Spec
 from .ffn import MoeFacts, ffn_facts
-from .mla import MlaFacts
-from .v4_attention import CSA, HCA, SLIDING, HyperConnectionFacts, V4AttentionFacts, attention_kind
-
-ATTENTION_FACTS: Dict[str, Callable[..., BlockFacts]] = {
-    "mla": lambda c, prefix, layer: MlaFacts(c, prefix),
-    SLIDING: V4AttentionFacts, CSA: V4AttentionFacts, HCA: V4AttentionFacts,
-}
-
-
-def attention_type(c, layer: int) -> str:
-    return attention_kind(c, layer) if c.is_v4 else "mla"
+from .v4_attention import HyperConnectionFacts
 
 
 class MtpInputFacts(BlockFacts):
@@ -55,7 +46,7 @@ class ReplicatedLayer(Composite):
 
 def layer_facts(c, i: int) -> BlockFacts:
     p = f"model.layers.{i}."
-    attention = ATTENTION_FACTS[attention_type(c, i)](c, p + "self_attn.", i)
+    attention = REGISTRY[attention_type(c, i)].facts(c, p + "self_attn.", i)
     norms = Norms(p, c.hidden_size, "input_layernorm.weight", "post_attention_layernorm.weight")
     if c.is_v4:
         return ReplicatedLayer([norms, HyperConnectionFacts(c, p + "attn_hc."), HyperConnectionFacts(c, p + "ffn_hc."),

@@ -1,0 +1,151 @@
+"""One executor interface, chosen once from `parallel.executor`.
+
+    explicit  each rank builds its slices of the model and the collectives are our own cells
+              (parallel/explicit.py); runs under msrun on CPU (mccl) and on Ascend
+    ascend    the model is built whole and MindSpore's semi-auto parallel shards it from the
+              layout table (parallel/ascend.py: `.shard()` strategies, pipeline stages,
+              recompute, AutoParallel with optimizer sharding and a strategy file)
+    auto      ascend on an Ascend device, explicit elsewhere
+
+`mfds train` / `mfds launch` pick the executor here; the trainer asks it for the model, the
+gradient collectives and the step wrapper. On CPU, MindSpore refuses semi-auto parallel once a
+job has more than one worker ("Invalid communication backend: CPU for semi_auto_parallel"):
+an `ascend` run goes through all of our code and stops there with one line naming
+`parallel.executor=explicit`. A single-process `ascend` run compiles and trains on CPU too
+(semi-auto over one device), which is how the wiring is tested here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import ConfigError
+
+EXECUTORS = ("auto", "ascend", "explicit")
+CPU_REFUSAL = "Invalid communication backend"  # MindSpore 2.10's words, at the first compile
+
+
+def resolve_executor(name: str, device: str) -> str:
+    """`auto` -> `ascend` on an Ascend device, `explicit` elsewhere."""
+    if name == "auto":
+        return "ascend" if device == "Ascend" else "explicit"
+    return name
+
+
+def device_target() -> str:
+    return os.environ.get("MFDS_DEVICE") or "CPU"
+
+
+@dataclass(frozen=True)
+class AscendRanks:
+    """Where a worker sits under semi-auto parallel: MindSpore orders ranks stage-major, then dp,
+    then tp (rank = stage*dp*tp + dp_index*tp + tp_index). The trainer feeds each dp index its rows."""
+    rank: int
+    world: int
+    dp: int
+    tp: int
+
+    @property
+    def dp_rank(self) -> int:
+        return (self.rank // self.tp) % self.dp
+
+
+class ExplicitExecutor:
+    name = "explicit"
+
+    def check(self, cfg, world: int) -> None:
+        """The layouts this executor runs, as one-line errors before anything starts."""
+        from .explicit import check_explicit_layout
+        check_explicit_layout(cfg.parallel, world, cfg.origin)
+
+    def start(self, cfg, distributed: bool):
+        from ..train.setup import DistEnv
+        if not distributed:
+            return DistEnv()
+        from .explicit import init_context
+        return DistEnv(init_context(cfg.parallel, device_target()))
+
+    def layout(self, cfg, env):
+        """The layout table when the model is split over ranks (None: a whole model)."""
+        if env.ctx is None:
+            return None
+        from .layout import layout_table
+        return layout_table(cfg.model.model_config(), cfg.parallel)
+
+    def build(self, cfg, env, table):
+        from ..train.setup import build_model
+        return build_model(cfg, env.ctx, table)
+
+    def collectives(self, trainable, table, env):
+        """(gradient reducer, global norm, sum over dp) of the step; None where one process."""
+        if env.ctx is None:
+            return None, None, None
+        from .explicit import GlobalNorm, GradReducer, SumOverDP
+        return GradReducer(trainable, table, env.ctx), GlobalNorm(trainable, table, env.ctx), SumOverDP(env.ctx)
+
+    def wrap(self, cell, cfg):
+        return cell
+
+
+class AscendExecutor(ExplicitExecutor):
+    name = "ascend"
+
+    def check(self, cfg, world: int) -> None:
+        par = cfg.parallel
+        if par.world_size != world:
+            set_by = [cfg.origin(f"parallel.{k}") for k in ("dp", "tp", "pp")]
+            raise ConfigError("--set" if "--set" in set_by else cfg.source, "parallel",
+                              f"parallel.dp*tp*pp={par.world_size} must equal the number of workers ({world})")
+        if cfg.train.grad_accum_steps > 1:
+            raise ConfigError(cfg.origin("train.grad_accum_steps"), "train.grad_accum_steps",
+                              f"train.grad_accum_steps={cfg.train.grad_accum_steps}: the Ascend executor accumulates "
+                              "through the pipeline's parallel.micro_batches; use 1 (or parallel.executor=explicit)")
+
+    def start(self, cfg, distributed: bool):
+        from ..train.setup import DistEnv
+        if not distributed:
+            return DistEnv()
+        from mindspore.communication import get_group_size, get_rank, init
+        init()
+        return DistEnv(ranks=AscendRanks(get_rank(), get_group_size(), cfg.parallel.dp, cfg.parallel.tp))
+
+    def layout(self, cfg, env):
+        return None  # built whole: MindSpore slices the parameters from the strategies
+
+    def build(self, cfg, env, table):
+        from ..train.setup import build_model
+        from .ascend import apply
+        model = build_model(cfg, None, None)
+        apply(model, cfg.parallel, cfg.train.micro_batch_size, cfg.data.seq_length)
+        return model
+
+    def collectives(self, trainable, table, env):
+        return None, None, None  # MindSpore inserts the gradient and loss reductions itself
+
+    def wrap(self, cell, cfg):
+        from .ascend import wrap
+        return RefusalToLine(wrap(cell, cfg.parallel, cfg.train.output_dir), cfg.source)
+
+
+class RefusalToLine:
+    """Calls the AutoParallel cell; MindSpore's refusal of the CPU backend becomes one line."""
+
+    def __init__(self, cell, source: str):
+        self.cell, self.source = cell, source
+
+    def __call__(self, *args):
+        try:
+            return self.cell(*args)
+        except RuntimeError as e:
+            if CPU_REFUSAL not in str(e):
+                raise
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(self.source, "parallel.executor",
+                              f"parallel.executor=ascend: MindSpore refuses semi-auto parallel here ({first!r}); "
+                              "on CPU use parallel.executor=explicit") from None
+
+
+def executor_for(par, device: Optional[str] = None):
+    name = resolve_executor(par.executor, device or device_target())
+    return AscendExecutor() if name == "ascend" else ExplicitExecutor()
