@@ -186,17 +186,14 @@ def cmd_plan(a) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's help ends with its default
-    p = argparse.ArgumentParser(prog="mfds", description="MindSpore training stack for DeepSeek models",
-                                formatter_class=fmt)
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,generate,eval,data,launch,lora,report,plan,convert}")
+def with_config(sp, required=True):
+    sp.add_argument("--config", required=required, help="run YAML")
+    sp.add_argument("--set", action="append", default=[], metavar="A.B=V",
+                    help="override a config field (repeatable), e.g. --set train.max_steps=100")
 
-    def with_config(sp, required=True):
-        sp.add_argument("--config", required=required, help="run YAML")
-        sp.add_argument("--set", action="append", default=[], metavar="A.B=V",
-                        help="override a config field (repeatable), e.g. --set train.max_steps=100")
 
+def add_model_commands(sub, fmt) -> None:
+    """train, generate, eval."""
     t = sub.add_parser("train", help="train / fine-tune from a YAML config", formatter_class=fmt)
     with_config(t)
     t.set_defaults(fn=cmd_train)
@@ -225,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="held-out records scored by greedy generation (0: loss only)")
         g.set_defaults(fn=fn)
 
+
+def add_tool_commands(sub, fmt) -> None:
+    """data, launch, lora, report, plan."""
     d = sub.add_parser("data", help="data tools", formatter_class=fmt)
     dsub = d.add_subparsers(dest="data_cmd", required=True, metavar="{demo,prepare}")
     dd = dsub.add_parser("demo", help="write the demo instruction dataset", formatter_class=fmt)
@@ -274,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(fn=cmd_plan)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's help ends with its default
+    p = argparse.ArgumentParser(prog="mfds", description="MindSpore training stack for DeepSeek models",
+                                formatter_class=fmt)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{train,generate,eval,data,launch,lora,report,plan,convert}")
+    add_model_commands(sub, fmt)
+    add_tool_commands(sub, fmt)
     from .checkpoint.cli import add_convert_parser
     add_convert_parser(sub, fmt)
     return p

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .config_common import (FUSED_OPS, MODEL_TYPES, SCORING_FUNCS, TOPK_METHODS, V4_ATTENTION_TYPES,  # noqa: F401
-                            V4_FIELDS, V4_MLP_TYPES, RopeScaling, rope_scaling_from, yarn_mscale)
+                            V4_FIELDS, V4_MLP_TYPES, RopeScaling, moe_problems, rope_scaling_from, yarn_mscale)
 
 log = logging.getLogger(__name__)
 
@@ -169,36 +169,15 @@ class DeepseekConfig:
              f"{p}compute_dtype={self.compute_dtype!r} must be float32, float16 or bfloat16")
         bad_ops = [o for o in self.fused_ops if o not in FUSED_OPS]
         need(not bad_ops, "fused_ops", f"{p}fused_ops={bad_ops} are unknown; known: {list(FUSED_OPS)}")
-        if self.n_routed_experts > 0:
-            e, g = self.n_routed_experts, self.n_group
-            need(g > 0 and e % g == 0, "n_group", f"{p}n_group={g} must divide {p}n_routed_experts={e}")
-            need(0 < self.topk_group <= max(g, 1), "topk_group",
-                 f"{p}topk_group={self.topk_group} must be in [1, {p}n_group={g}]")
-            need(self.moe_intermediate_size > 0, "moe_intermediate_size",
-                 f"{p}moe_intermediate_size={self.moe_intermediate_size} must be > 0")
-            if g > 0 and e % g == 0 and 0 < self.topk_group <= g:
-                reachable = self.topk_group * (e // g)
-                need(0 < self.num_experts_per_tok <= reachable, "num_experts_per_tok",
-                     f"{p}num_experts_per_tok={self.num_experts_per_tok} must be in [1, {reachable}] (the experts"
-                     f" of {p}topk_group={self.topk_group} groups)")
-            if self.topk_method == "noaux_tc" and g > 1:
-                need(e // g >= 2, "n_group",
-                     f"{p}n_group={g} leaves {e // g} expert per group; noaux_tc scores groups by their top-2")
-            need(self.topk_method != "noaux_tc" or self.scoring_func == ("sqrtsoftplus" if self.is_v4 else "sigmoid"),
-                 "scoring_func", f"{p}scoring_func={self.scoring_func!r} must be 'sigmoid' with {p}topk_method="
-                 "'noaux_tc' (the V3 router; V4's is 'sqrtsoftplus')")
+        out += moe_problems(self, p)
         from .attention_types import attention_problems
         out += attention_problems(self, p)
         if self.is_v4:
             from .config_v4 import v4_problems
             out += v4_problems(self, p)
         elif self.model_type == "deepseek_v32":
-            need(self.index_topk > 0, "index_topk", f"{p}index_topk={self.index_topk} must be > 0 for deepseek_v32")
-            need(self.q_lora_rank is not None, "q_lora_rank",
-                 f"{p}q_lora_rank must be set for deepseek_v32 (the indexer reads the q latent)")
-            need(self.index_n_heads > 0, "index_n_heads", f"{p}index_n_heads={self.index_n_heads} must be > 0")
-            need(self.index_head_dim >= self.qk_rope_head_dim, "index_head_dim",
-                 f"{p}index_head_dim={self.index_head_dim} must be >= {p}qk_rope_head_dim={self.qk_rope_head_dim}")
+            from .config_v32 import v32_problems
+            out += v32_problems(self, p)
         else:
             need(self.index_topk == 0, "index_topk",
                  f"{p}index_topk={self.index_topk} needs {p}model_type='deepseek_v32'")

@@ -1,12 +1,13 @@
 """What every DeepSeek config part shares (V2/V3, V3.2 and V4): the value sets fields are checked
-against, the YaRN RoPE parameters and their readers. A leaf of the config modules: config.py
-and config_v4.py both import it, neither imports the other at module level."""
+against, the YaRN RoPE parameters and their readers, the MoE checks every family shares. A leaf of
+the config modules: config.py, config_v32.py and config_v4.py import it, none imports another at
+module level."""
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4")
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
@@ -49,3 +50,31 @@ def rope_scaling_from(rope: Dict[str, Any], source: str, fld: str) -> Optional[R
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def moe_problems(c, p: str) -> List[Tuple[str, str]]:
+    """The MoE part every family shares: groups, the reachable top-k, the router's scoring."""
+    out: List[Tuple[str, str]] = []
+    if c.n_routed_experts <= 0:
+        return out
+
+    def need(cond: bool, fld: str, msg: str) -> None:
+        if not cond:
+            out.append((fld, msg))
+
+    e, g = c.n_routed_experts, c.n_group
+    need(g > 0 and e % g == 0, "n_group", f"{p}n_group={g} must divide {p}n_routed_experts={e}")
+    need(0 < c.topk_group <= max(g, 1), "topk_group", f"{p}topk_group={c.topk_group} must be in [1, {p}n_group={g}]")
+    need(c.moe_intermediate_size > 0, "moe_intermediate_size",
+         f"{p}moe_intermediate_size={c.moe_intermediate_size} must be > 0")
+    if g > 0 and e % g == 0 and 0 < c.topk_group <= g:
+        reachable = c.topk_group * (e // g)
+        need(0 < c.num_experts_per_tok <= reachable, "num_experts_per_tok",
+             f"{p}num_experts_per_tok={c.num_experts_per_tok} must be in [1, {reachable}] (the experts"
+             f" of {p}topk_group={c.topk_group} groups)")
+    if c.topk_method == "noaux_tc" and g > 1:
+        need(e // g >= 2, "n_group", f"{p}n_group={g} leaves {e // g} expert per group; noaux_tc scores groups by their top-2")
+    need(c.topk_method != "noaux_tc" or c.scoring_func == ("sqrtsoftplus" if c.is_v4 else "sigmoid"),
+         "scoring_func", f"{p}scoring_func={c.scoring_func!r} must be 'sigmoid' with {p}topk_method="
+         "'noaux_tc' (the V3 router; V4's is 'sqrtsoftplus')")
+    return out
