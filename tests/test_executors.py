@@ -78,3 +78,16 @@ def test_ascend_executor_under_msrun_stops_at_mindspore_refusal_in_one_line(tmp_
     # it got there through our code: model built whole, strategies set, the step compiling
     log = open(out / "train_rank0.log").read()
     assert "executor: ascend" in log and "compiling the training step" in log
+
+
+def test_native_collectives_are_chosen_by_backend_capability():
+    """HCCL/NCCL run every collective the executor uses natively; mccl (CPU) all-reduces over
+    any group but all-gathers only over the world and has no reduce-scatter: those are emulated
+    (the path the msrun tests run)."""
+    from mindformers_ds.parallel.collectives import native
+    for device in ("Ascend", "GPU"):
+        assert all(native(device, op, world) for op in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all",
+                                                         "send_recv") for world in (True, False))
+    assert native("CPU", "all_reduce", False) and native("CPU", "all_gather", True)
+    assert not native("CPU", "all_gather", False) and not native("CPU", "reduce_scatter", True)
+    assert not native("CPU", "send_recv", True) and not native("CPU", "all_to_all", True)

@@ -5,9 +5,11 @@ out of data parallelism: an EP group is `ep` consecutive dp ranks with the same 
 each holds E/ep experts; ranks with the same experts form the expert-data-parallel group.
 
 The cells carry their collectives in custom bprops (Megatron's f/g pair, and the
-dispatch/combine pair of MoE), and are identities when their group has one member. On CPU,
-mccl only all-gathers over the world group, so a group all-gather is an all-reduce of
-zero-padded buffers there; on Ascend it is HCCL's all-gather.
+dispatch/combine pair of MoE), and are identities when their group has one member. Which
+collective is native and which is emulated is decided by the backend's capabilities
+(collectives.py): on CPU, mccl only all-gathers over the world group and has no
+reduce-scatter, so a group all-gather is an all-reduce of zero-padded buffers and a
+reduce-scatter an all-reduce and a slice; on Ascend they are HCCL's own.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Dict, List
 
 import mindspore as ms
 from mindspore import nn, ops
+
+from .collectives import native
 
 
 @dataclass
@@ -94,7 +98,7 @@ class GroupAllGather(nn.Cell):
     def __init__(self, ctx: ParallelContext, axis: str):
         super().__init__()
         self.size, self.index = ctx.size(axis), ctx.index(axis)
-        self.native = ctx.device != "CPU" or ctx.groups[axis] == "__world__"
+        self.native = native(ctx.device, "all_gather", ctx.groups[axis] == "__world__")
         if self.native:
             group = ctx.groups[axis]
             self.gather = ops.AllGather() if group == "__world__" else ops.AllGather(group)
@@ -109,6 +113,27 @@ class GroupAllGather(nn.Cell):
         for i in range(self.size):
             pieces = pieces + ((x if i == self.index else ops.zeros_like(x)),)
         return self.reduce(ops.concat(pieces, 0)[:self.size * n])
+
+
+class GroupReduceScatter(nn.Cell):
+    """Sum x [size * n, ...] over the members and keep this member's n rows."""
+
+    def __init__(self, ctx: ParallelContext, axis: str):
+        super().__init__()
+        self.size, self.index = ctx.size(axis), ctx.index(axis)
+        group = ctx.groups[axis]
+        self.native = native(ctx.device, "reduce_scatter", group == "__world__")
+        if self.native:
+            self.scatter = (ops.ReduceScatter(ops.ReduceOp.SUM) if group == "__world__"
+                            else ops.ReduceScatter(ops.ReduceOp.SUM, group))
+        else:
+            self.reduce = _all_reduce(ctx, axis)
+
+    def construct(self, x):
+        if self.native:
+            return self.scatter(x)
+        n = x.shape[0] // self.size
+        return self.reduce(x)[self.index * n:(self.index + 1) * n]
 
 
 class CopyToGroup(nn.Cell):
@@ -146,30 +171,26 @@ class GatherFromGroup(nn.Cell):
     def __init__(self, ctx: ParallelContext, axis: str):
         super().__init__()
         self.gather = GroupAllGather(ctx, axis)
-        self.reduce = _all_reduce(ctx, axis)
-        self.index = ctx.index(axis)
+        self.scatter = GroupReduceScatter(ctx, axis)
 
     def construct(self, x):
         return self.gather(x)
 
     def bprop(self, x, out, dout):
-        n = x.shape[0]
-        return (self.reduce(dout)[self.index * n:(self.index + 1) * n],)
+        return (self.scatter(dout),)
 
 
 class ScatterSumToGroup(nn.Cell):
     """MoE combine: sum the members' [size * n, ...] contributions and keep this member's n rows
-    (all-reduce + slice: mccl has no reduce-scatter); backward all-gathers the gradient."""
+    (a reduce-scatter); backward all-gathers the gradient."""
 
     def __init__(self, ctx: ParallelContext, axis: str):
         super().__init__()
         self.gather = GroupAllGather(ctx, axis)
-        self.reduce = _all_reduce(ctx, axis)
-        self.size, self.index = ctx.size(axis), ctx.index(axis)
+        self.scatter = GroupReduceScatter(ctx, axis)
 
     def construct(self, x):
-        n = x.shape[0] // self.size
-        return self.reduce(x)[self.index * n:(self.index + 1) * n]
+        return self.scatter(x)
 
     def bprop(self, x, out, dout):
         return (self.gather(dout),)
