@@ -108,6 +108,27 @@ def test_four_workers_and_resume_under_other_layouts(reference, tmp_path):
         assert_same_run(out, reference, str(tmp_path))
 
 
+@pytest.mark.timeout(900)
+def test_two_nodes_on_one_host_match_the_single_launch(reference, tmp_path):
+    """`mfds launch --nnodes 2 --node-rank {0,1} --master-addr 127.0.0.1 --nproc 1`: two launchers,
+    one worker each, sharing the run directory, reproduce the single process (so dp=2)."""
+    out = str(tmp_path / "run")
+    PORT[0] += 1
+    nodes = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "1", "--nnodes", "2", "--node-rank",
+               str(node), "--master-addr", "127.0.0.1", "--master-port", str(PORT[0]), "--cluster-timeout", "60",
+               "--", "train", "--config", CFG, *sets(out, dp=2)]
+        nodes.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(1)
+    results = [p.communicate(timeout=600) for p in nodes]
+    for p, (so, se) in zip(nodes, results):
+        assert p.returncode == 0, so[-2000:] + se[-2000:]
+    assert sorted(os.listdir(os.path.join(out, "logs"))) == ["node_0", "node_1"]   # logs per node
+    assert os.path.isfile(os.path.join(out, "logs", "node_1", "worker_1.log"))
+    assert_same_run(out, reference, str(tmp_path))
+
+
 @pytest.mark.timeout(600)
 def test_a_dead_worker_fails_the_launch_naming_the_rank(tmp_path):
     PORT[0] += 1
