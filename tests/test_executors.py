@@ -26,12 +26,13 @@ PORT = 8300 + (os.getpid() % 200) * 3
 
 def _sets(out, executor, extra=()):
     pairs = [f"train.output_dir={out}", "train.max_steps=2", "train.eval_every=0", "train.exact_match_samples=0",
-             "logging.progress_bar=false", "logging.log_every=1", "checkpoint.save_every=2", f"parallel.executor={executor}", *extra]
+             "logging.progress_bar=false", "logging.log_every=1", "checkpoint.save_every=2", "data.max_samples=100",
+             f"parallel.executor={executor}", *extra]
     return [a for p in pairs for a in ("--set", p)]
 
 
-def _train(out, executor):
-    r = subprocess.run([sys.executable, "-m", "mindformers_ds", "train", "--config", CFG, *_sets(out, executor)],
+def _train(out, executor, cfg=CFG):
+    r = subprocess.run([sys.executable, "-m", "mindformers_ds", "train", "--config", cfg, *_sets(out, executor)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return out
@@ -53,8 +54,9 @@ def test_ascend_executor_layout_errors_name_the_field():
         AscendExecutor().check(cfg, 1)
 
 
-def test_ascend_executor_trains_one_process_exactly_as_the_explicit_one(tmp_path):
-    runs = {ex: _train(tmp_path / ex, ex) for ex in ("explicit", "ascend")}
+@pytest.mark.parametrize("cfg", [CFG, os.path.join(ROOT, "configs/deepseek_v4/finetune_tiny.yaml")], ids=["v3", "v4"])
+def test_ascend_executor_trains_one_process_exactly_as_the_explicit_one(tmp_path, cfg):
+    runs = {ex: _train(tmp_path / ex, ex, cfg) for ex in ("explicit", "ascend")}
     losses = {ex: [m["loss"] for m in read_metrics(str(out / "metrics.jsonl")) if "loss" in m] for ex, out in runs.items()}
     assert len(losses["ascend"]) == 2 and losses["ascend"] == losses["explicit"]
     files = {ex: SafetensorsFile(os.path.join(manager.latest(str(out / "checkpoints")), "model.safetensors"))
