@@ -59,14 +59,14 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float
 class Generator:
     def __init__(self, model, max_length: int, batch_size: int = 8, use_cache: bool = False):
         self.model, self.max_length, self.batch_size = model, max_length, batch_size
-        # V3.2's indexer, V4's compressors and attention types without a cached path would need
-        # caches of their own; until then those models recompute the prefix (exact, slower).
+        # attention without a cached path (V3.2's indexer, V4's compressors, ...) would need caches
+        # of its own; until then those models recompute the prefix (exact, slower)
         c = model.config
-        uncached = sorted({attention_type(c, i) for i in range(c.num_hidden_layers)
-                           if not REGISTRY[attention_type(c, i)].cached_decoding})
-        if use_cache and (c.index_topk > 0 or uncached):
-            log.info("KV cache is not implemented for %s; generating by recomputation",
-                     "the V3.2 indexer" if c.index_topk > 0 else f"attention types {uncached}")
+        kinds = {attention_type(c, i) for i in range(c.num_hidden_layers)}
+        uncached = sorted(k for k in kinds if not REGISTRY[k].cached_decoding(c))
+        if use_cache and uncached:
+            log.info("KV cache is not implemented for attention types %s (%s); generating by recomputation",
+                     uncached, c.model_type)
             use_cache = False
         self.use_cache = use_cache
         self._step = NextTokenLogits(model)

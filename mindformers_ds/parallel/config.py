@@ -11,6 +11,8 @@ from typing import Callable, List
 
 from ..models.deepseek.config import DeepseekConfig
 
+EXECUTORS = ("auto", "ascend", "explicit")  # parallel.executor (executors.py)
+
 
 def launched_workers() -> int:
     """Workers started by msrun carry MS_WORKER_NUM; 1 otherwise."""
@@ -34,8 +36,8 @@ def check_parallel(p, model: DeepseekConfig, train, origin_of: Callable[[str], s
 
     for name in ("dp", "tp", "ep", "pp", "micro_batches"):
         need(getattr(p, name) >= 1, f"parallel.{name}", f"parallel.{name}={getattr(p, name)} must be >= 1")
-    need(p.executor in ("auto", "ascend", "explicit"), "parallel.executor",
-         f"parallel.executor={p.executor!r} must be one of ['auto', 'ascend', 'explicit']")
+    need(p.executor in EXECUTORS, "parallel.executor",
+         f"parallel.executor={p.executor!r} must be one of {list(EXECUTORS)}")
     h = model.num_attention_heads
     need(h % p.tp == 0, "parallel.tp", f"parallel.tp={p.tp} must divide model.num_attention_heads={h}")
     need(model.intermediate_size % p.tp == 0, "parallel.tp",

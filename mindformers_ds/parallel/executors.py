@@ -16,13 +16,12 @@ an `ascend` run goes through all of our code and stops there with one line namin
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import ConfigError
+from ..utils.device import device_target
 
-EXECUTORS = ("auto", "ascend", "explicit")
 CPU_REFUSAL = "Invalid communication backend"  # MindSpore 2.10's words, at the first compile
 
 
@@ -31,10 +30,6 @@ def resolve_executor(name: str, device: str) -> str:
     if name == "auto":
         return "ascend" if device == "Ascend" else "explicit"
     return name
-
-
-def device_target() -> str:
-    return os.environ.get("MFDS_DEVICE") or "CPU"
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,7 @@ class ExplicitExecutor:
         return cell
 
 
-class AscendExecutor(ExplicitExecutor):
+class AscendExecutor:
     name = "ascend"
 
     def check(self, cfg, world: int) -> None:

@@ -19,6 +19,8 @@ import sys
 import time
 from typing import List, Optional
 
+from ..utils.device import device_target
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
 
@@ -102,7 +104,7 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
         from ..train.preflight import check_memory, check_output_dir
         if node_rank == 0:  # the master node owns the run directory; the others may find it begun
             check_output_dir(cfg)  # before any worker starts (they check again, before writing)
-        check_memory(cfg, nproc, os.environ.get("MFDS_DEVICE") or "CPU")  # every worker of this host
+        check_memory(cfg, nproc, device_target())  # every worker of this host
         # one directory per node: with a shared run directory the nodes' msrun logs and status
         # files would overwrite each other (scheduler.log, rank status)
         node_logs = os.path.join("logs", f"node_{node_rank}") if nnodes > 1 else "logs"
@@ -135,10 +137,9 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
               f"(its log: {os.path.join(log_dir, f'worker_{dead[0]}.log')})", file=sys.stderr, flush=True)
         return 1
     code = proc.returncode
-    failed = [r for r in local_ranks if os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")) and
-              open(os.path.join(status_dir, f"rank_{r}.done")).read().strip() not in ("0", "")]
-    finished = all(os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")) and
-                   open(os.path.join(status_dir, f"rank_{r}.done")).read().strip() == "0" for r in local_ranks)
+    status = {r: _exit_status(status_dir, r) for r in local_ranks}   # None: the worker wrote none
+    failed = [r for r, s in status.items() if s not in (None, "0", "")]
+    finished = all(s == "0" for s in status.values())
     if code != 0 and finished and node_rank > 0:
         # msrun starts a scheduler on every node whose --master-addr is one of its own addresses;
         # on one host (several nodes simulated) the second cannot bind the port and exits, while
@@ -153,6 +154,14 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
         print(f"error: distributed job failed with status {code}{which}; see {log_dir}", file=sys.stderr, flush=True)
         return code or 1
     return 0
+
+
+def _exit_status(status_dir: str, rank: int) -> Optional[str]:
+    path = os.path.join(status_dir, f"rank_{rank}.done")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read().strip()
 
 
 def _worker_errors(log_dir: str, ranks) -> List[str]:

@@ -21,6 +21,7 @@ from typing import List, Optional, Tuple
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..utils.device import device_target
 
 GIB = 1024 ** 3
 # not a run: `mfds launch` writes <output_dir>/logs before its workers start, and `mfds train`
@@ -171,7 +172,7 @@ def preflight(cfg: RunConfig, distributed: bool = False):
     if distributed or executor.name == "ascend":
         executor.check(cfg, launched_workers())
     if not distributed:
-        check_memory(cfg, 1, os.environ.get("MFDS_DEVICE") or "CPU")
+        check_memory(cfg, 1, device_target())
     tok = load_tokenizer(cfg)
     cfg, note = resolve_missing_mtp(cfg)
     return cfg, tok, [note] if note else []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -13,6 +12,7 @@ import mindspore as ms
 from ..checkpoint.weights import load_weights
 from ..config import RunConfig
 from ..models.deepseek import build_model as causal_lm
+from ..utils.device import device_target
 
 log = logging.getLogger("mindformers_ds.train")
 
@@ -51,7 +51,7 @@ class DistEnv:
 
 def set_graph_mode(device: Optional[str] = None) -> None:
     ms.set_context(mode=ms.GRAPH_MODE)
-    target = device or os.environ.get("MFDS_DEVICE") or "CPU"
+    target = device or device_target()
     ms.set_device(target)
 
 

@@ -4,6 +4,8 @@ An attention type is registered once with
 * `facts(config, prefix, layer)`: its parameters (names, shapes, parallel roles), FLOPs and
   activation bytes (facts/base.py), which the converter, layout table, planner and FLOP
   counter read;
+* `cached_decoding(config)`: whether kv_cache.py can decode it (MLA can, except with V3.2's
+  indexer, whose keys would need a cache of their own); otherwise generation recomputes;
 * `cell`: the MindSpore cell, `"module:Class"` (imported when a model is built, so this
   registry stays MindSpore-free) or the class itself; built as `cell(config, ctx)` for V2/V3
   layers (called as `cell(x, cos, sin, mask)`), `cell(config, layer)` for V4's;
@@ -28,6 +30,10 @@ def _no_problems(c, prefix: str) -> List[Tuple[str, str]]:
     return []
 
 
+def _no_cache(c) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class AttentionType:
     name: str
@@ -35,7 +41,7 @@ class AttentionType:
     cell: Union[str, type]
     family: str
     problems: Callable[..., List[Tuple[str, str]]] = _no_problems
-    cached_decoding: bool = False   # has a KV-cache path (kv_cache.py)
+    cached_decoding: Callable[..., bool] = _no_cache   # config -> has a KV-cache path (kv_cache.py)?
 
 
 REGISTRY: Dict[str, AttentionType] = {}
@@ -81,6 +87,7 @@ def attention_problems(c, prefix: str) -> List[Tuple[str, str]]:
 
 
 register(AttentionType("mla", lambda c, prefix, layer: MlaFacts(c, prefix),
-                       "mindformers_ds.models.deepseek.attention:MLAttention", "v3", cached_decoding=True))
+                       "mindformers_ds.models.deepseek.attention:MLAttention", "v3",
+                       cached_decoding=lambda c: c.index_topk == 0))
 for _kind in (SLIDING, CSA, HCA):
     register(AttentionType(_kind, V4AttentionFacts, "mindformers_ds.models.deepseek.v4_attention:V4Attention", "v4"))

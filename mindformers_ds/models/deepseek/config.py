@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .config_common import (FUSED_OPS, MODEL_TYPES, SCORING_FUNCS, TOPK_METHODS, V4_ATTENTION_TYPES,  # noqa: F401
-                            V4_FIELDS, V4_MLP_TYPES, RopeScaling, moe_problems, rope_scaling_from, yarn_mscale)
+                            V4_FIELDS, V4_MLP_TYPES, Problems, RopeScaling, moe_problems, rope_scaling_from, yarn_mscale)
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +139,9 @@ class DeepseekConfig:
     # ---- validation ----------------------------------------------------------------
     def problems(self) -> List[Tuple[str, str]]:
         """(field, message) for every inconsistent value; empty when the config is usable."""
-        out: List[Tuple[str, str]] = []
+        out = Problems()
         p = "{p}"  # stands for the dotted prefix of the section (e.g. "model."), filled in by the caller
-
-        def need(cond: bool, fld: str, msg: str) -> None:
-            if not cond:
-                out.append((fld, msg))
+        need = out.need
 
         need(self.model_type in MODEL_TYPES, "model_type",
              f"{p}model_type={self.model_type!r} must be one of {list(MODEL_TYPES)}")

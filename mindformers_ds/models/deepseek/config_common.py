@@ -52,15 +52,20 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
+class Problems(list):
+    """The (field, one-line message) pairs a config part finds; `need(cond, field, msg)` adds one."""
+
+    def need(self, cond: bool, fld: str, msg: str) -> None:
+        if not cond:
+            self.append((fld, msg))
+
+
 def moe_problems(c, p: str) -> List[Tuple[str, str]]:
     """The MoE part every family shares: groups, the reachable top-k, the router's scoring."""
-    out: List[Tuple[str, str]] = []
+    out = Problems()
     if c.n_routed_experts <= 0:
         return out
-
-    def need(cond: bool, fld: str, msg: str) -> None:
-        if not cond:
-            out.append((fld, msg))
+    need = out.need
 
     e, g = c.n_routed_experts, c.n_group
     need(g > 0 and e % g == 0, "n_group", f"{p}n_group={g} must divide {p}n_routed_experts={e}")

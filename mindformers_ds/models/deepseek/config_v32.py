@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
+from .config_common import Problems
+
 
 def v32_problems(c, p: str) -> List[Tuple[str, str]]:
-    out: List[Tuple[str, str]] = []
-
-    def need(cond: bool, fld: str, msg: str) -> None:
-        if not cond:
-            out.append((fld, msg))
+    out = Problems()
+    need = out.need
 
     need(c.index_topk > 0, "index_topk", f"{p}index_topk={c.index_topk} must be > 0 for deepseek_v32")
     need(c.q_lora_rank is not None, "q_lora_rank",

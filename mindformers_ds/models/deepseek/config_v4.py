@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from typing import Any, Dict, List, Set, Tuple
 
-from .config_common import V4_ATTENTION_TYPES, V4_MLP_TYPES, rope_scaling_from
+from .config_common import V4_ATTENTION_TYPES, V4_MLP_TYPES, Problems, rope_scaling_from
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,8 @@ def v4_to_hf(c) -> Dict[str, Any]:
 
 
 def v4_problems(c, p: str) -> List[Tuple[str, str]]:
-    out: List[Tuple[str, str]] = []
-
-    def need(cond: bool, fld: str, msg: str) -> None:
-        if not cond:
-            out.append((fld, msg))
+    out = Problems()
+    need = out.need
 
     n = c.num_hidden_layers
     need(c.head_dim > 0, "head_dim", f"{p}head_dim={c.head_dim} must be > 0 for deepseek_v4")

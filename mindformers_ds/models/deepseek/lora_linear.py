@@ -36,10 +36,9 @@ class LoraLinear(Linear):
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else _Identity()
 
     def init_adapter(self, rng: np.random.Generator) -> None:
-        """A uniform in +-1/sqrt(in) (PEFT's kaiming init), B zeros: the adapted model starts as the base."""
+        """A uniform in +-1/sqrt(in) (PEFT's kaiming init); B stays zeros: the adapted model starts as the base."""
         bound = 1.0 / np.sqrt(self.in_features)
         self.lora_a.set_data(Tensor(rng.uniform(-bound, bound, (self.rank, self.in_features)).astype(np.float32)))
-        self.lora_b.set_data(Tensor(np.zeros((self.out_features, self.rank), np.float32)))
 
     def product(self, x2):
         y = super().product(x2)
