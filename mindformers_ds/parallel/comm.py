@@ -19,6 +19,7 @@ from typing import Dict, List
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..models.deepseek.layers import Identity
 from .collectives import native
 
 
@@ -68,6 +69,15 @@ class ParallelContext:
             "edp": [(b * ep + d % ep) * tp + t for b in range(dp // ep)],   # same experts
         }
 
+    def collective(self, kind: str, axis: str) -> nn.Cell:
+        """The cell a model places where its activations cross `axis`: `kind` is "copy_to"
+        (Megatron's f), "reduce_from" (g), "gather_from" (MoE dispatch) or "scatter_sum_to"
+        (MoE combine); an identity when the axis has one member. The models reach the
+        collectives only through this, so they import nothing of the executor."""
+        cls = {"copy_to": CopyToGroup, "reduce_from": ReduceFromGroup, "gather_from": GatherFromGroup,
+               "scatter_sum_to": ScatterSumToGroup}[kind]
+        return make(cls, self, axis)
+
     def create_groups(self) -> None:
         """Create the communication groups this rank belongs to (mccl/HCCL want exactly those)."""
         from mindspore.communication import create_group
@@ -80,11 +90,6 @@ class ParallelContext:
                 else:
                     create_group(name, ranks)
                 self.groups[axis] = name
-
-
-class Identity(nn.Cell):
-    def construct(self, x):
-        return x
 
 
 def _all_reduce(ctx: ParallelContext, axis: str):
@@ -201,12 +206,3 @@ def make(cls, ctx, axis: str):
     if ctx is None or axis not in ctx.groups:
         return Identity()
     return cls(ctx, axis)
-
-
-def tp_size(ctx) -> int:
-    return 1 if ctx is None else ctx.tp
-
-
-def ep_info(ctx):
-    """(ep size, ep rank) of a context (1, 0 without one)."""
-    return (1, 0) if ctx is None else (ctx.ep, ctx.ep_rank)

@@ -16,8 +16,7 @@ from mindspore import nn, ops, Tensor
 
 from ...ops import choice, composite
 from .config import DeepseekConfig, RopeScaling, yarn_mscale
-from ...parallel.comm import CopyToGroup, make, tp_size
-from .layers import DTYPES, Linear, RMSNorm
+from .layers import DTYPES, Linear, RMSNorm, collective, tp_size
 
 MASK_VALUE = -1e30  # added to masked scores in float32; exp() of it is exactly 0
 
@@ -88,7 +87,7 @@ class MLAttention(nn.Cell):
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, 1e-6, c.fused_ops)
         self.kv_b_proj = Linear(c.kv_lora_rank, heads * (self.nope_dim + self.v_dim), False, dt, "col", ctx)
         self.o_proj = Linear(heads * self.v_dim, c.hidden_size, c.attention_bias, dt, "row", ctx)
-        self.shared_key = make(CopyToGroup, ctx, "tp")  # k_pe feeds only this rank's heads
+        self.shared_key = collective(ctx, "copy_to", "tp")  # k_pe feeds only this rank's heads
         self.scale = c.softmax_scale()
         self.interleave = c.rope_interleave
         self.rope = choice.operator("rope", c.fused_ops, interleave=self.interleave)

@@ -12,9 +12,28 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 
 from ...ops import choice
-from ...parallel.comm import CopyToGroup, Identity, ReduceFromGroup, make, tp_size
 
 DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
+
+
+class Identity(nn.Cell):
+    def construct(self, x):
+        return x
+
+
+def collective(ctx, kind: str, axis: str) -> nn.Cell:
+    """Where activations cross a split: the cell the executor's context gives for `kind` over
+    `axis` (parallel/comm.py ParallelContext.collective), an identity without a context."""
+    return Identity() if ctx is None else ctx.collective(kind, axis)
+
+
+def tp_size(ctx) -> int:
+    return 1 if ctx is None else ctx.tp
+
+
+def ep_info(ctx):
+    """(ep size, ep rank) of a context (1, 0 without one)."""
+    return (1, 0) if ctx is None else (ctx.ep, ctx.ep_rank)
 
 
 def zeros_param(shape, name: str, requires_grad: bool = True) -> Parameter:
@@ -38,8 +57,8 @@ class Linear(nn.Cell):
             out_features //= tp
         elif parallel == "row":
             in_features //= tp
-        self.enter = make(CopyToGroup, ctx, "tp") if parallel == "col" else Identity()
-        self.leave = make(ReduceFromGroup, ctx, "tp") if parallel == "row" else Identity()
+        self.enter = collective(ctx, "copy_to", "tp") if parallel == "col" else Identity()
+        self.leave = collective(ctx, "reduce_from", "tp") if parallel == "row" else Identity()
         self.in_features, self.out_features = in_features, out_features
         self.weight = zeros_param((out_features, in_features), "weight")
         self.has_bias = bias

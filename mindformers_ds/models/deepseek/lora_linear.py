@@ -12,12 +12,7 @@ import numpy as np
 from mindspore import nn, ops, Parameter, Tensor
 
 from ...utils.cells import find_cells, replace_cell
-from .layers import Linear
-
-
-class _Identity(nn.Cell):
-    def construct(self, x):
-        return x
+from .layers import Identity, Linear
 
 
 class LoraLinear(Linear):
@@ -33,7 +28,7 @@ class LoraLinear(Linear):
         self.lora_b = Parameter(Tensor(np.zeros((self.out_features, rank), np.float32)), name="lora_b")
         self.matmul_a = ops.MatMul(transpose_b=True)
         self.matmul_b = ops.MatMul(transpose_b=True)
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else _Identity()
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else Identity()
 
     def init_adapter(self, rng: np.random.Generator) -> None:
         """A uniform in +-1/sqrt(in) (PEFT's kaiming init); B stays zeros: the adapted model starts as the base."""

@@ -13,9 +13,8 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 
 from ...ops import choice, composite
-from ...parallel.comm import GatherFromGroup, ScatterSumToGroup, ep_info, make
 from .config import DeepseekConfig
-from .layers import DTYPES, MLP, zeros_param
+from .layers import DTYPES, MLP, collective, ep_info, zeros_param
 
 
 class TopkRouter(nn.Cell):
@@ -68,8 +67,8 @@ class Experts(nn.Cell):
         self.num_experts = c.n_routed_experts // ep
         self.first_expert = ep_rank * self.num_experts
         self.expert_parallel = ep > 1
-        self.dispatch = make(GatherFromGroup, ctx, "ep")
-        self.combine = make(ScatterSumToGroup, ctx, "ep")
+        self.dispatch = collective(ctx, "gather_from", "ep")
+        self.combine = collective(ctx, "scatter_sum_to", "ep")
         self.gate_up_proj = zeros_param((self.num_experts, 2 * c.moe_intermediate_size, c.hidden_size),
                                         "gate_up_proj")
         self.down_proj = zeros_param((self.num_experts, c.hidden_size, c.moe_intermediate_size), "down_proj")
