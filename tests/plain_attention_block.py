@@ -53,14 +53,14 @@ def problems(c, prefix: str) -> List[Tuple[str, str]]:
 class PlainAttention(nn.Cell):
     """softmax(q k^T / sqrt(d) + causal bias) v per head; RoPE tables are accepted and unused."""
 
-    def __init__(self, c, ctx=None):
+    def __init__(self, c):
         super().__init__()
         dt = DTYPES[c.compute_dtype]
         h, nh, d = c.hidden_size, c.num_attention_heads, head_dim(c)
-        self.q_proj = Linear(h, nh * d, False, dt, "col", ctx)
-        self.k_proj = Linear(h, nh * d, False, dt, "col", ctx)
-        self.v_proj = Linear(h, nh * d, False, dt, "col", ctx)
-        self.o_proj = Linear(nh * d, h, False, dt, "row", ctx)
+        self.q_proj = Linear(h, nh * d, False, dt)
+        self.k_proj = Linear(h, nh * d, False, dt)
+        self.v_proj = Linear(h, nh * d, False, dt)
+        self.o_proj = Linear(nh * d, h, False, dt)
         self.head_dim = d
         self.scale = d ** -0.5
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)

@@ -12,11 +12,12 @@ import mindspore as ms
 from conftest import ROOT, random_ids
 from mindformers_ds import config
 from mindformers_ds.config import ConfigError
-from mindformers_ds.models.deepseek import DeepseekForCausalLM
+from mindformers_ds.models.deepseek import DeepseekForCausalLM, build_model
 from mindformers_ds.models.deepseek.shapes import parameter_count, parameter_specs
 from mindformers_ds.parallel import ascend
 from mindformers_ds.parallel.comm import ParallelContext
 from mindformers_ds.parallel.layout import check_divisible, layer_stage, layout_table
+from mindformers_ds.parallel.parallelize import parallelize
 from mindformers_ds.parallel.presets import load_preset
 from mindformers_ds.parallel.shards import merge_checkpoint, split_checkpoint
 
@@ -49,15 +50,20 @@ def test_table_splits_by_role():
     assert check_divisible(t, cfg.parallel) == []
 
 
-def test_local_model_has_the_tables_local_shapes():
-    """A rank's model (built with its context; collectives are identities without groups) holds
-    exactly the slices the table assigns it."""
+@pytest.mark.parametrize("rel", ["configs/deepseek_v3/parallel_tiny.yaml", "configs/deepseek_v4/tiny.yaml"])
+def test_local_model_has_the_tables_local_shapes(rel):
+    """A rank's model (built whole, then split from outside by the executor from the table;
+    collectives are identities without groups) holds exactly the slices the table assigns it,
+    under the same names."""
     for par in (dict(tp=2), dict(dp=2, ep=2), dict(dp=2, tp=2, ep=2)):
-        cfg = cfg_with(**par)
+        cfg = config.load(os.path.join(ROOT, rel), [f"parallel.{k}={v}" for k, v in par.items()], check_paths=False)
         p = cfg.parallel
         ctx = ParallelContext(p.dp * p.tp, p.dp * p.tp - 1, p.dp, p.tp, p.ep)
-        model = DeepseekForCausalLM(cfg.model.model_config(), parallel=ctx)
+        model = build_model(cfg.model.model_config())
         t = layout_table(cfg.model, p)
+        done = parallelize(model, t, ctx)
+        assert ("expert-parallel experts" in done) == (p.ep > 1) and ("column-parallel linear" in done) == (p.tp > 1)
+        assert sorted(q.name for q in model.get_parameters()) == sorted(t)
         for q in model.get_parameters():
             assert tuple(q.shape) == t[q.name].local_shape(ctx.sizes()), (par, q.name)
 

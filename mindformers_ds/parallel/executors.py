@@ -16,12 +16,14 @@ an `ascend` run goes through all of our code and stops there with one line namin
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import ConfigError
 from ..utils.device import device_target
 
+log = logging.getLogger("mindformers_ds.parallel")
 CPU_REFUSAL = "Invalid communication backend"  # MindSpore 2.10's words, at the first compile
 
 
@@ -53,6 +55,11 @@ class ExplicitExecutor:
         """The layouts this executor runs, as one-line errors before anything starts."""
         from .explicit import check_explicit_layout
         check_explicit_layout(cfg.parallel, world, cfg.origin)
+        if cfg.lora.enabled and cfg.parallel.tp > 1:
+            # an adapter of a split linear would be split too, and its A trained apart per tp rank
+            raise ConfigError(cfg.origin("parallel.tp"), "parallel.tp",
+                              f"parallel.tp={cfg.parallel.tp} with lora.enabled: the explicit executor trains "
+                              "LoRA adapters under data/expert parallelism only; use parallel.tp=1")
 
     def start(self, cfg, distributed: bool):
         from ..train.setup import DistEnv
@@ -69,8 +76,17 @@ class ExplicitExecutor:
         return layout_table(cfg.model.model_config(), cfg.parallel)
 
     def build(self, cfg, env, table):
+        """The whole model, split for this rank from outside (parallelize.py) before it is initialised."""
         from ..train.setup import build_model
-        return build_model(cfg, env.ctx, table)
+        if env.ctx is None:
+            return build_model(cfg)
+        from .explicit import layout_init
+        from .parallelize import parallelize
+
+        def split(model):
+            log.info("parallelized for rank %d: %s", env.ctx.rank, parallelize(model, table, env.ctx))
+            return layout_init(table, env.ctx)
+        return build_model(cfg, split)
 
     def collectives(self, trainable, table, env):
         """(gradient reducer, global norm, sum over dp) of the step; None where one process."""
@@ -111,7 +127,7 @@ class AscendExecutor:
     def build(self, cfg, env, table):
         from ..train.setup import build_model
         from .ascend import apply
-        model = build_model(cfg, None, None)
+        model = build_model(cfg)
         apply(model, cfg.parallel, cfg.train.micro_batch_size, cfg.data.seq_length)
         return model
 

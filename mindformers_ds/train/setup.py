@@ -1,5 +1,5 @@
-"""Building what a run trains: graph mode on the device, the model (this rank's slices of it
-under the explicit executor) from the seed or `model.pretrained`, and frozen parameters."""
+"""Building what a run trains: graph mode on the device, the model (split by the executor when it
+runs over ranks) from the seed or `model.pretrained`, and frozen parameters."""
 from __future__ import annotations
 
 import fnmatch
@@ -55,14 +55,13 @@ def set_graph_mode(device: Optional[str] = None) -> None:
     ms.set_device(target)
 
 
-def build_model(cfg: RunConfig, ctx=None, table=None):
-    """The model (this rank's slices of it under the explicit executor), initialised from the
-    seed or `model.pretrained`; every layout starts from the same full weights."""
-    model = causal_lm(cfg.model.model_config(), parallel=ctx)
-    layout = None
-    if ctx is not None:
-        from ..parallel.explicit import layout_init
-        layout = layout_init(table, ctx)
+def build_model(cfg: RunConfig, split=None):
+    """The model, initialised from the seed or `model.pretrained`. `split(model)` is an executor's
+    parallelisation of the whole model (parallel/parallelize.py) returning the slicer initialisation
+    and loading cut with (name -> (full shape, this rank's cut)): every layout starts from the
+    same full weights. None: the whole model."""
+    model = causal_lm(cfg.model.model_config())
+    layout = split(model) if split is not None else None
     model.init_weights(cfg.train.seed, layout)
     if cfg.model.pretrained:
         report = load_weights(model, cfg.model.pretrained, layout=layout)

@@ -5,10 +5,10 @@ The model classes import MindSpore; they load on first use, so config and checkp
 from .config import DeepseekConfig, RopeScaling
 
 
-def build_model(config: DeepseekConfig, parallel=None):
-    """The causal LM of `config.model_type` (V4 has its own backbone; V2/V3/V3.2 share one)."""
+def build_model(config: DeepseekConfig):
+    """The causal LM of `config.model_type` (V4 has its own backbone; V2/V3/V3.2 share one), whole."""
     from .model import DeepseekForCausalLM
-    return DeepseekForCausalLM.family_for(config)(config, parallel)
+    return DeepseekForCausalLM.family_for(config)(config)
 
 
 def __getattr__(name):

@@ -16,7 +16,7 @@ from mindspore import nn, ops, Tensor
 
 from ...ops import choice, composite
 from .config import DeepseekConfig, RopeScaling, yarn_mscale
-from .layers import DTYPES, Linear, RMSNorm, collective, tp_size
+from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads
 
 MASK_VALUE = -1e30  # added to masked scores in float32; exp() of it is exactly 0
 
@@ -64,30 +64,31 @@ class RotaryEmbedding(nn.Cell):
 
 
 class MLAttention(nn.Cell):
-    """With tensor parallelism each rank keeps num_heads/tp heads: q_b/q and kv_b are column-
-    parallel (head-major rows), o_proj row-parallel; the latent projections stay replicated."""
+    """Heads are read off the projections' shapes (reshapes to -1 heads), so a rank holding a
+    slice of the heads (q_b / q and kv_b column-split, o_proj row-split: the layout table's
+    roles, applied from outside by parallel/parallelize.py) runs this code unchanged."""
 
-    def __init__(self, config: DeepseekConfig, ctx=None):
+    def __init__(self, config: DeepseekConfig):
         super().__init__()
         c = config
         dt = DTYPES[c.compute_dtype]
-        self.num_heads = c.num_attention_heads // tp_size(ctx)
+        self.num_heads = c.num_attention_heads  # of the whole model (the Ascend plan reads it)
         self.nope_dim, self.rope_dim, self.v_dim = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
         self.kv_lora_rank = c.kv_lora_rank
         self.use_q_lora = c.q_lora_rank is not None
         qk_dim = self.nope_dim + self.rope_dim
-        heads = c.num_attention_heads  # Linear divides the split dims by tp itself
+        heads = c.num_attention_heads
         if self.use_q_lora:
             self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank, c.attention_bias, dt)
             self.q_a_layernorm = RMSNorm(c.q_lora_rank, 1e-6, c.fused_ops)
-            self.q_b_proj = Linear(c.q_lora_rank, heads * qk_dim, False, dt, "col", ctx)
+            self.q_b_proj = Linear(c.q_lora_rank, heads * qk_dim, False, dt)
         else:
-            self.q_proj = Linear(c.hidden_size, heads * qk_dim, False, dt, "col", ctx)
+            self.q_proj = Linear(c.hidden_size, heads * qk_dim, False, dt)
         self.kv_a_proj_with_mqa = Linear(c.hidden_size, c.kv_lora_rank + self.rope_dim, c.attention_bias, dt)
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, 1e-6, c.fused_ops)
-        self.kv_b_proj = Linear(c.kv_lora_rank, heads * (self.nope_dim + self.v_dim), False, dt, "col", ctx)
-        self.o_proj = Linear(heads * self.v_dim, c.hidden_size, c.attention_bias, dt, "row", ctx)
-        self.shared_key = collective(ctx, "copy_to", "tp")  # k_pe feeds only this rank's heads
+        self.kv_b_proj = Linear(c.kv_lora_rank, heads * (self.nope_dim + self.v_dim), False, dt)
+        self.o_proj = Linear(heads * self.v_dim, c.hidden_size, c.attention_bias, dt)
+        self.shared_key = SharedAcrossHeads()  # k_pe: one per token, read by every head
         self.scale = c.softmax_scale()
         self.interleave = c.rope_interleave
         self.rope = choice.operator("rope", c.fused_ops, interleave=self.interleave)
@@ -115,7 +116,7 @@ class MLAttention(nn.Cell):
         b, s, _ = x.shape
         q_resid = self.q_a_layernorm(self.q_a_proj(x)) if self.use_q_lora else x
         q = self.q_b_proj(q_resid) if self.use_q_lora else self.q_proj(x)
-        q = q.reshape(b, s, self.num_heads, self.nope_dim + self.rope_dim)
+        q = q.reshape(b, s, -1, self.nope_dim + self.rope_dim)
         q_pe = q[..., self.nope_dim:].transpose(0, 2, 1, 3)
         return q, self.rope(q_pe, cos, sin, self.interleave), q_resid
 
@@ -123,13 +124,13 @@ class MLAttention(nn.Cell):
         """Attention of queries (project_q's layouts) over latent keys [B, Sk, *]; mask [B|1, 1, Sq, Sk] (bool)."""
         b, sq = q.shape[0], q.shape[1]
         sk = c_kv.shape[1]
-        kv = self.kv_b_proj(c_kv).reshape(b, sk, self.num_heads, self.nope_dim + self.v_dim)
+        kv = self.kv_b_proj(c_kv).reshape(b, sk, -1, self.nope_dim + self.v_dim)
         # The mask enters as an additive [B|1, 1, Sq, Sk] bias (0 or MASK_VALUE, exact in float32),
         # shared by the heads: a `where` against a full-size fill kept two more [B, H, Sq, Sk]
         # tensors per layer alive for the backward.
         bias = ops.stop_gradient((1.0 - mask.astype(ms.float32)) * MASK_VALUE)  # no grad: no head-sum
         out = self.core(q, q_pe, kv, self.shared_key(k_pe), bias, self.scale)
-        return self.o_proj(out.reshape(b, sq, self.num_heads * self.v_dim))
+        return self.o_proj(out.reshape(b, sq, -1))
 
     def construct(self, x, cos, sin, mask):
         q, q_pe, q_resid = self.project_q(x, cos, sin)

@@ -7,7 +7,7 @@ An attention type is registered once with
 * `cached_decoding(config)`: whether kv_cache.py can decode it (MLA can, except with V3.2's
   indexer, whose keys would need a cache of their own); otherwise generation recomputes;
 * `cell`: the MindSpore cell, `"module:Class"` (imported when a model is built, so this
-  registry stays MindSpore-free) or the class itself; built as `cell(config, ctx)` for V2/V3
+  registry stays MindSpore-free) or the class itself; built as `cell(config)` for V2/V3
   layers (called as `cell(x, cos, sin, mask)`), `cell(config, layer)` for V4's;
 * `family`: "v3" (MLA's layer: V2/V3/V3.2) or "v4";
 * `problems(config, prefix)`: its config part's checks, [(field, one-line message)].

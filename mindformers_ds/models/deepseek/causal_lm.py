@@ -53,14 +53,12 @@ def token_nll(logits, targets):
 
 
 class CausalLM(nn.Cell):
-    def __init__(self, config: DeepseekConfig, parallel=None):
-        """`parallel`: a ParallelContext of the explicit executor; this rank then holds only
-        its slices (heads / FFN width over tp, experts over ep). None: the whole model."""
+    def __init__(self, config: DeepseekConfig):
+        """The whole model; an executor splits it over ranks from outside (parallel/parallelize.py)."""
         super().__init__()
         self.config = config
-        self.parallel = parallel
         c = config
-        self.model = self.make_backbone(c, parallel)
+        self.model = self.make_backbone(c)
         self.tie = c.tie_word_embeddings
         if not self.tie:
             self.lm_head = Linear(c.hidden_size, c.vocab_size, False, DTYPES[c.compute_dtype])
@@ -74,7 +72,7 @@ class CausalLM(nn.Cell):
 
     # ---- what a family provides ---------------------------------------------------------
     @staticmethod
-    def make_backbone(c: DeepseekConfig, parallel):
+    def make_backbone(c: DeepseekConfig):
         raise NotImplementedError
 
     def backbone(self, input_ids, position_ids, segment_ids):

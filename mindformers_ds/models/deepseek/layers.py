@@ -5,8 +5,6 @@ seed, so every process (and every parallel rank) builds the same model.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
@@ -21,19 +19,10 @@ class Identity(nn.Cell):
         return x
 
 
-def collective(ctx, kind: str, axis: str) -> nn.Cell:
-    """Where activations cross a split: the cell the executor's context gives for `kind` over
-    `axis` (parallel/comm.py ParallelContext.collective), an identity without a context."""
-    return Identity() if ctx is None else ctx.collective(kind, axis)
-
-
-def tp_size(ctx) -> int:
-    return 1 if ctx is None else ctx.tp
-
-
-def ep_info(ctx):
-    """(ep size, ep rank) of a context (1, 0 without one)."""
-    return (1, 0) if ctx is None else (ctx.ep, ctx.ep_rank)
+class SharedAcrossHeads(Identity):
+    """Marks an activation every attention head reads (MLA's k_pe). The model computes it whole;
+    when an executor splits the heads over ranks (parallel/parallelize.py) it puts Megatron's f
+    here, so the activation's gradient sums the heads of every rank."""
 
 
 def zeros_param(shape, name: str, requires_grad: bool = True) -> Parameter:
@@ -44,21 +33,16 @@ class Linear(nn.Cell):
     """y = x W^T (+ b). LoRA replaces a Linear by its subclass `lora_linear.LoraLinear`, which
     adds an adapter to `product` and keeps this cell's parameters (same objects, same names).
 
-    With a parallel context of tp > 1, `parallel="col"` keeps out/tp output rows (its input
-    passes Megatron's f: gradient all-reduced) and `parallel="row"` keeps in/tp input columns
-    (its output passes g: all-reduced), so the same code runs split or whole."""
+    `enter` and `leave` are where activations cross a split of this linear: identities in the
+    model, which knows no parallelism. An executor that splits the weight over tensor-parallel
+    ranks (parallel/parallelize.py, from the layout table's role of the weight) rebuilds the
+    cell with its slice's shape and puts Megatron's f (column-parallel) or g (row-parallel) there."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype=ms.float32,
-                 parallel: Optional[str] = None, ctx=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype=ms.float32):
         super().__init__()
-        self.init_args = (in_features, out_features, bias, compute_dtype, parallel, ctx)  # see `rebuilt`
-        tp = tp_size(ctx) if parallel else 1
-        if parallel == "col":
-            out_features //= tp
-        elif parallel == "row":
-            in_features //= tp
-        self.enter = collective(ctx, "copy_to", "tp") if parallel == "col" else Identity()
-        self.leave = collective(ctx, "reduce_from", "tp") if parallel == "row" else Identity()
+        self.init_args = (in_features, out_features, bias, compute_dtype)  # see `rebuilt`
+        self.enter = Identity()
+        self.leave = Identity()
         self.in_features, self.out_features = in_features, out_features
         self.weight = zeros_param((out_features, in_features), "weight")
         self.has_bias = bias
@@ -74,6 +58,7 @@ class Linear(nn.Cell):
         """A `cls` (Linear or a subclass) of this one's shape holding this one's Parameters, so
         replacing this cell by it keeps every weight and its name (see utils/cells.py)."""
         new = cls(*self.init_args, *extra)
+        new.enter, new.leave = self.enter, self.leave
         new.weight = self.weight
         if self.has_bias:
             new.bias = self.bias
@@ -110,14 +95,13 @@ class RMSNorm(nn.Cell):
 class MLP(nn.Cell):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); used dense and as the shared experts."""
 
-    def __init__(self, hidden: int, intermediate: int, compute_dtype=ms.float32, fused_ops=(), ctx=None,
-                 limit: float = 0.0):
+    def __init__(self, hidden: int, intermediate: int, compute_dtype=ms.float32, fused_ops=(), limit: float = 0.0):
         """`limit` > 0: V4's clipping of the gate (above) and up (both sides) pre-activations."""
         super().__init__()
         self.limit = limit
-        self.gate_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype, parallel="col", ctx=ctx)
-        self.up_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype, parallel="col", ctx=ctx)
-        self.down_proj = Linear(intermediate, hidden, compute_dtype=compute_dtype, parallel="row", ctx=ctx)
+        self.gate_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype)
+        self.up_proj = Linear(hidden, intermediate, compute_dtype=compute_dtype)
+        self.down_proj = Linear(intermediate, hidden, compute_dtype=compute_dtype)
         self.fused = choice.uses_kernel("swiglu", fused_ops)
         self.act = choice.operator("swiglu", fused_ops)
 

@@ -2,7 +2,7 @@
 
     y = x W^T + (alpha / r) * dropout(x) A^T B^T        A [r, in], B [out, r]
 
-`LoraLinear` is a `Linear` (same parameters, same names, same parallel split) that replaces
+`LoraLinear` is a `Linear` (same parameters, same names) that replaces
 the one it adapts (`train/lora.py` does the replacing); `merge_adapters` folds W += (alpha/r)
 B A in float64 and puts plain Linears back. The adapter math lives here and nowhere else.
 """
@@ -18,9 +18,8 @@ from .layers import Identity, Linear
 class LoraLinear(Linear):
     has_adapter = True
 
-    def __init__(self, in_features, out_features, bias, compute_dtype, parallel, ctx,
-                 rank: int, alpha: float, dropout: float):
-        super().__init__(in_features, out_features, bias, compute_dtype, parallel, ctx)
+    def __init__(self, in_features, out_features, bias, compute_dtype, rank: int, alpha: float, dropout: float):
+        super().__init__(in_features, out_features, bias, compute_dtype)
         self.rank = rank
         self.scale = float(alpha) / rank
         # A: PEFT's kaiming-uniform bound; set by the caller from its seed (`init_adapter`)

@@ -26,15 +26,15 @@ from .reuse import layer_class
 
 
 class DecoderLayer(nn.Cell):
-    def __init__(self, config: DeepseekConfig, layer_idx: int, ctx=None):
+    def __init__(self, config: DeepseekConfig, layer_idx: int):
         super().__init__()
         c = config
         kind = attention_type(c, layer_idx)
-        self.self_attn = cell_class(kind)(c, ctx)
+        self.self_attn = cell_class(kind)(c)
         self.is_moe = c.is_moe_layer(layer_idx)
         self.reuse_key = ("moe" if self.is_moe else "dense", kind)  # what makes two layers' graphs differ (reuse.py)
-        self.mlp = MoE(c, ctx, layer_idx) if self.is_moe else MLP(c.hidden_size, c.intermediate_size, DTYPES[c.compute_dtype],
-                                                       c.fused_ops, ctx)
+        self.mlp = MoE(c, layer_idx) if self.is_moe else MLP(c.hidden_size, c.intermediate_size,
+                                                             DTYPES[c.compute_dtype], c.fused_ops)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
 
@@ -71,8 +71,8 @@ class SharedHead(nn.Cell):
 class MTPLayer(DecoderLayer):
     """One multi-token-prediction depth: h = block(eh_proj([enorm(emb(t_{i+d})); hnorm(h_prev)]))."""
 
-    def __init__(self, config: DeepseekConfig, layer_idx: int, ctx=None):
-        super().__init__(config, layer_idx, ctx)
+    def __init__(self, config: DeepseekConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
         c = config
         self.enorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.hnorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
@@ -87,15 +87,15 @@ class MTPLayer(DecoderLayer):
 
 
 class DeepseekModel(nn.Cell):
-    def __init__(self, config: DeepseekConfig, ctx=None):
+    def __init__(self, config: DeepseekConfig):
         super().__init__()
         c = config
         self.num_layers = c.num_hidden_layers
         self.mtp_depth = c.mtp_depth
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
         layer = layer_class(DecoderLayer, c)
-        layers = [layer(c, i, ctx) for i in range(c.num_hidden_layers)]
-        layers += [MTPLayer(c, c.num_hidden_layers + d, ctx) for d in range(c.mtp_depth)]
+        layers = [layer(c, i) for i in range(c.num_hidden_layers)]
+        layers += [MTPLayer(c, c.num_hidden_layers + d) for d in range(c.mtp_depth)]
         self.layers = nn.CellList(layers)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.rotary_emb = RotaryEmbedding(c)
@@ -112,8 +112,8 @@ class DeepseekForCausalLM(CausalLM):
         return DeepseekV4ForCausalLM if config.is_v4 and cls is DeepseekForCausalLM else cls
 
     @staticmethod
-    def make_backbone(c: DeepseekConfig, parallel):
-        return DeepseekModel(c, parallel)
+    def make_backbone(c: DeepseekConfig):
+        return DeepseekModel(c)
 
     def backbone(self, input_ids, position_ids=None, segment_ids=None):
         """-> {HIDDEN: final normed hidden [B, S, H], LAYER_INPUTS: (cos, sin, mask), LOADS, AUX}"""

@@ -44,15 +44,15 @@ class V4Rotary(nn.Cell):
 
 
 class V4DecoderLayer(nn.Cell):
-    """Under the explicit executor's tp/ep the MoE splits as V3's (routed experts over ep, shared
-    experts by width over tp); attention, compressors, indexers and mHC stay whole on every rank
-    (the layout table's roles: mla_latent, compressor, indexer, hc are replicated)."""
+    """Split by the layout table's roles from outside like V3's: routed experts over ep, shared
+    experts by width over tp; attention, compressors, indexers and mHC have replicated roles
+    (mla_latent, compressor, indexer, hc) and stay whole on every rank."""
 
-    def __init__(self, c: DeepseekConfig, layer_idx: int, ctx=None):
+    def __init__(self, c: DeepseekConfig, layer_idx: int):
         super().__init__()
         self.is_moe = True
         self.self_attn = cell_class(attention_type(c, layer_idx))(c, layer_idx)
-        self.mlp = MoE(c, ctx, layer_idx)
+        self.mlp = MoE(c, layer_idx)
         # what makes two layers' graphs differ (reuse.py): the attention type, hash or learned routing
         self.reuse_key = (self.self_attn.layer_type, "hash" if self.mlp.gate.is_hash else "learned")
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
@@ -71,12 +71,12 @@ class V4DecoderLayer(nn.Cell):
 
 
 class DeepseekV4Model(nn.Cell):
-    def __init__(self, c: DeepseekConfig, ctx=None):
+    def __init__(self, c: DeepseekConfig):
         super().__init__()
         self.hc_mult, self.window = c.hc_mult, c.sliding_window
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
         layer = layer_class(V4DecoderLayer, c)
-        self.layers = nn.CellList([layer(c, i, ctx) for i in range(c.num_hidden_layers)])
+        self.layers = nn.CellList([layer(c, i) for i in range(c.num_hidden_layers)])
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.hc_head = HyperHead(c)
         self.rotary_emb = V4Rotary(c)
@@ -84,8 +84,8 @@ class DeepseekV4Model(nn.Cell):
 
 class DeepseekV4ForCausalLM(CausalLM):
     @staticmethod
-    def make_backbone(c: DeepseekConfig, parallel):
-        return DeepseekV4Model(c, parallel)
+    def make_backbone(c: DeepseekConfig):
+        return DeepseekV4Model(c)
 
     @classmethod
     def family_for(cls, config: DeepseekConfig):

@@ -14,7 +14,7 @@ from mindspore import nn, ops, Parameter, Tensor
 
 from ...ops import choice, composite
 from .config import DeepseekConfig
-from .layers import DTYPES, MLP, collective, ep_info, zeros_param
+from .layers import DTYPES, MLP, Identity, zeros_param
 
 
 class TopkRouter(nn.Cell):
@@ -56,19 +56,20 @@ class TopkRouter(nn.Cell):
 class Experts(nn.Cell):
     """Routed experts; `gate_up_proj` rows are [gate; up] per expert, as in transformers v5.
 
-    With expert parallelism this rank holds experts [ep_rank*E/ep, (ep_rank+1)*E/ep): the
-    tokens of its EP group are gathered, routed to its local experts (choices of other
-    ranks' experts get weight 0), and the group's contributions are summed back per token."""
+    The cell holds experts [first_expert, first_expert + num_experts) (all of them unless an
+    executor splits them: parallel/parallelize.py rebuilds it with a range and puts its
+    dispatch/combine collectives in `dispatch` / `combine`). Holding a range, it routes the
+    tokens `dispatch` brings (its group's) to its own experts (choices of other experts get
+    weight 0), and `combine` sums the group's contributions back per token."""
 
-    def __init__(self, config: DeepseekConfig, ctx=None):
+    def __init__(self, config: DeepseekConfig, first_expert: int = 0, num_experts: int = 0):
         super().__init__()
         c = config
-        ep, ep_rank = ep_info(ctx)
-        self.num_experts = c.n_routed_experts // ep
-        self.first_expert = ep_rank * self.num_experts
-        self.expert_parallel = ep > 1
-        self.dispatch = collective(ctx, "gather_from", "ep")
-        self.combine = collective(ctx, "scatter_sum_to", "ep")
+        self.num_experts = num_experts or c.n_routed_experts
+        self.first_expert = first_expert
+        self.expert_parallel = self.num_experts < c.n_routed_experts  # holds a range of the experts
+        self.dispatch = Identity()   # where tokens travel to the ranks holding their experts
+        self.combine = Identity()    # and their outputs back
         self.gate_up_proj = zeros_param((self.num_experts, 2 * c.moe_intermediate_size, c.hidden_size),
                                         "gate_up_proj")
         self.down_proj = zeros_param((self.num_experts, c.hidden_size, c.moe_intermediate_size), "down_proj")
@@ -105,15 +106,15 @@ class Experts(nn.Cell):
 
 
 class MoE(nn.Cell):
-    def __init__(self, config: DeepseekConfig, ctx=None, layer_idx: int = -1):
+    def __init__(self, config: DeepseekConfig, layer_idx: int = -1):
         super().__init__()
         c = config
         self.gate = TopkRouter(c, layer_idx)
-        self.experts = Experts(c, ctx)
+        self.experts = Experts(c)
         self.has_shared = c.n_shared_experts > 0
         if self.has_shared:
             self.shared_experts = MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts,
-                                      DTYPES[c.compute_dtype], c.fused_ops, ctx, c.swiglu_limit)
+                                      DTYPES[c.compute_dtype], c.fused_ops, c.swiglu_limit)
         self.top_k = c.num_experts_per_tok
         self.num_experts = c.n_routed_experts
         self.aux_alpha = c.aux_loss_alpha
