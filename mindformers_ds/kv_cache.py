@@ -3,15 +3,15 @@
 MLA's cache is the compressed latent, not per-head keys and values, so it is small. Both
 graphs have static shapes: `prefill` runs the padded prompts [B, L] once and returns every
 layer's latents; `decode` feeds one token per row at its own position and blends its latents
-into the cache. The caches travel in and out of the graphs as tensors (no hidden state).
+into the cache. The caches travel in and out of the graphs as tensors (no hidden state). Both
+run the model's one layer loop (CausalLM.run_layers) with the bundle the model builds
+(`layer_inputs`, `decode_inputs`).
 """
 from __future__ import annotations
 
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
-
-from .models.deepseek.masks import attention_mask
 
 
 class _Prefill(nn.Cell):
@@ -20,21 +20,14 @@ class _Prefill(nn.Cell):
         self.model = model
 
     def construct(self, input_ids, last):
+        """The padded prompts [B, L] through the model's one layer loop, every slot written;
+        -> (logits at each row's last prompt token [B, V], the caches)."""
         m = self.model
         b, s = input_ids.shape
-        pos = ops.broadcast_to(ops.arange(s, dtype=ms.int32).expand_dims(0), (b, s))
-        cos, sin = m.model.rotary_emb(pos)
-        mask = attention_mask(b, s)
-        h = m.model.embed_tokens(input_ids)
-        caches = ()
-        for i in range(m.num_layers):
-            attn = m.model.layers[i].self_attn
-            zeros_c = ops.zeros((b, s, attn.kv_lora_rank), h.dtype)
-            zeros_k = ops.zeros((b, s, attn.rope_dim), h.dtype)
-            h, c, k = m.model.layers[i].forward_cached(h, cos, sin, mask, zeros_c, zeros_k,
-                                                       ops.ones((b, s, 1), h.dtype))
-            caches = caches + (c, k)
-        logits = m.head(m.model.norm(h))
+        h = m.first_hidden(input_ids)
+        write = ops.ones((b, s, 1), h.dtype)
+        h, _, _, caches = m.run_layers(h, m.layer_inputs(input_ids), m.empty_caches(b, s, h.dtype), write)
+        logits = m.head(m.last_hidden(h))
         idx = last.reshape(-1, 1, 1).broadcast_to((b, 1, logits.shape[2]))
         return ops.gather_elements(logits, 1, idx).squeeze(1), caches
 
@@ -48,18 +41,10 @@ class _Decode(nn.Cell):
         """token [B] at position pos [B]; caches: (c_0, k_0, c_1, k_1, ...)."""
         m = self.model
         b = token.shape[0]
-        length = caches[0].shape[1]
-        cos, sin = m.model.rotary_emb(pos.reshape(b, 1))
-        slots = ops.arange(length, dtype=ms.int32).expand_dims(0)
-        mask = (slots <= pos.reshape(b, 1)).reshape(b, 1, 1, length)
-        write = (slots == pos.reshape(b, 1)).astype(ms.float32).reshape(b, length, 1)
-        h = m.model.embed_tokens(token.reshape(b, 1))
-        new = ()
-        for i in range(m.num_layers):
-            h, c, k = m.model.layers[i].forward_cached(h, cos, sin, mask, caches[2 * i], caches[2 * i + 1],
-                                                       write.astype(h.dtype))
-            new = new + (c, k)
-        return m.head(m.model.norm(h)).squeeze(1), new
+        inputs, write = m.decode_inputs(pos, caches[0].shape[1])
+        h = m.first_hidden(token.reshape(b, 1))
+        h, _, _, new = m.run_layers(h, inputs, caches, write.astype(h.dtype))
+        return m.head(m.last_hidden(h)).squeeze(1), new
 
 
 class CachedDecoder:

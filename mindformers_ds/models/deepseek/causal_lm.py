@@ -75,14 +75,47 @@ class CausalLM(nn.Cell):
     def make_backbone(c: DeepseekConfig):
         raise NotImplementedError
 
-    def backbone(self, input_ids, position_ids, segment_ids):
-        """-> {HIDDEN, LAYER_INPUTS, LOADS, AUX} (results.py)"""
+    def layer_inputs(self, input_ids, position_ids=None, segment_ids=None):
+        """The per-layer inputs of a forward over input_ids [B, S] (a dict keyed as in results.py)."""
+        raise NotImplementedError
+
+    def first_hidden(self, input_ids):
+        """What the first layer reads: V3's embeddings [B, S, H], V4's residual streams [B, S, n, H]."""
+        raise NotImplementedError
+
+    def last_hidden(self, h):
+        """The last layer's output as the head reads it (normed [B, S, H])."""
         raise NotImplementedError
 
     @classmethod
     def family_for(cls, config: DeepseekConfig):
         """The class that builds `config`'s family; a family class refuses another family."""
         return cls
+
+    # ---- the backbone: one layer loop for every family and every use ----------------------
+    def run_layers(self, h, inputs, caches=None, write=None):
+        """The decoder layers over h with the bundle `inputs`: training and recompute (caches None)
+        -> (h, expert loads of the MoE layers, balance loss, ()); prefill and decode through
+        the MLA latent caches (c_0, k_0, c_1, k_1, ...; kv_cache.py) -> (h, (), 0, new caches)."""
+        loads, new = (), ()
+        aux = ops.zeros((), ms.float32)
+        for i in range(self.num_layers):
+            layer = self.model.layers[i]
+            if caches is None:
+                h, counts, layer_aux = layer(h, inputs)
+                if counts is not None:
+                    loads = loads + (counts,)
+                aux = aux + layer_aux
+            else:
+                h, cache_c, cache_k = layer.forward_cached(h, inputs, caches[2 * i], caches[2 * i + 1], write)
+                new = new + (cache_c, cache_k)
+        return h, loads, aux, new
+
+    def backbone(self, input_ids, position_ids=None, segment_ids=None):
+        """-> {HIDDEN, LAYER_INPUTS, LOADS, AUX} (results.py)"""
+        inputs = self.layer_inputs(input_ids, position_ids, segment_ids)
+        h, loads, aux, _ = self.run_layers(self.first_hidden(input_ids), inputs)
+        return {R.HIDDEN: self.last_hidden(h), R.LAYER_INPUTS: inputs, R.LOADS: loads, R.AUX: aux}
 
     # ---- pieces ------------------------------------------------------------------------
     def head(self, h):

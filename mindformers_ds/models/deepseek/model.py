@@ -38,14 +38,17 @@ class DecoderLayer(nn.Cell):
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
 
-    def construct(self, h, cos, sin, mask):
-        """-> (hidden, tokens per expert [E] or None, balance loss)"""
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask).astype(h.dtype)
+    def construct(self, h, inputs):
+        """h [B, S, H], the per-layer bundle (results.py: ROPE, MASK) -> (hidden, tokens per expert
+        [E] or None, balance loss)"""
+        cos, sin = inputs[R.ROPE]
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, inputs[R.MASK]).astype(h.dtype)
         return self.feed_forward(h)
 
-    def forward_cached(self, h, cos, sin, mask, cache_c, cache_k, write):
+    def forward_cached(self, h, inputs, cache_c, cache_k, write):
         """Inference through the MLA latent cache (see MLAttention.forward_cached)."""
-        out, cache_c, cache_k = self.self_attn.forward_cached(self.input_layernorm(h), cos, sin, mask,
+        cos, sin = inputs[R.ROPE]
+        out, cache_c, cache_k = self.self_attn.forward_cached(self.input_layernorm(h), cos, sin, inputs[R.MASK],
                                                               cache_c, cache_k, write)
         return self.feed_forward(h + out.astype(h.dtype))[0], cache_c, cache_k
 
@@ -80,10 +83,9 @@ class MTPLayer(DecoderLayer):
         self.shared_head = SharedHead(c)
 
     def mtp_forward(self, emb, h_prev, layer_inputs):
-        """`layer_inputs`: the backbone's (cos, sin, mask)."""
-        cos, sin, mask = layer_inputs
+        """`layer_inputs`: the backbone's per-layer bundle (results.py)."""
         x = self.eh_proj(ops.concat((self.enorm(emb), self.hnorm(h_prev)), -1))
-        return self.construct(x, cos, sin, mask)
+        return self.construct(x, layer_inputs)
 
 
 class DeepseekModel(nn.Cell):
@@ -99,6 +101,7 @@ class DeepseekModel(nn.Cell):
         self.layers = nn.CellList(layers)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.rotary_emb = RotaryEmbedding(c)
+        self.latent_dims = (c.kv_lora_rank, c.qk_rope_head_dim)  # what one token leaves in the MLA cache
 
 
 class DeepseekForCausalLM(CausalLM):
@@ -115,19 +118,32 @@ class DeepseekForCausalLM(CausalLM):
     def make_backbone(c: DeepseekConfig):
         return DeepseekModel(c)
 
-    def backbone(self, input_ids, position_ids=None, segment_ids=None):
-        """-> {HIDDEN: final normed hidden [B, S, H], LAYER_INPUTS: (cos, sin, mask), LOADS, AUX}"""
+    def layer_inputs(self, input_ids, position_ids=None, segment_ids=None):
+        """{ROPE: (cos, sin) of the positions (0..S-1 unless given), MASK: causal, per packed sample}"""
         b, s = input_ids.shape
         if position_ids is None:
             position_ids = ops.broadcast_to(ops.arange(s, dtype=ms.int32).expand_dims(0), (b, s))
-        cos, sin = self.model.rotary_emb(position_ids)
-        mask = attention_mask(b, s, segment_ids)
-        h = self.model.embed_tokens(input_ids)
-        loads = ()
-        aux = ops.zeros((), ms.float32)
-        for i in range(self.num_layers):
-            h, counts, layer_aux = self.model.layers[i](h, cos, sin, mask)
-            if counts is not None:
-                loads = loads + (counts,)
-            aux = aux + layer_aux
-        return {R.HIDDEN: self.model.norm(h), R.LAYER_INPUTS: (cos, sin, mask), R.LOADS: loads, R.AUX: aux}
+        return {R.ROPE: self.model.rotary_emb(position_ids), R.MASK: attention_mask(b, s, segment_ids)}
+
+    def decode_inputs(self, pos, length: int):
+        """The bundle of one decode step at positions pos [B] over a cache of `length` slots, and
+        where the new token's latents are written ([B, L, 1]): kv_cache.py."""
+        b = pos.shape[0]
+        slots = ops.arange(length, dtype=ms.int32).expand_dims(0)
+        mask = (slots <= pos.reshape(b, 1)).reshape(b, 1, 1, length)
+        write = (slots == pos.reshape(b, 1)).astype(ms.float32).reshape(b, length, 1)
+        return {R.ROPE: self.model.rotary_emb(pos.reshape(b, 1)), R.MASK: mask}, write
+
+    def empty_caches(self, batch: int, length: int, dtype):
+        """Zero MLA latent caches (c_0, k_0, c_1, k_1, ...) of `length` slots."""
+        latent, rope = self.model.latent_dims
+        caches = ()
+        for _ in range(self.num_layers):
+            caches = caches + (ops.zeros((batch, length, latent), dtype), ops.zeros((batch, length, rope), dtype))
+        return caches
+
+    def first_hidden(self, input_ids):
+        return self.model.embed_tokens(input_ids)
+
+    def last_hidden(self, h):
+        return self.model.norm(h)

@@ -60,13 +60,15 @@ class V4DecoderLayer(nn.Cell):
         self.attn_hc = HyperConnection(c)
         self.ffn_hc = HyperConnection(c)
 
-    def construct(self, streams, rope_main, rope_compress, positions, mask_bias, token_ids, segment_ids=None):
-        """streams [B, S, n, H] -> (streams, tokens per expert [E], balance loss)"""
+    def construct(self, streams, inputs):
+        """streams [B, S, n, H], the per-layer bundle (results.py: ROPE_MAIN, ROPE_COMPRESS, POSITIONS,
+        MASK, TOKEN_IDS, SEGMENT_IDS) -> (streams, tokens per expert [E], balance loss)"""
         post, comb, x = self.attn_hc(streams)
-        out = self.self_attn(self.input_layernorm(x), rope_main, rope_compress, positions, mask_bias, segment_ids)
+        out = self.self_attn(self.input_layernorm(x), inputs[R.ROPE_MAIN], inputs[R.ROPE_COMPRESS],
+                             inputs[R.POSITIONS], inputs[R.MASK], inputs[R.SEGMENT_IDS])
         streams = merge_streams(streams, out, post, comb)
         post, comb, x = self.ffn_hc(streams)
-        out, counts, aux = self.mlp(self.post_attention_layernorm(x), token_ids)
+        out, counts, aux = self.mlp(self.post_attention_layernorm(x), inputs[R.TOKEN_IDS])
         return merge_streams(streams, out, post, comb), counts, aux
 
 
@@ -95,24 +97,24 @@ class DeepseekV4ForCausalLM(CausalLM):
                                   f"(DeepseekForCausalLM.from_pretrained picks the class)")
         return cls
 
-    def backbone(self, input_ids, position_ids=None, segment_ids=None):
-        """-> {HIDDEN, LAYER_INPUTS: (rope_main, rope_compress, positions, mask), LOADS, AUX}.
-        `position_ids` are not used: V4 lays windows and RoPE on the row's token indices."""
+    def layer_inputs(self, input_ids, position_ids=None, segment_ids=None):
+        """The bundle of V4's layers. `position_ids` are not used: V4 lays windows and RoPE on the
+        row's token indices."""
         b, s = input_ids.shape
         positions = ops.broadcast_to(ops.arange(s, dtype=ms.int32).expand_dims(0), (b, s))
         rope_main, rope_compress = self.model.rotary_emb(positions)
-        mask = sliding_window_bias(s, self.model.window, segment_ids)
+        return {R.ROPE_MAIN: rope_main, R.ROPE_COMPRESS: rope_compress, R.POSITIONS: positions,
+                R.MASK: sliding_window_bias(s, self.model.window, segment_ids), R.TOKEN_IDS: input_ids,
+                R.SEGMENT_IDS: segment_ids}
+
+    def first_hidden(self, input_ids):
+        """hc_mult copies of the embeddings: the residual streams [B, S, n, H]."""
         h = self.model.embed_tokens(input_ids)
-        streams = ops.broadcast_to(h.expand_dims(2), (b, s, self.model.hc_mult, h.shape[-1]))
-        loads = ()
-        aux = ops.zeros((), ms.float32)
-        for i in range(self.num_layers):
-            streams, counts, layer_aux = self.model.layers[i](streams, rope_main, rope_compress, positions, mask,
-                                                              input_ids, segment_ids)
-            loads = loads + (counts,)
-            aux = aux + layer_aux
-        return {R.HIDDEN: self.model.norm(self.model.hc_head(streams)),
-                R.LAYER_INPUTS: (rope_main, rope_compress, positions, mask), R.LOADS: loads, R.AUX: aux}
+        b, s, d = h.shape
+        return ops.broadcast_to(h.expand_dims(2), (b, s, self.model.hc_mult, d))
+
+    def last_hidden(self, streams):
+        return self.model.norm(self.model.hc_head(streams))
 
     def init_special(self, seed: int) -> None:
         """mHC scales start at 1 (as transformers initialises them); the hash table, which a release

@@ -24,8 +24,18 @@ LOSS = "loss"
 
 # backbone: what the head and the MTP modules read
 HIDDEN = "hidden"          # final normed hidden [B, S, H]
-LAYER_INPUTS = "layer_inputs"  # the per-layer inputs the MTP layers need (V3: cos, sin, mask)
+LAYER_INPUTS = "layer_inputs"  # the bundle every layer of the backbone read (below); MTP layers read it too
 LOADS = "loads"            # tuple of per-MoE-layer expert counts
+
+# the per-layer inputs: one dict, built once per forward by the family's `layer_inputs` (or
+# `decode_inputs`), read by name by every layer of the one layer loop (CausalLM.run_layers)
+ROPE = "rope"              # V2/V3/V3.2: (cos, sin) of the positions
+ROPE_MAIN = "rope_main"    # V4: (cos, sin) of the "main" rope (sliding layers)
+ROPE_COMPRESS = "rope_compress"  # V4: of the "compress" rope (CSA/HCA layers, compressors)
+POSITIONS = "positions"    # V4: token index of every position [B, S]
+MASK = "mask"              # V2/V3: bool [B|1, 1, Sq, Sk]; V4: the additive sliding-window bias
+TOKEN_IDS = "token_ids"    # V4: the input ids (hash-routed MoE layers read them)
+SEGMENT_IDS = "segment_ids"  # V4: packed-sample ids [B, S] or None
 
 # the step graph's outputs, in this order (TrainStep / GradStep); `named` reads them back
 STEP_PARTS = (LOSS, LM_SUM, LM_COUNT, MTP_SUM, MTP_COUNT, AUX, LOAD)
