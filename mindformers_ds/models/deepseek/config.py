@@ -1,7 +1,9 @@
 """DeepSeek model hyper-parameters, with HuggingFace field names.
 
-One frozen dataclass covers V2, V2-Lite and V3/R1; the variants differ only in values
-(router scoring, top-k method, q LoRA on/off, MTP depth). `from_hf_dict` reads a
+`DeepseekConfig` is one frozen dataclass made of parts: the common fields (here: V2, V2-Lite and
+V3/R1 are only these and differ in values: router scoring, top-k method, q LoRA on/off, MTP
+depth), V3.2's indexer part (config_v32.py), V4's part (config_v4.py) and the training knobs
+(config_common.py). The YAML keys and attribute names stay flat. `from_hf_dict` reads a
 `config.json` in either the transformers 4.x form (`rope_theta` + `rope_scaling`) or the
 5.x form (`rope_parameters`); `to_hf_dict` writes one transformers 5.23 loads.
 """
@@ -10,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .config_common import (FUSED_OPS, MODEL_TYPES, SCORING_FUNCS, TOPK_METHODS, V4_ATTENTION_TYPES,  # noqa: F401
-                            V4_FIELDS, V4_MLP_TYPES, Problems, RopeScaling, moe_problems, rope_scaling_from, yarn_mscale)
+from .config_common import (FUSED_OPS, MODEL_TYPES, SCORING_FUNCS, TOPK_METHODS, TRAINING_FIELDS,  # noqa: F401
+                            V4_ATTENTION_TYPES, V4_MLP_TYPES, Problems, RopeScaling, TrainingFields, moe_problems,
+                            rope_scaling_from, yarn_mscale)
+from .config_v32 import V32Fields
+from .config_v4 import V4_FIELDS, V4Fields, v4_from_hf, v4_to_hf
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,8 @@ _HF_BOOKKEEPING = {
 
 
 @dataclass(frozen=True)
-class DeepseekConfig:
+class CommonFields:
+    """What every family reads (V2/V3/R1 are only this part): HF's field names and defaults (V3's)."""
     model_type: str = "deepseek_v3"
     vocab_size: int = 129280
     hidden_size: int = 7168
@@ -66,36 +72,13 @@ class DeepseekConfig:
     eos_token_id: Optional[int] = 1
     pad_token_id: Optional[int] = None
     initializer_range: float = 0.02
-    # V3.2 DeepSeek Sparse Attention (Lightning Indexer); index_topk 0 = dense MLA
-    index_topk: int = 0
-    index_n_heads: int = 64
-    index_head_dim: int = 128
-    # V4 (model_type deepseek_v4; see config_v4.py): shared-KV MQA of head_dim with partial RoPE
-    # (qk_rope_head_dim trailing channels), per-layer attention / MoE types, compressors, mHC.
-    head_dim: int = 0
-    layer_types: List[str] = field(default_factory=list)
-    mlp_layer_types: List[str] = field(default_factory=list)
-    compress_rate_csa: int = 4
-    compress_rate_hca: int = 128
-    compress_rope_theta: float = 160000.0
-    compress_rope_scaling: Optional[RopeScaling] = None
-    sliding_window: int = 128
-    o_groups: int = 8
-    o_lora_rank: int = 1024
-    hc_mult: int = 4
-    hc_sinkhorn_iters: int = 20
-    hc_eps: float = 1e-6
-    swiglu_limit: float = 0.0            # 0: no clipping of expert pre-activations
-    # Training-side knobs (not part of HF's config.json).
-    aux_loss_alpha: float = 0.0          # sequence-wise balance loss coefficient; 0 disables it
-    seq_aux: bool = True
-    bias_update_rate: float = 0.001      # aux-loss-free balancing speed (gamma in the V3 paper)
-    mtp_loss_factor: float = 0.3         # lambda in the V3 paper
-    compute_dtype: str = "float32"       # bfloat16 on Ascend; CPU kernels need float32
-    moe_block_size: int = 32             # rows per expert block in the blocked grouped matmul
-    fused_ops: List[str] = field(default_factory=list)
-    cell_reuse: bool = True              # repeated decoder layers compiled once (models/deepseek/reuse.py)
-    attention_types: List[str] = field(default_factory=list)  # per V2/V3 layer (attention_types.py); []: MLA
+
+
+@dataclass(frozen=True)
+class DeepseekConfig(TrainingFields, V4Fields, V32Fields, CommonFields):
+    """The model config: the common part, V3.2's (config_v32.py) and V4's (config_v4.py) parts, and
+    the training knobs (config_common.py), in that field order (dataclasses collect base fields in
+    reverse MRO). Each part validates its own fields; `problems` asks the parts the model type uses."""
 
     # ---- derived -------------------------------------------------------------------
     @property
@@ -170,11 +153,9 @@ class DeepseekConfig:
         from .attention_types import attention_problems
         out += attention_problems(self, p)
         if self.is_v4:
-            from .config_v4 import v4_problems
-            out += v4_problems(self, p)
+            out += self.v4_problems(p)
         elif self.model_type == "deepseek_v32":
-            from .config_v32 import v32_problems
-            out += v32_problems(self, p)
+            out += self.v32_problems(p)
         else:
             need(self.index_topk == 0, "index_topk",
                  f"{p}index_topk={self.index_topk} needs {p}model_type='deepseek_v32'")
@@ -194,7 +175,6 @@ class DeepseekConfig:
             raise ConfigError(source, "model_type", f"model_type={mt!r} is not a DeepSeek V2/V3/V3.2/V4 model "
                               f"(expected one of {list(MODEL_TYPES)})")
         if mt == "deepseek_v4":
-            from .config_v4 import v4_from_hf
             return cls(**v4_from_hf(d, {f.name for f in dataclasses.fields(cls)}, source))
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: Dict[str, Any] = {}
@@ -253,12 +233,10 @@ class DeepseekConfig:
 
     def to_hf_dict(self) -> Dict[str, Any]:
         if self.is_v4:
-            from .config_v4 import v4_to_hf
             return v4_to_hf(self)
         arch = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v32": "DeepseekV32ForCausalLM"}.get(
             self.model_type, "DeepseekV3ForCausalLM")
-        hf_only = {"aux_loss_alpha", "seq_aux", "bias_update_rate", "mtp_loss_factor", "compute_dtype",
-                   "moe_block_size", "fused_ops", "cell_reuse", "rope_scaling", "rope_theta", "attention_types"}
+        hf_only = set(TRAINING_FIELDS) | {"rope_scaling", "rope_theta"}  # the balance-loss two are written below
         d: Dict[str, Any] = {"architectures": [arch]}
         for f in dataclasses.fields(self):
             if f.name not in hf_only and f.name not in V4_FIELDS:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4")
@@ -14,9 +14,6 @@ TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")
 V4_ATTENTION_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
 V4_MLP_TYPES = ("hash_moe", "moe")
-V4_FIELDS = ("head_dim", "layer_types", "mlp_layer_types", "compress_rate_csa", "compress_rate_hca",
-             "compress_rope_theta", "compress_rope_scaling", "sliding_window", "o_groups", "o_lora_rank",
-             "hc_mult", "hc_sinkhorn_iters", "hc_eps", "swiglu_limit")
 FUSED_OPS = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk", "mla_attention",
              "lm_head_nll", "grad_clip")  # grad_clip: the optimizer step's norm and scaling
 
@@ -50,6 +47,24 @@ def rope_scaling_from(rope: Dict[str, Any], source: str, fld: str) -> Optional[R
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+@dataclass(frozen=True)
+class TrainingFields:
+    """The model section's training-side knobs (not part of HF's config.json, except the balance
+    loss's two, which transformers' configs carry)."""
+    aux_loss_alpha: float = 0.0          # sequence-wise balance loss coefficient; 0 disables it
+    seq_aux: bool = True
+    bias_update_rate: float = 0.001      # aux-loss-free balancing speed (gamma in the V3 paper)
+    mtp_loss_factor: float = 0.3         # lambda in the V3 paper
+    compute_dtype: str = "float32"       # bfloat16 on Ascend; CPU kernels need float32
+    moe_block_size: int = 32             # rows per expert block in the blocked grouped matmul
+    fused_ops: List[str] = field(default_factory=list)
+    cell_reuse: bool = True              # repeated decoder layers compiled once (models/deepseek/reuse.py)
+    attention_types: List[str] = field(default_factory=list)  # per V2/V3 layer (attention_types.py); []: MLA
+
+
+TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingFields))
 
 
 class Problems(list):

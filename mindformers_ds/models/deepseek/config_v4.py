@@ -1,4 +1,4 @@
-"""DeepSeek-V4 fields of DeepseekConfig: reading and writing V4 `config.json`, and checks.
+"""DeepSeek-V4's part of DeepseekConfig: its fields, reading and writing V4 `config.json`, and checks.
 
 V4 reuses the V3 fields where the meaning is the same (q_lora_rank, n_routed_experts, index_*,
 ...) and adds its own (head_dim, layer_types, compressors, mHC). `qk_rope_head_dim` holds
@@ -13,11 +13,38 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Set, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .config_common import V4_ATTENTION_TYPES, V4_MLP_TYPES, Problems, rope_scaling_from
+from .config_common import V4_ATTENTION_TYPES, V4_MLP_TYPES, Problems, RopeScaling, rope_scaling_from
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class V4Fields:
+    """Shared-KV MQA of head_dim with partial RoPE (qk_rope_head_dim trailing channels), per-layer
+    attention / MoE types, the compressors' rates and rope, the output projection's groups, mHC."""
+    head_dim: int = 0
+    layer_types: List[str] = field(default_factory=list)
+    mlp_layer_types: List[str] = field(default_factory=list)
+    compress_rate_csa: int = 4
+    compress_rate_hca: int = 128
+    compress_rope_theta: float = 160000.0
+    compress_rope_scaling: Optional[RopeScaling] = None
+    sliding_window: int = 128
+    o_groups: int = 8
+    o_lora_rank: int = 1024
+    hc_mult: int = 4
+    hc_sinkhorn_iters: int = 20
+    hc_eps: float = 1e-6
+    swiglu_limit: float = 0.0            # 0: no clipping of expert pre-activations
+
+    def v4_problems(self, p: str) -> List[Tuple[str, str]]:
+        return v4_problems(self, p)
+
+
+V4_FIELDS = tuple(f.name for f in dataclasses.fields(V4Fields))   # not read or written for V2/V3
 
 _RATIO_TO_TYPE = {0: "sliding_attention", 4: "compressed_sparse_attention", 128: "heavily_compressed_attention"}
 # read here, or derived, or with no effect on the math
