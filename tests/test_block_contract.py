@@ -21,7 +21,9 @@ from mindformers_ds.models.deepseek.masks import attention_mask
 from mindformers_ds.models.deepseek.shapes import parameter_count, parameter_specs
 from mindformers_ds.observe.flops import forward_flops_per_token, layer_flops
 from mindformers_ds.config import ParallelConfig
+from mindformers_ds.parallel.comm import ParallelContext
 from mindformers_ds.parallel.layout import layout_table
+from mindformers_ds.parallel.parallelize import parallelize
 from mindformers_ds.plan.memory import estimate_memory, layer_activation_bytes
 
 CFG = os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml")   # 2 layers: dense, then MoE
@@ -58,6 +60,14 @@ def test_parameter_and_layout_tables_hold_the_block(configs):
     assert type(model.model.layers[1].self_attn) is block.PlainAttention
     table = layout_table(c, ParallelConfig(dp=1, tp=2))
     assert table[attn + "q_proj.weight"].split == {"tp": 0} and table[attn + "o_proj.weight"].split == {"tp": 1}
+    # the executor splits the block from its facts' roles alone: the block's code knows no parallelism
+    ctx = ParallelContext(2, 1, 1, 2, 1)
+    done = parallelize(model, table, ctx)
+    assert done["column-parallel linear"] >= 3 and done["row-parallel linear"] >= 1
+    assert model.model.layers[1].self_attn.q_proj.weight.shape == (h // 2, h)
+    assert model.model.layers[1].self_attn.o_proj.weight.shape == (h, h // 2)
+    assert {p.name: tuple(p.shape) for p in model.get_parameters()} == \
+        {n: t.local_shape(ctx.sizes()) for n, t in table.items()}
     back = DeepseekConfig.from_hf_dict(c.to_hf_dict())
     assert back.attention_types == c.attention_types and "attention_types" not in mla.to_hf_dict()
 

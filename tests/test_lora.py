@@ -101,3 +101,15 @@ def test_lora_replaces_the_linear_and_keeps_its_parameter_names(lora_run):
     assert not any(hasattr(c, "lora_a") for _, c in model.cells_and_names() if type(c) is Linear)
     assert merge_lora(model) == len(adapted)
     assert {p.name for p in model.get_parameters()} == set(before)
+
+
+def test_lora_under_tensor_parallelism_is_refused_in_one_line():
+    """A split linear's adapter would be split too and its A trained apart on each tp rank: the
+    explicit executor refuses the layout before anything starts, naming the field."""
+    from mindformers_ds.errors import ConfigError
+    from mindformers_ds.parallel.executors import ExplicitExecutor
+    cfg = config.load(LORA, ["parallel.tp=2"], check_paths=False)
+    with pytest.raises(ConfigError, match=r"parallel\.tp=2 with lora\.enabled") as e:
+        ExplicitExecutor().check(cfg, 2)
+    assert "\n" not in str(e.value) and "--set" in str(e.value)
+    ExplicitExecutor().check(config.load(LORA, ["parallel.dp=2"], check_paths=False), 2)   # dp is fine
