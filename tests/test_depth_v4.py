@@ -34,7 +34,8 @@ def test_a_v4_layout_that_does_not_divide_is_refused_before_any_worker_starts(tm
     refused in one line naming the field, before any worker starts."""
     import subprocess
     import sys
-    for sets, want in ((["parallel.dp=4", "parallel.ep=3"], "parallel.ep=3 must divide model.n_routed_experts=8"),):
+    for sets, want in ((["parallel.dp=4", "parallel.ep=3"], "parallel.ep=3 must divide model.n_routed_experts=8"),
+                       (["parallel.tp=4"], "parallel.tp=4 must divide model.o_groups=2")):
         r = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "4", "--", "train", "--config",
                             os.path.join(ROOT, "configs/deepseek_v4/finetune_tiny.yaml"), "--set",
                             f"train.output_dir={tmp_path}", *[a for x in sets for a in ("--set", x)]],

@@ -5,6 +5,7 @@ one device, so the path trains and must equal the explicit executor bit for bit;
 MindSpore refuses the CPU backend and the run says so in one line."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -65,6 +66,8 @@ def test_ascend_executor_trains_one_process_exactly_as_the_explicit_one(tmp_path
     for k in files["explicit"].keys():
         np.testing.assert_array_equal(files["ascend"].get_f32(k), files["explicit"].get_f32(k), err_msg=k)
     assert "executor: ascend" in open(runs["ascend"] / "train.log").read()
+    with open(runs["ascend"] / "strategy" / "param_layout.json", encoding="utf-8") as f:   # every parameter once
+        assert sorted(json.load(f)["params"]) == sorted(files["explicit"].keys())
 
 
 def test_ascend_executor_under_msrun_stops_at_mindspore_refusal_in_one_line(tmp_path):
@@ -93,3 +96,18 @@ def test_native_collectives_are_chosen_by_backend_capability():
     assert native("CPU", "all_reduce", False) and native("CPU", "all_gather", True)
     assert not native("CPU", "all_gather", False) and not native("CPU", "reduce_scatter", True)
     assert not native("CPU", "send_recv", True) and not native("CPU", "all_to_all", True)
+
+
+def test_ascend_executor_split_is_refused_and_a_distributed_checkpoint_says_how_to_merge(tmp_path):
+    """The Ascend executor loads one full checkpoint (MindSpore slices it): `mfds convert split`
+    under it is refused in one line; resuming from MindSpore's per-device slices names the merge."""
+    from mindformers_ds.checkpoint.safetensors_io import CheckpointError
+    from mindformers_ds.train.setup import DistEnv
+    cfg = config.load(CFG, ["parallel.executor=ascend"])
+    with pytest.raises(ConfigError, match=r"^--set: parallel.executor=ascend loads one full checkpoint"):
+        AscendExecutor().split_checkpoint(str(tmp_path / "a"), str(tmp_path / "b"), cfg)
+    step = tmp_path / "step_00000002"
+    (step / "rank_0").mkdir(parents=True)
+    (step / "rank_0" / "checkpoint.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(CheckpointError, match=r"step_00000002: a MindSpore distributed checkpoint .*unified_safetensors"):
+        AscendExecutor().load(str(step), "model.safetensors", [], None, DistEnv())

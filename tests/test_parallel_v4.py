@@ -4,8 +4,9 @@ norm per step within 1e-5, every weight merged from the shards within 1e-5), and
 under dp=2 x tp=2 continues exactly under ep=2 and then in one process.
 
 V4's split (the layout table's roles): routed experts over ep (hash-routed and learned layers
-alike), shared experts by width over tp; attention, compressors, indexers and mHC whole on
-every rank."""
+alike), shared experts by width over tp, query heads by whole output groups over tp (q_b_proj,
+the grouped o_a_proj, o_b_proj, the sinks); the shared-KV head, compressors, indexers and mHC
+whole on every rank."""
 from __future__ import annotations
 
 import os
@@ -92,7 +93,7 @@ def test_v4_tensor_parallel_matches_one_process(v4_single, tmp_path):
         attn = f.info("model.layers.0.self_attn.q_b_proj.weight")[1]
     with SafetensorsFile(os.path.join(step_dir(v4_single, 3), "model.safetensors")) as f:
         assert shared[0] * 2 == f.info("model.layers.0.mlp.shared_experts.gate_proj.weight")[1][0]   # split by width
-        assert attn == f.info("model.layers.0.self_attn.q_b_proj.weight")[1]                      # whole
+        assert attn[0] * 2 == f.info("model.layers.0.self_attn.q_b_proj.weight")[1][0]          # by head groups
     assert_same_weights(step_dir(out, 3), step_dir(v4_single, 3), str(tmp_path))
 
 

@@ -69,13 +69,14 @@ def run_convert(a) -> int:
         return 0 if ok else 1
     elif a.convert_cmd == "split":
         from .. import config
-        from ..parallel.shards import split_checkpoint
+        from ..parallel.executors import executor_for
         cfg = config.load(a.config, a.set)
-        print(f"split: {split_checkpoint(a.src, a.dst, cfg, a.overwrite)}")
+        print(f"split: {executor_for(cfg.parallel).split_checkpoint(a.src, a.dst, cfg, a.overwrite)}")
         return 0
     else:
-        from ..parallel.shards import merge_checkpoint
-        print(f"merge: {merge_checkpoint(a.src, a.dst, a.overwrite)}")
+        from ..parallel.executors import ExplicitExecutor
+        # a merge needs no layout: the shards' layout.json says how to reassemble them
+        print(f"merge: {ExplicitExecutor().merge_checkpoint(a.src, a.dst, a.overwrite)}")
         return 0
     for note in r.get("notes", []):
         print(f"note: {note}")

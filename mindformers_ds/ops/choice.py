@@ -52,7 +52,7 @@ OPS: Dict[str, OpChoice] = {
     "rope": OpChoice(lambda interleave: composite.apply_rope, lambda interleave: _kernels().rope_op(interleave)),
     # None: the caller keeps its padded composite pair and block size
     "moe_permute": OpChoice(lambda num_experts: None, _moe_permute_kernels),
-    "grouped_matmul": OpChoice(lambda: composite.grouped_matmul, lambda: _kernels().grouped_matmul_op()),
+    "grouped_matmul": OpChoice(lambda: composite.GroupedMatmul(), lambda: _kernels().grouped_matmul_op()),
     # the kernel knows V2/V3 scoring (softmax, sigmoid), not V4's sqrt-softplus
     "router_topk": OpChoice(lambda **a: composite.router_topk, lambda **a: _kernels().router_topk_op(**a),
                             lambda scoring, **_: scoring != "sqrtsoftplus"),

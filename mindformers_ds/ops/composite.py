@@ -9,8 +9,6 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
-_bmm_nt = ops.BatchMatMul(transpose_b=True)
-
 
 def rms_norm(x, weight, eps: float):
     """weight * x / sqrt(mean(x^2) + eps), computed in float32 like transformers."""
@@ -117,12 +115,29 @@ def moe_permute(x, topk_idx, num_experts: int, block: int):
     return x_perm, slot_of_row, block_expert, counts.astype(ms.int32)
 
 
+class GroupedMatmul(nn.Cell):
+    """y[r] = x_perm[r] @ weight[e(r)]^T for each block of rows; weight is [E, M, K] (HF layout).
+    A cell with its own primitives, so a parallel plan can shard them (the Ascend executor: the
+    expert weights' Gather over ep, the blocks' BatchMatMul over dp)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gather = ops.Gather()
+        self.bmm = ops.BatchMatMul(transpose_b=True)
+
+    def construct(self, x_perm, weight, block_expert, block: int):
+        p, kdim = x_perm.shape
+        xb = x_perm.reshape(p // block, block, kdim)
+        wb = self.gather(weight, block_expert, 0)
+        return self.bmm(xb, wb).reshape(p, weight.shape[1])
+
+
+_GROUPED_MATMUL = GroupedMatmul()
+
+
 def grouped_matmul(x_perm, weight, block_expert, block: int):
-    """y[r] = x_perm[r] @ weight[e(r)]^T for each block of rows; weight is [E, M, K] (HF layout)."""
-    p, kdim = x_perm.shape
-    xb = x_perm.reshape(p // block, block, kdim)
-    wb = ops.gather(weight, block_expert, 0)
-    return _bmm_nt(xb, wb).reshape(p, weight.shape[1])
+    """GroupedMatmul as a function (one shared instance: tests, benchmarks, the kernels' fallback)."""
+    return _GROUPED_MATMUL(x_perm, weight, block_expert, block)
 
 
 def moe_unpermute(y_perm, slot_of_row, topk_weight, num_tokens: int):

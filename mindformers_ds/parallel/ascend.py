@@ -9,17 +9,30 @@ dataset strategy and a parameter strategy file (for `transform_checkpoints` /
 is checked statically: every strategy has the rank of its operator's inputs and divides
 their shapes, and stand-alone mode with the strategies set computes the same logits.
 
-Routed experts: the composite grouped matmul gathers expert weights per token block, so it
-is sharded over data-parallel blocks here; expert parallelism on Ascend needs the fused
-MoE kernels (token permute + GroupedMatmul with all-to-all), see ops/.
+Routed experts (expert parallelism through sharded GroupedMatmul weights, not an AlltoAll of
+tokens): the expert weights [E, *, *] are split over `ep` along E, as the table says, by the
+strategy of the grouped matmul's weight Gather ((ep, 1, 1), (1,)): each device gathers the
+blocks of its own experts and MindSpore combines them (a model-parallel Gather: masked lookups
+and an all-reduce over ep), and the blocks' BatchMatMul runs data parallel. This moves weight
+blocks instead of tokens; MindSpore's AlltoAll-based token dispatch (the fused MoE kernels:
+permute + GroupedMatmul + all-to-all) is the faster path and is not written here.
+
+`param_strategies` reads the plan back per parameter ({mesh axis: dim}, {} replicated): a test
+walks it against the layout table for every preset and family, and `write_strategy_listing`
+saves it next to the checkpoints (`strategy/param_layout.json`, every parameter once), beside
+MindSpore's own strategy file (written at the first compile on Ascend).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
+from ..utils.io import atomic_write_json
 from .layout import ParamLayout, layer_stage, layout_table
+
+STRATEGY_DIR = "strategy"   # under the run directory: MindSpore's strategy file and our listing
 
 
 @dataclass(frozen=True)
@@ -28,14 +41,16 @@ class OpStrategy:
     op: str
     strategy: Tuple[Tuple[int, ...], ...]
     input_shapes: Tuple[Tuple[int, ...], ...]
+    params: Tuple[str, ...] = ()                   # the parameters this op reads as its weight input
+    param_split: Tuple[Tuple[str, int], ...] = ()  # how the strategy splits them: (mesh axis, dim)
 
 
 def _linear_strategy(layout: ParamLayout, dp: int, tp: int):
     if layout.split.get("tp") == 0:
-        return ((dp, 1), (tp, 1))        # column parallel: output rows over tp
+        return ((dp, 1), (tp, 1)), (("tp", 0),)     # column parallel: output rows over tp
     if layout.split.get("tp") == 1:
-        return ((dp, tp), (1, tp))       # row parallel: the contraction over tp (partial sums reduced)
-    return ((dp, 1), (1, 1))             # replicated weight, data-parallel rows
+        return ((dp, tp), (1, tp)), (("tp", 1),)    # row parallel: the contraction over tp (partial sums reduced)
+    return ((dp, 1), (1, 1)), ()                     # replicated weight, data-parallel rows
 
 
 def plan(model, par, batch: int, seq: int) -> List[OpStrategy]:
@@ -44,6 +59,7 @@ def plan(model, par, batch: int, seq: int) -> List[OpStrategy]:
     from ..models.deepseek.attention import MLAttention
     from ..models.deepseek.layers import Linear
     from ..models.deepseek.moe import Experts, TopkRouter
+    from ..models.deepseek.v4_attention import V4Attention
     c = model.config
     table = layout_table(c, par)
     dp, tp = par.dp, par.tp
@@ -51,12 +67,13 @@ def plan(model, par, batch: int, seq: int) -> List[OpStrategy]:
     out: List[OpStrategy] = []
     for name, cell in model.cells_and_names():
         if isinstance(cell, Linear):
-            layout = table[f"{name}.weight"]
-            out.append(OpStrategy(name, "MatMul", _linear_strategy(layout, dp, tp),
-                                  ((tokens, cell.in_features), (cell.out_features, cell.in_features))))
+            strategy, split = _linear_strategy(table[f"{name}.weight"], dp, tp)
+            out.append(OpStrategy(name, "MatMul", strategy,
+                                  ((tokens, cell.in_features), (cell.out_features, cell.in_features)),
+                                  (f"{name}.weight",), split))
         elif isinstance(cell, TopkRouter):
             out.append(OpStrategy(name, "MatMul", ((dp, 1), (1, 1)),
-                                  ((tokens, c.hidden_size), (c.n_routed_experts, c.hidden_size))))
+                                  ((tokens, c.hidden_size), (c.n_routed_experts, c.hidden_size)), (f"{name}.weight",)))
         elif isinstance(cell, MLAttention):
             h, dn, dr, dv = cell.num_heads, cell.nope_dim, cell.rope_dim, cell.v_dim
             out.append(OpStrategy(name, "BatchMatMul(q_nope,k_nope)", ((dp, tp, 1, 1), (dp, tp, 1, 1)),
@@ -65,16 +82,41 @@ def plan(model, par, batch: int, seq: int) -> List[OpStrategy]:
                                   ((batch, h * seq, dr), (batch, seq, dr))))
             out.append(OpStrategy(name, "BatchMatMul(probs,v)", ((dp, tp, 1, 1), (dp, tp, 1, 1)),
                                   ((batch, h, seq, seq), (batch, h, seq, dv))))
+        elif isinstance(cell, V4Attention):
+            out += _v4_attention(name, cell, c, dp, tp, batch, seq)
         elif isinstance(cell, Experts):
             from ..ops.composite import moe_padded_rows
             rows = moe_padded_rows(tokens * c.num_experts_per_tok, c.n_routed_experts, cell.block)
             blocks = rows // cell.block
             inter, hid = c.moe_intermediate_size, c.hidden_size
-            out.append(OpStrategy(name, "BatchMatMul(blocks,gate_up)", ((dp, 1, 1), (dp, 1, 1)),
+            ep = par.ep
+            out.append(OpStrategy(name, "Gather(expert weights)", ((ep, 1, 1), (1,)),
+                                  ((cell.num_experts, 2 * inter, hid), (blocks,)),
+                                  (f"{name}.gate_up_proj", f"{name}.down_proj"), (("ep", 0),) if ep > 1 else ()))
+            # the padded block count is rarely a multiple of dp: split over the largest divisor of dp that divides it
+            k = math.gcd(dp, blocks)
+            out.append(OpStrategy(name, "BatchMatMul(blocks,gate_up)", ((k, 1, 1), (k, 1, 1)),
                                   ((blocks, cell.block, hid), (blocks, 2 * inter, hid))))
-            out.append(OpStrategy(name, "BatchMatMul(blocks,down)", ((dp, 1, 1), (dp, 1, 1)),
+            out.append(OpStrategy(name, "BatchMatMul(blocks,down)", ((k, 1, 1), (k, 1, 1)),
                                   ((blocks, cell.block, inter), (blocks, hid, inter))))
     return out
+
+
+def _v4_attention(name: str, cell, c, dp: int, tp: int, batch: int, seq: int) -> List[OpStrategy]:
+    """V4's heads over tp by whole output groups (q_b_proj and o_b_proj are Linears, planned as
+    such): the scores and values over the heads, the sinks with their heads, the grouped o_a_proj
+    by group. The shared-KV keys (with the compressed entries: at most `seq` more) are replicated."""
+    h, d, g = c.num_attention_heads, c.head_dim, c.o_groups
+    keys = seq + seq  # an upper bound of sliding + compressed keys; the divisibility checked is the heads'
+    a = f"{name}."
+    return [OpStrategy(name, "BatchMatMul(q,keys)", ((dp, tp, 1), (dp, 1, 1)), ((batch, h * seq, d), (batch, keys, d))),
+            OpStrategy(name, "BatchMatMul(probs,keys)", ((dp, tp, 1), (dp, 1, 1)),
+                       ((batch, h * seq, keys), (batch, keys, d))),
+            OpStrategy(name, "Add(sinks)", ((dp, tp, 1, 1), (1, tp, 1, 1)), ((batch, h, seq, 1), (1, h, 1, 1)),
+                       (a + "sinks",), (("tp", 0),) if tp > 1 else ()),
+            OpStrategy(name, "BatchMatMul(o_a_proj groups)", ((tp, dp, 1), (tp, 1, 1)),
+                       ((g, batch * seq, h * d // g), (g, c.o_lora_rank, h * d // g)),
+                       (a + "o_a_proj.weight",), (("tp", 0),) if tp > 1 else ())]
 
 
 def check(strategies: List[OpStrategy], device_num: int) -> List[str]:
@@ -99,11 +141,30 @@ def check(strategies: List[OpStrategy], device_num: int) -> List[str]:
     return bad
 
 
+def param_strategies(model, strategies: List[OpStrategy]) -> Dict[str, Dict[str, int]]:
+    """Every parameter of `model` with the split its plan gives it ({mesh axis: dim}; {}: replicated)."""
+    out: Dict[str, Dict[str, int]] = {p.name: {} for p in model.get_parameters()}
+    for s in strategies:
+        for name in s.params:
+            out[name] = dict(s.param_split)
+    return out
+
+
+def write_strategy_listing(path: str, model, strategies: List[OpStrategy]) -> str:
+    """`param_strategies` as JSON (name -> shape and split), every parameter once; temp file + rename."""
+    shapes = {p.name: list(p.shape) for p in model.get_parameters()}
+    doc = {name: {"shape": shapes[name], "split": split} for name, split in param_strategies(model, strategies).items()}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_json(path, {"params": doc})
+    return path
+
+
 def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
     """Set `.shard()` on the model's primitives, pipeline stages and recompute; returns the plan."""
     from ..models.deepseek.attention import MLAttention
     from ..models.deepseek.layers import Linear
     from ..models.deepseek.moe import Experts, TopkRouter
+    from ..models.deepseek.v4_attention import V4Attention
     from ..ops import composite
     strategies = plan(model, par, batch, seq)
     by_cell: Dict[str, List[OpStrategy]] = {}
@@ -118,8 +179,14 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
         elif isinstance(cell, MLAttention) and isinstance(cell.core, composite.MlaAttentionCore):
             cell.core.bmm_nt.shard(st[0].strategy)  # the same primitive multiplies q_pe.k_pe with a
             cell.core.bmm.shard(st[2].strategy)     # strategy MindSpore derives from q_nope.k_nope's
-        elif isinstance(cell, Experts):
-            composite._bmm_nt.shard(st[0].strategy)
+        elif isinstance(cell, V4Attention):
+            cell.bmm_nt.shard(st[0].strategy)
+            cell.bmm.shard(st[1].strategy)
+            cell.add_sinks.shard(st[2].strategy)
+            cell.o_a_proj.bmm_nt.shard(st[3].strategy)
+        elif isinstance(cell, Experts) and isinstance(cell.gmm, composite.GroupedMatmul):
+            cell.gmm.gather.shard(st[0].strategy)   # gate_up and down: one primitive, one strategy
+            cell.gmm.bmm.shard(st[1].strategy)
     stages = layer_stage(model.config, par)
     recompute = par.recompute
     for i, layer in enumerate(model.model.layers):
@@ -148,5 +215,5 @@ def wrap(train_cell, par, output_dir: str):
         parallel.pipeline(stages=par.pp)
     if par.optimizer_shard:
         parallel.hsdp(optimizer_level="level1")
-    parallel.save_param_strategy_file(os.path.join(output_dir, "strategy", "param_strategy.ckpt"))
+    parallel.save_param_strategy_file(os.path.join(output_dir, STRATEGY_DIR, "param_strategy.ckpt"))
     return parallel

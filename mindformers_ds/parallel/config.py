@@ -42,6 +42,8 @@ def check_parallel(p, model: DeepseekConfig, train, origin_of: Callable[[str], s
     need(h % p.tp == 0, "parallel.tp", f"parallel.tp={p.tp} must divide model.num_attention_heads={h}")
     need(model.intermediate_size % p.tp == 0, "parallel.tp",
          f"parallel.tp={p.tp} must divide model.intermediate_size={model.intermediate_size}")
+    if model.is_v4:  # query heads split by whole output groups
+        need(model.o_groups % p.tp == 0, "parallel.tp", f"parallel.tp={p.tp} must divide model.o_groups={model.o_groups}")
     if model.n_routed_experts > 0:
         shared = model.moe_intermediate_size * max(model.n_shared_experts, 1)
         need(shared % p.tp == 0, "parallel.tp",

@@ -17,6 +17,7 @@ an `ascend` run goes through all of our code and stops there with one line namin
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,6 +47,19 @@ class AscendRanks:
     @property
     def dp_rank(self) -> int:
         return (self.rank // self.tp) % self.dp
+
+
+@dataclass
+class SaveRequest:
+    """What one checkpoint holds (the trainer asks its executor to write it)."""
+    root: str
+    step: int
+    model_params: list
+    opt_params: list
+    state: dict
+    hf_config: dict
+    keep_last: int
+    side_files: dict
 
 
 class ExplicitExecutor:
@@ -98,6 +112,30 @@ class ExplicitExecutor:
     def wrap(self, cell, cfg):
         return cell
 
+    def load(self, path: str, filename: str, params, table, env) -> int:
+        """This rank's `params` from a checkpoint of any layout (shards.py)."""
+        from .shards import load_into
+        return load_into(path, filename, params, table, env.ctx)
+
+    def save_shards(self, req: SaveRequest, env, table) -> Optional[str]:
+        """Every rank writes its slices (shards.py); None for one process, which the trainer
+        saves in the single-file format."""
+        if env.ctx is None or env.world == 1:
+            return None
+        from .explicit import barrier
+        from .shards import save_sharded
+        return save_sharded(req.root, req.step, env.ctx, req.model_params, req.opt_params, req.state, req.hf_config,
+                            req.keep_last, table, barrier, req.side_files)
+
+    def split_checkpoint(self, src: str, dst: str, cfg, overwrite: bool = False) -> str:
+        """A checkpoint of any layout -> the shards of `cfg.parallel` (one directory per rank)."""
+        from .shards import split_checkpoint
+        return split_checkpoint(src, dst, cfg, overwrite)
+
+    def merge_checkpoint(self, src: str, dst: str, overwrite: bool = False) -> str:
+        from .shards import merge_checkpoint
+        return merge_checkpoint(src, dst, overwrite)
+
 
 class AscendExecutor:
     name = "ascend"
@@ -126,9 +164,12 @@ class AscendExecutor:
 
     def build(self, cfg, env, table):
         from ..train.setup import build_model
-        from .ascend import apply
+        from .ascend import STRATEGY_DIR, apply, write_strategy_listing
         model = build_model(cfg)
-        apply(model, cfg.parallel, cfg.train.micro_batch_size, cfg.data.seq_length)
+        strategies = apply(model, cfg.parallel, cfg.train.micro_batch_size * cfg.parallel.dp, cfg.data.seq_length)
+        if env.is_main:
+            log.info("strategy listing: %s", write_strategy_listing(
+                os.path.join(cfg.train.output_dir, STRATEGY_DIR, "param_layout.json"), model, strategies))
         return model
 
     def collectives(self, trainable, table, env):
@@ -136,7 +177,34 @@ class AscendExecutor:
 
     def wrap(self, cell, cfg):
         from .ascend import wrap
-        return RefusalToLine(wrap(cell, cfg.parallel, cfg.train.output_dir), cfg.source)
+        self.step_cell = wrap(cell, cfg.parallel, cfg.train.output_dir)
+        self.output_dir = cfg.train.output_dir
+        return RefusalToLine(self.step_cell, cfg.source)
+
+    def load(self, path: str, filename: str, params, table, env) -> int:
+        """Full tensors (a full checkpoint, or any explicit layout's shards reassembled) into the
+        whole model; MindSpore slices them from the strategies at the first compile."""
+        from .ascend_checkpoint import check_loadable
+        from .shards import load_into
+        check_loadable(path)
+        return load_into(path, filename, params, None, None)
+
+    def save_shards(self, req: SaveRequest, env, table) -> Optional[str]:
+        """One process: None (the trainer's single-file format). Several devices: MindSpore's own
+        distributed checkpoint (ascend_checkpoint.py; written for Ascend, not run here)."""
+        if env.world == 1:
+            return None
+        from .ascend_checkpoint import save_distributed
+        return save_distributed(self.step_cell, req, env, self.output_dir)
+
+    def split_checkpoint(self, src: str, dst: str, cfg, overwrite: bool = False) -> str:
+        raise ConfigError(cfg.origin("parallel.executor"), "parallel.executor",
+                          "parallel.executor=ascend loads one full checkpoint and MindSpore slices it from the "
+                          "strategies: there is nothing to split (`mfds convert merge` makes a full one)")
+
+    def merge_checkpoint(self, src: str, dst: str, overwrite: bool = False) -> str:
+        from .shards import merge_checkpoint
+        return merge_checkpoint(src, dst, overwrite)
 
 
 class RefusalToLine:

@@ -5,8 +5,9 @@ checkpoint split/merge, and the planner's per-device memory.
 
 A parameter's split is derived from its role (models/deepseek/shapes.py), never listed per
 layer: column-parallel linears split their output dim over tp, row-parallel ones their input
-dim, routed experts split the expert dim over ep; latent projections (q_a, kv_a, eh_proj),
-norms and routers are replicated; embedding and head split the vocabulary when
+dim, routed experts split the expert dim over ep, V4's grouped output projection and per-head
+sinks split whole groups of heads over tp; latent projections (q_a, kv_a, eh_proj, V4's
+single shared-KV head), compressors, indexers, mHC, norms and routers are replicated; embedding and head split the vocabulary when
 `vocab_parallel`. Pipeline stages own whole layers.
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .config import stage_layer_counts
 ROLE_SPLIT = {  # role -> {mesh axis: tensor dim}
     "linear_col": {"tp": 0},
     "linear_row": {"tp": 1},
+    "grouped_col": {"tp": 0},     # V4's grouped o_a_proj: whole groups of heads over tp
+    "head_vector": {"tp": 0},     # one value per attention head (V4's sinks)
     "experts_gate_up": {"ep": 0},
     "experts_down": {"ep": 0},
     "mla_latent": {}, "norm": {}, "router": {}, "router_bias": {}, "indexer": {},

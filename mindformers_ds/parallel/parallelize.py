@@ -11,8 +11,10 @@ facts state, models/deepseek/facts/), never from the cell:
     Linear, weight split {tp: 1}   row parallel: in/tp columns; `leave` = g (output all-reduced)
     Experts, weight split {ep: 0}  E/ep experts from ep_rank * E/ep; `dispatch` gathers the EP
                                    group's tokens, `combine` sums the group's outputs back
+    GroupedLinear, weight {tp: 0}  whole groups of heads: groups/tp groups (V4's o_a_proj)
+    any other parameter split      a zero parameter of its slice's shape (V4's per-head sinks)
     SharedAcrossHeads              f over tp, in a block whose linears are split over tp (MLA's
-                                   k_pe feeds only this rank's heads)
+                                   k_pe, V4's shared-KV keys feed only this rank's heads)
 
 Parameters keep their names (utils/cells.replace_cell) and are zeros: values come afterwards
 from `init_weights` / loading with the table's slicer, so it is applied to a freshly built model.
@@ -24,8 +26,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Dict
 
-from ..models.deepseek.layers import Linear, SharedAcrossHeads
+from ..models.deepseek.layers import Linear, SharedAcrossHeads, zeros_param
 from ..models.deepseek.moe import Experts
+from ..models.deepseek.v4_attention import GroupedLinear
 from ..utils.cells import find_cells, replace_cell
 from .layout import ParamLayout
 
@@ -68,9 +71,37 @@ def parallelize(model, table: Dict[str, ParamLayout], ctx) -> Dict[str, int]:
         if "ep" in _split(table, f"{name}.gate_up_proj") and ctx.ep > 1:
             replace_cell(model, name, _experts(cell, model.config, ctx))
             done["expert-parallel experts"] += 1
+    for name, cell in sorted(find_cells(model, lambda n, c: isinstance(c, GroupedLinear)).items()):
+        if "tp" in _split(table, f"{name}.weight") and ctx.tp > 1:
+            replace_cell(model, name, GroupedLinear(cell.in_per_group, cell.groups * cell.out_per_group // ctx.tp,
+                                                    cell.groups // ctx.tp))
+            done["grouped linear by head groups"] += 1
+            tp_split_blocks.append(name.rpartition(".")[0] + ".")
+    done.update(_split_remaining_parameters(model, table, ctx))
     for name in sorted(find_cells(model, lambda n, c: isinstance(c, SharedAcrossHeads))):
         block = name.rpartition(".")[0] + "."
         if any(linear.startswith(block) for linear in tp_split_blocks):
             replace_cell(model, name, ctx.collective("copy_to", "tp"))
             done["shared activation of split heads"] += 1
     return dict(done)
+
+
+def _split_remaining_parameters(model, table: Dict[str, ParamLayout], ctx) -> Counter:
+    """Parameters split by the table that no rebuilt cell holds (V4's sinks): replaced in place
+    by zeros of this rank's shape, under the same name."""
+    done: Counter = Counter()
+    sizes = ctx.sizes()
+    owners = {f"{cell_name}.{attr}" if cell_name else attr: (cell, attr)
+              for cell_name, cell in model.cells_and_names() for attr in cell._params}
+    for param in list(model.get_parameters()):
+        layout = table.get(param.name)
+        if layout is None or not layout.split:
+            continue
+        local = layout.local_shape(sizes)
+        if tuple(param.shape) != local:
+            cell, attr = owners[param.name]
+            new = zeros_param(local, attr, param.requires_grad)
+            setattr(cell, attr, new)
+            new.name = param.name
+            done["split parameter"] += 1
+    return done

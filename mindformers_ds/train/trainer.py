@@ -44,7 +44,7 @@ from .optimizer import AdamW
 from .preflight import preflight
 from .run_data import build_run_data
 from .schedule import learning_rate
-from ..parallel.executors import executor_for
+from ..parallel.executors import SaveRequest, executor_for
 from .setup import DistEnv, apply_freeze
 from .step import (AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters,
                    router_bias_rows)
@@ -130,9 +130,8 @@ class Trainer:
             ckpt.load_params(path, "optimizer.safetensors", self.optimizer.state_parameters())
         else:
             # any layout: a single-process checkpoint, or the shards of another parallel layout
-            from ..parallel.shards import load_into
-            load_into(path, "model.safetensors", list(self.model.get_parameters()), self.table, self.env.ctx)
-            load_into(path, "optimizer.safetensors", self.optimizer.state_parameters(), self.table, self.env.ctx)
+            self.executor.load(path, "model.safetensors", list(self.model.get_parameters()), self.table, self.env)
+            self.executor.load(path, "optimizer.safetensors", self.optimizer.state_parameters(), self.table, self.env)
         step = int(ckpt.read_state(path)["step"])
         log.info("resumed from %s at step %d", path, step)
         return step
@@ -348,12 +347,10 @@ class Trainer:
 
     def _save(self, step: int, tokens_seen: int) -> None:
         state = {"tokens_seen": tokens_seen, "config": self.cfg.source}
-        if self.env.ctx is not None and self.env.world > 1:
-            from ..parallel.explicit import barrier
-            from ..parallel.shards import save_sharded
-            path = save_sharded(self.ckpt_root, step, self.env.ctx, list(self.model.get_parameters()),
-                                self.optimizer.state_parameters(), state, self.model.config.to_hf_dict(),
-                                self.cfg.checkpoint.keep_last, self.table, barrier, self._side_files())
+        request = SaveRequest(self.ckpt_root, step, list(self.model.get_parameters()), self.optimizer.state_parameters(),
+                              state, self.model.config.to_hf_dict(), self.cfg.checkpoint.keep_last, self._side_files())
+        path = self.executor.save_shards(request, self.env, self.table)   # None: one process, saved below
+        if path is not None:
             self.last_checkpoint = path
             log.info("saved checkpoint %s (rank %d of %d)", path, self.env.rank, self.env.world)
             return

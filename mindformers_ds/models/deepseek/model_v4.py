@@ -45,8 +45,8 @@ class V4Rotary(nn.Cell):
 
 class V4DecoderLayer(nn.Cell):
     """Split by the layout table's roles from outside like V3's: routed experts over ep, shared
-    experts by width over tp; attention, compressors, indexers and mHC have replicated roles
-    (mla_latent, compressor, indexer, hc) and stay whole on every rank."""
+    experts by width over tp, query heads by whole output groups over tp; the shared-KV head,
+    compressors, indexers and mHC have replicated roles and stay whole on every rank."""
 
     def __init__(self, c: DeepseekConfig, layer_idx: int):
         super().__init__()

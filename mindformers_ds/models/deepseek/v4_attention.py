@@ -20,7 +20,7 @@ from mindspore import nn, ops
 
 from .config import DeepseekConfig
 from .hyper_connection import unit_rms_norm
-from .layers import DTYPES, Linear, RMSNorm, zeros_param
+from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads, zeros_param
 from .v4_compressor import MASK_VALUE, CSACompressor, HCACompressor, rope_tail
 
 COMPRESSORS = {"compressed_sparse_attention": CSACompressor, "heavily_compressed_attention": HCACompressor}
@@ -76,17 +76,21 @@ class V4Attention(nn.Cell):
         if self.has_compressor:
             self.compressor = COMPRESSORS[self.layer_type](c)
         self.scale = c.head_dim ** -0.5
+        self.shared_keys = SharedAcrossHeads()  # the one KV head (and compressed entries) every head reads
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul()
+        self.add_sinks = ops.Add()  # a primitive, so the Ascend plan can split the sinks with their heads
 
     def construct(self, x, rope_main, rope_compress, positions, mask_bias, segment_ids=None):
         """x [B, S, H]; rope_* = (cos, sin) [B, 1, S, r/2]; positions [B, S]; mask_bias [B|1, 1, S, S];
         segment_ids [B, S] of packed samples or None."""
         b, s, _ = x.shape
-        h, d = self.num_heads, self.head_dim
+        d = self.head_dim
         cos, sin = rope_compress if self.uses_compress_rope else rope_main
         q_resid = self.q_a_norm(self.q_a_proj(x))
-        q = unit_rms_norm(self.q_b_proj(q_resid).reshape(b, s, h, d), self.eps).transpose(0, 2, 1, 3)
+        # heads read off q_b's shape: a rank holding whole output groups of heads runs this unchanged
+        q = unit_rms_norm(self.q_b_proj(q_resid).reshape(b, s, -1, d), self.eps).transpose(0, 2, 1, 3)
+        h = q.shape[1]
         q = rope_tail(q, cos, sin)                                                   # [B, H, S, D]
         kv = rope_tail(self.kv_norm(self.kv_proj(x)).reshape(b, 1, s, d), cos, sin)  # [B, 1, S, D]
         bias = ops.broadcast_to(mask_bias, (b, 1, s, s))
@@ -97,11 +101,11 @@ class V4Attention(nn.Cell):
                 kv = ops.concat((kv, entries), 2)
                 extra = ops.stop_gradient((1.0 - visible.astype(ms.float32)) * MASK_VALUE).expand_dims(1)
                 bias = ops.concat((bias, extra), -1)
-        keys = kv.reshape(b, -1, d)
+        keys = self.shared_keys(kv.reshape(b, -1, d))
         scores = self.bmm_nt(q.reshape(b, h * s, d), keys).reshape(b, h, s, -1) * self.scale + bias
-        sinks = ops.broadcast_to(self.sinks.reshape(1, h, 1, 1), (b, h, s, 1))
+        sinks = self.add_sinks(ops.zeros((b, h, s, 1), scores.dtype), self.sinks.reshape(1, h, 1, 1))
         probs = ops.softmax(ops.concat((scores, sinks), -1), -1)[..., :-1]
         out = self.bmm(probs.reshape(b, h * s, -1), keys).reshape(b, h, s, d)
         out = rope_tail(out, cos, -sin).transpose(0, 2, 1, 3)                         # [B, S, H, D]
-        grouped = self.o_a_proj(out.reshape(b, s, self.o_groups, h * d // self.o_groups))
+        grouped = self.o_a_proj(out.reshape(b, s, -1, self.o_a_proj.in_per_group))
         return self.o_b_proj(grouped)

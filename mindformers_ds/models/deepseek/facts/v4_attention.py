@@ -1,6 +1,8 @@
 """Facts of DeepSeek-V4's attention (cells: v4_attention.py, v4_compressor.py) and its
-hyper-connections (hyper_connection.py). The attention is replicated, as in transformers' TP
-plan (role mla_latent). Queries score all `seq` tokens plus the layer's compressed entries
+hyper-connections (hyper_connection.py). Under tensor parallelism the query heads split by whole
+output groups (q_b_proj column-, the grouped o_a_proj by group, o_b_proj row-parallel, the
+per-head sinks with their heads); the single shared-KV head, the q latent, compressors and
+indexers are replicated. Queries score all `seq` tokens plus the layer's compressed entries
 (seq // rate), as the dense kernel does; the CSA indexer scores the compressed entries."""
 from __future__ import annotations
 
@@ -61,14 +63,14 @@ class V4AttentionFacts(BlockFacts):
     def params(self) -> Iterator[Spec]:
         c, a = self.c, self.prefix
         h, nh, d, q = c.hidden_size, c.num_attention_heads, c.head_dim, c.q_lora_rank
-        yield a + "sinks", (nh,), "norm"
+        yield a + "sinks", (nh,), "head_vector"
         yield a + "q_a_proj.weight", (q, h), "mla_latent"
         yield a + "q_a_norm.weight", (q,), "norm"
-        yield a + "q_b_proj.weight", (nh * d, q), "mla_latent"
+        yield a + "q_b_proj.weight", (nh * d, q), "linear_col"
         yield a + "kv_proj.weight", (d, h), "mla_latent"
         yield a + "kv_norm.weight", (d,), "norm"
-        yield a + "o_a_proj.weight", (c.o_groups * c.o_lora_rank, nh * d // c.o_groups), "mla_latent"
-        yield a + "o_b_proj.weight", (h, c.o_groups * c.o_lora_rank), "mla_latent"
+        yield a + "o_a_proj.weight", (c.o_groups * c.o_lora_rank, nh * d // c.o_groups), "grouped_col"
+        yield a + "o_b_proj.weight", (h, c.o_groups * c.o_lora_rank), "linear_row"
         if self.compressor is not None:
             yield from self.compressor.params()
 
