@@ -96,8 +96,27 @@ def _load_for_inference(a):
     tok = Tokenizer(tok_path)
     from .train.setup import set_graph_mode
     set_graph_mode()
-    model = from_pretrained(a.checkpoint)
+    model = _load_model(a.checkpoint, cfg, from_pretrained)
     return model, tok, seq or min(128, model.config.max_position_embeddings), cfg
+
+
+def _load_model(path: str, cfg, from_pretrained):
+    """A whole model in this process from a checkpoint of any layout: the per-rank shards of a
+    parallel run are reassembled by the executor `parallel.executor` names (the run config's, or
+    the default), anything else is read by `from_pretrained`."""
+    from .parallel.shards import LAYOUT_FILE
+    if not os.path.isfile(os.path.join(path, LAYOUT_FILE)):
+        return from_pretrained(path)
+    from .config import ParallelConfig
+    from .models.deepseek import DeepseekConfig, build_model
+    from .parallel.executors import executor_for
+    from .train.setup import DistEnv
+    # shards are written by this stack for the model their config.json describes (MTP included)
+    model = build_model(DeepseekConfig.from_hf_file(os.path.join(path, "config.json")))
+    model.init_weights(0)  # every tensor is then read from the shards
+    executor = executor_for(cfg.parallel if cfg is not None else ParallelConfig())
+    executor.load(path, "model.safetensors", list(model.get_parameters()), None, DistEnv())
+    return model
 
 
 def cmd_generate(a) -> int:

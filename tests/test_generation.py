@@ -71,3 +71,15 @@ def test_generate_and_eval_cli(finished_run):
     res = json.loads(e.stdout)
     assert res["eval_loss"] > 0 and res["eval_ppl"] == pytest.approx(np.exp(res["eval_loss"]), rel=1e-6)
     assert res["exact_match_n"] == 16 and 0 <= res["exact_match"] <= 1
+    # the same checkpoint as the shards of a dp=2 x tp=2 run: `mfds eval` reassembles it (through the
+    # executor its run config names) and measures the same loss, bit for bit
+    shapes = ["--set", "model.hidden_size=64", "--set", "model.moe_intermediate_size=32",
+              "--set", "model.intermediate_size=128"]
+    shards = os.path.join(cfg.train.output_dir, "as_shards")
+    sp = run("convert", "split", ck, shards, "--config", os.path.join(ROOT, "configs/deepseek_v3/finetune_tiny.yaml"),
+             "--set", "parallel.dp=2", "--set", "parallel.tp=2", *shapes)
+    assert sp.returncode == 0 and os.path.isfile(os.path.join(shards, "rank_3", "model.safetensors")), sp.stderr
+    e2 = run("eval", "--config", os.path.join(ROOT, "configs/deepseek_v3/finetune_tiny.yaml"), "--checkpoint", shards,
+             "--exact-match-samples", "0", *shapes)
+    assert e2.returncode == 0, e2.stderr
+    assert json.loads(e2.stdout)["eval_loss"] == res["eval_loss"]
