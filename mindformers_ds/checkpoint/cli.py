@@ -74,9 +74,9 @@ def run_convert(a) -> int:
         print(f"split: {executor_for(cfg.parallel).split_checkpoint(a.src, a.dst, cfg, a.overwrite)}")
         return 0
     else:
-        from ..parallel.executors import ExplicitExecutor
-        # a merge needs no layout: the shards' layout.json says how to reassemble them
-        print(f"merge: {ExplicitExecutor().merge_checkpoint(a.src, a.dst, a.overwrite)}")
+        from ..parallel.shards import merge_checkpoint
+        # a merge needs no executor or layout: the shards' layout.json says how to reassemble them
+        print(f"merge: {merge_checkpoint(a.src, a.dst, a.overwrite)}")
         return 0
     for note in r.get("notes", []):
         print(f"note: {note}")

@@ -83,7 +83,7 @@ def plan(model, par, batch: int, seq: int) -> List[OpStrategy]:
             out.append(OpStrategy(name, "BatchMatMul(probs,v)", ((dp, tp, 1, 1), (dp, tp, 1, 1)),
                                   ((batch, h, seq, seq), (batch, h, seq, dv))))
         elif isinstance(cell, V4Attention):
-            out += _v4_attention(name, cell, c, dp, tp, batch, seq)
+            out += _v4_attention(name, c, dp, tp, batch, seq)
         elif isinstance(cell, Experts):
             from ..ops.composite import moe_padded_rows
             rows = moe_padded_rows(tokens * c.num_experts_per_tok, c.n_routed_experts, cell.block)
@@ -102,7 +102,7 @@ def plan(model, par, batch: int, seq: int) -> List[OpStrategy]:
     return out
 
 
-def _v4_attention(name: str, cell, c, dp: int, tp: int, batch: int, seq: int) -> List[OpStrategy]:
+def _v4_attention(name: str, c, dp: int, tp: int, batch: int, seq: int) -> List[OpStrategy]:
     """V4's heads over tp by whole output groups (q_b_proj and o_b_proj are Linears, planned as
     such): the scores and values over the heads, the sinks with their heads, the grouped o_a_proj
     by group. The shared-KV keys (with the compressed entries: at most `seq` more) are replicated."""
@@ -167,26 +167,26 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
     from ..models.deepseek.v4_attention import V4Attention
     from ..ops import composite
     strategies = plan(model, par, batch, seq)
-    by_cell: Dict[str, List[OpStrategy]] = {}
+    by_cell: Dict[str, Dict[str, Tuple[Tuple[int, ...], ...]]] = {}   # cell -> op -> strategy
     for s in strategies:
-        by_cell.setdefault(s.cell, []).append(s)
+        by_cell.setdefault(s.cell, {})[s.op] = s.strategy
     for name, cell in model.cells_and_names():
         st = by_cell.get(name)
         if not st:
             continue
         if isinstance(cell, (Linear, TopkRouter)):
-            cell.matmul.shard(st[0].strategy)
+            cell.matmul.shard(st["MatMul"])
         elif isinstance(cell, MLAttention) and isinstance(cell.core, composite.MlaAttentionCore):
-            cell.core.bmm_nt.shard(st[0].strategy)  # the same primitive multiplies q_pe.k_pe with a
-            cell.core.bmm.shard(st[2].strategy)     # strategy MindSpore derives from q_nope.k_nope's
+            cell.core.bmm_nt.shard(st["BatchMatMul(q_nope,k_nope)"])  # the same primitive multiplies q_pe.k_pe
+            cell.core.bmm.shard(st["BatchMatMul(probs,v)"])          # with a strategy MindSpore derives
         elif isinstance(cell, V4Attention):
-            cell.bmm_nt.shard(st[0].strategy)
-            cell.bmm.shard(st[1].strategy)
-            cell.add_sinks.shard(st[2].strategy)
-            cell.o_a_proj.bmm_nt.shard(st[3].strategy)
+            cell.bmm_nt.shard(st["BatchMatMul(q,keys)"])
+            cell.bmm.shard(st["BatchMatMul(probs,keys)"])
+            cell.add_sinks.shard(st["Add(sinks)"])
+            cell.o_a_proj.bmm_nt.shard(st["BatchMatMul(o_a_proj groups)"])
         elif isinstance(cell, Experts) and isinstance(cell.gmm, composite.GroupedMatmul):
-            cell.gmm.gather.shard(st[0].strategy)   # gate_up and down: one primitive, one strategy
-            cell.gmm.bmm.shard(st[1].strategy)
+            cell.gmm.gather.shard(st["Gather(expert weights)"])        # gate_up and down: one primitive,
+            cell.gmm.bmm.shard(st["BatchMatMul(blocks,gate_up)"])      # one strategy
     stages = layer_stage(model.config, par)
     recompute = par.recompute
     for i, layer in enumerate(model.model.layers):

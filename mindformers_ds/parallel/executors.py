@@ -132,10 +132,6 @@ class ExplicitExecutor:
         from .shards import split_checkpoint
         return split_checkpoint(src, dst, cfg, overwrite)
 
-    def merge_checkpoint(self, src: str, dst: str, overwrite: bool = False) -> str:
-        from .shards import merge_checkpoint
-        return merge_checkpoint(src, dst, overwrite)
-
 
 class AscendExecutor:
     name = "ascend"
@@ -201,10 +197,6 @@ class AscendExecutor:
         raise ConfigError(cfg.origin("parallel.executor"), "parallel.executor",
                           "parallel.executor=ascend loads one full checkpoint and MindSpore slices it from the "
                           "strategies: there is nothing to split (`mfds convert merge` makes a full one)")
-
-    def merge_checkpoint(self, src: str, dst: str, overwrite: bool = False) -> str:
-        from .shards import merge_checkpoint
-        return merge_checkpoint(src, dst, overwrite)
 
 
 class RefusalToLine:

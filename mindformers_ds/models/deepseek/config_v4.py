@@ -41,7 +41,37 @@ class V4Fields:
     swiglu_limit: float = 0.0            # 0: no clipping of expert pre-activations
 
     def v4_problems(self, p: str) -> List[Tuple[str, str]]:
-        return v4_problems(self, p)
+        c = self
+        out = Problems()
+        need = out.need
+
+        n = c.num_hidden_layers
+        need(c.head_dim > 0, "head_dim", f"{p}head_dim={c.head_dim} must be > 0 for deepseek_v4")
+        need(0 < c.qk_rope_head_dim <= c.head_dim, "qk_rope_head_dim",
+             f"{p}qk_rope_head_dim={c.qk_rope_head_dim} must be in [2, {p}head_dim={c.head_dim}]")
+        need(c.q_lora_rank is not None, "q_lora_rank", f"{p}q_lora_rank must be set for deepseek_v4")
+        need(len(c.layer_types) == n, "layer_types",
+             f"{p}layer_types has {len(c.layer_types)} entries; {p}num_hidden_layers={n} needs one per layer")
+        bad = sorted(set(c.layer_types) - set(V4_ATTENTION_TYPES))
+        need(not bad, "layer_types", f"{p}layer_types has {bad}; allowed: {list(V4_ATTENTION_TYPES)}")
+        need(len(c.mlp_layer_types) == n, "mlp_layer_types",
+             f"{p}mlp_layer_types has {len(c.mlp_layer_types)} entries; {p}num_hidden_layers={n} needs one per layer")
+        bad = sorted(set(c.mlp_layer_types) - set(V4_MLP_TYPES))
+        need(not bad, "mlp_layer_types", f"{p}mlp_layer_types has {bad}; allowed: {list(V4_MLP_TYPES)}")
+        need(c.n_routed_experts > 0, "n_routed_experts", f"{p}n_routed_experts must be > 0 (every V4 layer is MoE)")
+        heads_dim = c.num_attention_heads * c.head_dim
+        need(c.o_groups > 0 and heads_dim % c.o_groups == 0, "o_groups",
+             f"{p}o_groups={c.o_groups} must divide num_attention_heads*head_dim={heads_dim}")
+        need(c.o_lora_rank > 0, "o_lora_rank", f"{p}o_lora_rank={c.o_lora_rank} must be > 0")
+        for name in ("compress_rate_csa", "compress_rate_hca", "sliding_window", "hc_mult", "hc_sinkhorn_iters"):
+            need(getattr(c, name) > 0, name, f"{p}{name}={getattr(c, name)} must be > 0")
+        if "compressed_sparse_attention" in c.layer_types:
+            need(c.index_topk > 0 and c.index_n_heads > 0, "index_topk",
+                 f"{p}index_topk={c.index_topk} and index_n_heads={c.index_n_heads} must be > 0 (CSA layers index)")
+            need(c.index_head_dim >= c.qk_rope_head_dim, "index_head_dim",
+                 f"{p}index_head_dim={c.index_head_dim} must be >= {p}qk_rope_head_dim={c.qk_rope_head_dim}")
+        need(c.swiglu_limit >= 0, "swiglu_limit", f"{p}swiglu_limit={c.swiglu_limit} must be >= 0")
+        return out
 
 
 V4_FIELDS = tuple(f.name for f in dataclasses.fields(V4Fields))   # not read or written for V2/V3
@@ -144,36 +174,3 @@ def v4_to_hf(c) -> Dict[str, Any]:
                             "compress": compress}
     d["aux_loss_alpha"] = c.aux_loss_alpha
     return d
-
-
-def v4_problems(c, p: str) -> List[Tuple[str, str]]:
-    out = Problems()
-    need = out.need
-
-    n = c.num_hidden_layers
-    need(c.head_dim > 0, "head_dim", f"{p}head_dim={c.head_dim} must be > 0 for deepseek_v4")
-    need(0 < c.qk_rope_head_dim <= c.head_dim, "qk_rope_head_dim",
-         f"{p}qk_rope_head_dim={c.qk_rope_head_dim} must be in [2, {p}head_dim={c.head_dim}]")
-    need(c.q_lora_rank is not None, "q_lora_rank", f"{p}q_lora_rank must be set for deepseek_v4")
-    need(len(c.layer_types) == n, "layer_types",
-         f"{p}layer_types has {len(c.layer_types)} entries; {p}num_hidden_layers={n} needs one per layer")
-    bad = sorted(set(c.layer_types) - set(V4_ATTENTION_TYPES))
-    need(not bad, "layer_types", f"{p}layer_types has {bad}; allowed: {list(V4_ATTENTION_TYPES)}")
-    need(len(c.mlp_layer_types) == n, "mlp_layer_types",
-         f"{p}mlp_layer_types has {len(c.mlp_layer_types)} entries; {p}num_hidden_layers={n} needs one per layer")
-    bad = sorted(set(c.mlp_layer_types) - set(V4_MLP_TYPES))
-    need(not bad, "mlp_layer_types", f"{p}mlp_layer_types has {bad}; allowed: {list(V4_MLP_TYPES)}")
-    need(c.n_routed_experts > 0, "n_routed_experts", f"{p}n_routed_experts must be > 0 (every V4 layer is MoE)")
-    heads_dim = c.num_attention_heads * c.head_dim
-    need(c.o_groups > 0 and heads_dim % c.o_groups == 0, "o_groups",
-         f"{p}o_groups={c.o_groups} must divide num_attention_heads*head_dim={heads_dim}")
-    need(c.o_lora_rank > 0, "o_lora_rank", f"{p}o_lora_rank={c.o_lora_rank} must be > 0")
-    for name in ("compress_rate_csa", "compress_rate_hca", "sliding_window", "hc_mult", "hc_sinkhorn_iters"):
-        need(getattr(c, name) > 0, name, f"{p}{name}={getattr(c, name)} must be > 0")
-    if "compressed_sparse_attention" in c.layer_types:
-        need(c.index_topk > 0 and c.index_n_heads > 0, "index_topk",
-             f"{p}index_topk={c.index_topk} and index_n_heads={c.index_n_heads} must be > 0 (CSA layers index)")
-        need(c.index_head_dim >= c.qk_rope_head_dim, "index_head_dim",
-             f"{p}index_head_dim={c.index_head_dim} must be >= {p}qk_rope_head_dim={c.qk_rope_head_dim}")
-    need(c.swiglu_limit >= 0, "swiglu_limit", f"{p}swiglu_limit={c.swiglu_limit} must be >= 0")
-    return out

@@ -61,14 +61,13 @@ class V4Attention(nn.Cell):
         dt = DTYPES[c.compute_dtype]
         self.layer_type = c.layer_types[layer_idx]
         self.uses_compress_rope = self.layer_type != "sliding_attention"
-        self.num_heads, self.head_dim, self.eps = c.num_attention_heads, c.head_dim, c.rms_norm_eps
+        self.head_dim, self.eps = c.head_dim, c.rms_norm_eps
         self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank, False, dt)
         self.q_a_norm = RMSNorm(c.q_lora_rank, c.rms_norm_eps, c.fused_ops)
         self.q_b_proj = Linear(c.q_lora_rank, c.num_attention_heads * c.head_dim, False, dt)
         self.kv_proj = Linear(c.hidden_size, c.head_dim, False, dt)
         self.kv_norm = RMSNorm(c.head_dim, c.rms_norm_eps, c.fused_ops)
         heads_dim = c.num_attention_heads * c.head_dim
-        self.o_groups = c.o_groups
         self.o_a_proj = GroupedLinear(heads_dim // c.o_groups, c.o_groups * c.o_lora_rank, c.o_groups)
         self.o_b_proj = Linear(c.o_groups * c.o_lora_rank, c.hidden_size, False, dt)
         self.sinks = zeros_param((c.num_attention_heads,), "sinks")
