@@ -121,6 +121,7 @@ class ParallelConfig:
     ep: int = 1
     pp: int = 1
     micro_batches: int = 1
+    virtual_stages: int = 1             # > 1: the interleaved schedule (chunks per stage); 1: 1F1B
     pp_offset: Optional[List[int]] = None
     sequence_parallel: bool = False
     optimizer_shard: bool = False

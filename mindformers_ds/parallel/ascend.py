@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 from ..utils.io import atomic_write_json
-from .layout import ParamLayout, layer_stage, layout_table
+from .config import layer_recompute
+from .layout import ParamLayout, layer_stage, layout_table, virtual_chunk
 
 STRATEGY_DIR = "strategy"   # under the run directory: MindSpore's strategy file and our listing
 
@@ -188,12 +189,12 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
             cell.gmm.gather.shard(st["Gather(expert weights)"])        # gate_up and down: one primitive,
             cell.gmm.bmm.shard(st["BatchMatMul(blocks,gate_up)"])      # one strategy
     stages = layer_stage(model.config, par)
-    recompute = par.recompute
+    chunk = virtual_chunk(model.config, par)
     for i, layer in enumerate(model.model.layers):
         layer.pipeline_stage = stages[i]
-        per_layer = recompute[i] if isinstance(recompute, list) and len(recompute) == len(stages) else \
-            recompute[stages[i]] if isinstance(recompute, list) else recompute
-        if per_layer:
+        if par.virtual_stages > 1:
+            layer.pipeline_segment = chunk[i]  # the interleaved schedule's chunk on its stage
+        if layer_recompute(par.recompute, stages, i):
             layer.recompute()
     model.model.embed_tokens.pipeline_stage = 0
     model.model.norm.pipeline_stage = par.pp - 1
@@ -212,7 +213,7 @@ def wrap(train_cell, par, output_dir: str):
     parallel = AutoParallel(net, parallel_mode="semi_auto")
     parallel.dataset_strategy("data_parallel")
     if par.pp > 1:
-        parallel.pipeline(stages=par.pp)
+        parallel.pipeline(stages=par.pp, interleave=par.virtual_stages > 1)
     if par.optimizer_shard:
         parallel.hsdp(optimizer_level="level1")
     parallel.save_param_strategy_file(os.path.join(output_dir, STRATEGY_DIR, "param_strategy.ckpt"))

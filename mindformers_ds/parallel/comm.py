@@ -1,6 +1,8 @@
 """Process groups and the collective cells of the explicit executor.
 
-Ranks are laid out tp-fastest: rank = dp_rank * tp + tp_rank. Expert parallelism is carved
+Ranks are laid out stage-major, then tp-fastest (MindSpore's order): rank = stage * dp * tp +
+dp_rank * tp + tp_rank; each pipeline stage is a block of dp * tp ranks with its own dp/tp/ep
+groups, and the `pp` group joins the ranks of the same place in every stage. Expert parallelism is carved
 out of data parallelism: an EP group is `ep` consecutive dp ranks with the same tp rank, so
 each holds E/ep experts; ranks with the same experts form the expert-data-parallel group.
 
@@ -31,12 +33,17 @@ class ParallelContext:
     tp: int
     ep: int
     device: str = "CPU"
+    pp: int = 1
     groups: Dict[str, str] = field(default_factory=dict)        # axis -> group name
     members: Dict[str, List[int]] = field(default_factory=dict)  # axis -> ranks
 
     @property
+    def stage(self) -> int:
+        return self.rank // (self.dp * self.tp)
+
+    @property
     def dp_rank(self) -> int:
-        return self.rank // self.tp
+        return (self.rank % (self.dp * self.tp)) // self.tp
 
     @property
     def tp_rank(self) -> int:
@@ -47,10 +54,10 @@ class ParallelContext:
         return self.dp_rank % self.ep
 
     def coords(self) -> Dict[str, int]:
-        return {"dp": self.dp_rank, "tp": self.tp_rank, "ep": self.ep_rank, "pp": 0}
+        return {"dp": self.dp_rank, "tp": self.tp_rank, "ep": self.ep_rank, "pp": self.stage}
 
     def sizes(self) -> Dict[str, int]:
-        return {"dp": self.dp, "tp": self.tp, "ep": self.ep, "pp": 1}
+        return {"dp": self.dp, "tp": self.tp, "ep": self.ep, "pp": self.pp}
 
     def size(self, axis: str) -> int:
         return len(self.members.get(axis, [self.rank]))
@@ -59,14 +66,20 @@ class ParallelContext:
         return self.members.get(axis, [self.rank]).index(self.rank)
 
     @staticmethod
-    def layout_members(world: int, rank: int, dp: int, tp: int, ep: int) -> Dict[str, List[int]]:
-        d, t = rank // tp, rank % tp
+    def layout_members(world: int, rank: int, dp: int, tp: int, ep: int, pp: int = 1) -> Dict[str, List[int]]:
+        per_stage = dp * tp
+        base, local = (rank // per_stage) * per_stage, rank % per_stage
+        d, t = local // tp, local % tp
         block = d // ep
+        stage = rank // per_stage
+        ends = sorted({local, (pp - 1) * per_stage + local}) if stage in (0, pp - 1) else [rank]
         return {
-            "tp": [d * tp + i for i in range(tp)],
-            "dp": [i * tp + t for i in range(dp)],
-            "ep": [(block * ep + i) * tp + t for i in range(ep)],
-            "edp": [(b * ep + d % ep) * tp + t for b in range(dp // ep)],   # same experts
+            "tp": [base + d * tp + i for i in range(tp)],
+            "dp": [base + i * tp + t for i in range(dp)],
+            "ep": [base + (block * ep + i) * tp + t for i in range(ep)],
+            "edp": [base + (b * ep + d % ep) * tp + t for b in range(dp // ep)],   # same experts
+            "pp": [s * per_stage + local for s in range(pp)],                     # same place, every stage
+            "ends": ends,        # the first and the last stage (both hold the embedding when MTP needs it)
         }
 
     def collective(self, kind: str, axis: str) -> nn.Cell:
@@ -81,15 +94,18 @@ class ParallelContext:
     def create_groups(self) -> None:
         """Create the communication groups this rank belongs to (mccl/HCCL want exactly those)."""
         from mindspore.communication import create_group
-        self.members = self.layout_members(self.world, self.rank, self.dp, self.tp, self.ep)
+        self.members = self.layout_members(self.world, self.rank, self.dp, self.tp, self.ep, self.pp)
+        created = {}
         for axis, ranks in self.members.items():
-            if len(ranks) > 1:
+            if len(ranks) > 1 and tuple(ranks) in created:  # pp=2: `ends` is the `pp` group
+                self.groups[axis] = created[tuple(ranks)]
+            elif len(ranks) > 1:
                 name = f"{axis}_" + "_".join(map(str, ranks))
                 if len(ranks) == self.world:
                     name = "__world__"
                 else:
                     create_group(name, ranks)
-                self.groups[axis] = name
+                self.groups[axis] = created[tuple(ranks)] = name
 
 
 def _all_reduce(ctx: ParallelContext, axis: str):

@@ -7,7 +7,7 @@ they do not divide evenly.
 from __future__ import annotations
 
 import os
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 from ..models.deepseek.config import DeepseekConfig
 
@@ -27,6 +27,21 @@ def stage_layer_counts(num_layers: int, pp: int, pp_offset: List[int] | None) ->
     return base
 
 
+def virtual_stage_ranges(num_layers: int, pp: int, pp_offset: List[int] | None, virtual: int = 1) -> List[Tuple[int, int]]:
+    """[start, stop) of the layers of each virtual stage (pp * virtual of them, in model order;
+    virtual stage k sits on stage k % pp). One per stage without interleaving."""
+    counts = stage_layer_counts(num_layers, pp, pp_offset) if virtual == 1 else [num_layers // (pp * virtual)] * (pp * virtual)
+    edges = [sum(counts[:k]) for k in range(len(counts) + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def layer_recompute(recompute, stages: List[int], layer: int) -> bool:
+    """`parallel.recompute` for one decoder layer: a bool, a per-layer list or a per-stage list."""
+    if isinstance(recompute, list):
+        return bool(recompute[layer] if len(recompute) == len(stages) else recompute[stages[layer]])
+    return bool(recompute)
+
+
 def check_parallel(p, model: DeepseekConfig, train, origin_of: Callable[[str], str]) -> None:
     from ..errors import ConfigError
 
@@ -34,7 +49,7 @@ def check_parallel(p, model: DeepseekConfig, train, origin_of: Callable[[str], s
         if not cond:
             raise ConfigError(origin_of(dotted), dotted, msg)
 
-    for name in ("dp", "tp", "ep", "pp", "micro_batches"):
+    for name in ("dp", "tp", "ep", "pp", "micro_batches", "virtual_stages"):
         need(getattr(p, name) >= 1, f"parallel.{name}", f"parallel.{name}={getattr(p, name)} must be >= 1")
     need(p.executor in EXECUTORS, "parallel.executor",
          f"parallel.executor={p.executor!r} must be one of {list(EXECUTORS)}")
@@ -69,6 +84,17 @@ def check_parallel(p, model: DeepseekConfig, train, origin_of: Callable[[str], s
         need(L % p.pp == 0, "parallel.pp",
              f"parallel.pp={p.pp} does not divide model.num_hidden_layers={L}; give parallel.pp_offset "
              f"(one entry per stage, summing to {L - (L // p.pp) * p.pp})")
+    if p.virtual_stages > 1:
+        need(p.pp > 1, "parallel.virtual_stages",
+             f"parallel.virtual_stages={p.virtual_stages} needs pipeline stages (parallel.pp={p.pp})")
+        need(p.pp_offset is None, "parallel.virtual_stages",
+             f"parallel.virtual_stages={p.virtual_stages} cuts the layers evenly; drop parallel.pp_offset={p.pp_offset}")
+        need(L % (p.pp * p.virtual_stages) == 0, "parallel.virtual_stages",
+             f"parallel.virtual_stages={p.virtual_stages}: pp*virtual_stages={p.pp * p.virtual_stages} virtual stages do not divide "
+             f"model.num_hidden_layers={L}")
+        need(p.micro_batches % p.pp == 0, "parallel.micro_batches",
+             f"parallel.micro_batches={p.micro_batches}: the interleaved schedule takes micro-batches in groups "
+             f"of parallel.pp={p.pp}; use a multiple of it")
     if p.pp > 1:
         need(p.micro_batches >= p.pp, "parallel.micro_batches",
              f"parallel.micro_batches={p.micro_batches} must be >= parallel.pp={p.pp} to fill the pipeline")

@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
 from ..errors import ConfigError
 from ..utils.device import device_target
 
@@ -69,6 +71,17 @@ class ExplicitExecutor:
         """The layouts this executor runs, as one-line errors before anything starts."""
         from .explicit import check_explicit_layout
         check_explicit_layout(cfg.parallel, world, cfg.origin)
+        par = cfg.parallel
+        if par.pp > 1:
+            for field in ("eval_every", "exact_match_samples"):
+                if getattr(cfg.train, field):
+                    raise ConfigError(cfg.origin(f"train.{field}"), f"train.{field}",
+                                      f"train.{field}={getattr(cfg.train, field)} with parallel.pp={par.pp}: the "
+                                      "explicit executor does not evaluate across pipeline stages; set 0 and run "
+                                      "`mfds eval` on the checkpoint")
+            if cfg.lora.enabled:
+                raise ConfigError(cfg.origin("parallel.pp"), "parallel.pp", f"parallel.pp={par.pp} with lora.enabled: "
+                                  "the explicit executor trains LoRA adapters without pipeline stages; use parallel.pp=1")
         if cfg.lora.enabled and cfg.parallel.tp > 1:
             # an adapter of a split linear would be split too, and its A trained apart per tp rank
             raise ConfigError(cfg.origin("parallel.tp"), "parallel.tp",
@@ -99,15 +112,43 @@ class ExplicitExecutor:
 
         def split(model):
             log.info("parallelized for rank %d: %s", env.ctx.rank, parallelize(model, table, env.ctx))
+            if env.ctx.pp > 1:
+                from .layout import shared_parameters, stage_keeps
+                from .pipeline_stage import drop_unowned
+                keep = stage_keeps(table, env.ctx.stage, shared_parameters(cfg.model.model_config(), table, env.ctx.pp))
+                log.info("pipeline stage %d of %d holds %d of %d parameter tensors", env.ctx.stage, env.ctx.pp,
+                         sum(keep(n) for n in table), len(table))
+                drop_unowned(model, keep)
             return layout_init(table, env.ctx)
         return build_model(cfg, split)
 
-    def collectives(self, trainable, table, env):
+    def collectives(self, trainable, table, env, cfg):
         """(gradient reducer, global norm, sum over dp) of the step; None where one process."""
         if env.ctx is None:
             return None, None, None
         from .explicit import GlobalNorm, GradReducer, SumOverDP
-        return GradReducer(trainable, table, env.ctx), GlobalNorm(trainable, table, env.ctx), SumOverDP(env.ctx)
+        from .layout import shared_parameters
+        shared = shared_parameters(cfg.model.model_config(), table, env.ctx.pp)
+        return (GradReducer(trainable, table, env.ctx, shared), GlobalNorm(trainable, table, env.ctx, shared),
+                SumOverDP(env.ctx))
+
+    def pipeline(self, model, trainable, cfg, env):
+        """The pipeline schedule of this stage (pipeline.py), or None without pipeline stages."""
+        if env.ctx is None or env.ctx.pp == 1:
+            return None
+        from .config import virtual_stage_ranges
+        from .pipeline import PipelineRunner
+        par, c = cfg.parallel, cfg.model.model_config()
+        ranges = virtual_stage_ranges(c.num_hidden_layers, par.pp, par.pp_offset, par.virtual_stages)
+        chunks = {vs: r for vs, r in enumerate(ranges) if vs % par.pp == env.ctx.stage}
+        schedule = "interleaved" if par.virtual_stages > 1 else "1f1b"
+        return PipelineRunner(model, trainable, env.ctx, chunks, schedule, par.virtual_stages)
+
+    @staticmethod
+    def micro_batches(micro, cfg):
+        """The loader's micro-batches as the step runs them: one by one (accumulated, or through
+        the pipeline's schedule)."""
+        return micro
 
     def wrap(self, cell, cfg):
         return cell
@@ -168,8 +209,19 @@ class AscendExecutor:
                 os.path.join(cfg.train.output_dir, STRATEGY_DIR, "param_layout.json"), model, strategies))
         return model
 
-    def collectives(self, trainable, table, env):
+    def collectives(self, trainable, table, env, cfg):
         return None, None, None  # MindSpore inserts the gradient and loss reductions itself
+
+    def pipeline(self, model, trainable, cfg, env):
+        return None  # nn.PipelineCell cuts the batch into parallel.micro_batches inside the graph
+
+    @staticmethod
+    def micro_batches(micro, cfg):
+        """With pipeline stages, one batch of all the step's rows: nn.PipelineCell cuts it into
+        parallel.micro_batches inside the graph."""
+        if cfg.parallel.pp == 1 or len(micro) == 1:
+            return micro
+        return [{k: np.concatenate([mb[k] for mb in micro]) for k in micro[0]}]
 
     def wrap(self, cell, cfg):
         from .ascend import wrap

@@ -46,12 +46,9 @@ def check_explicit_layout(par, world: int, origin_of: Union[str, Callable[[str],
     def blame(*fields: str) -> str:
         origins = [where(f) for f in fields]
         return "--set" if "--set" in origins else origins[0]
-    if par.pp != 1:
-        raise ConfigError(blame("parallel.pp"), "parallel.pp", f"parallel.pp={par.pp}: the explicit executor has no "
-                          f"pipeline parallelism (the Ascend executor does); use pp=1")
-    if par.dp * par.tp != world:
-        raise ConfigError(blame("parallel.dp", "parallel.tp"), "parallel.dp",
-                          f"parallel.dp*parallel.tp={par.dp * par.tp} must equal the number of workers ({world})")
+    if par.dp * par.tp * par.pp != world:
+        raise ConfigError(blame("parallel.dp", "parallel.tp", "parallel.pp"), "parallel.dp",
+                          f"parallel.dp*tp*pp={par.dp * par.tp * par.pp} must equal the number of workers ({world})")
     if par.dp % par.ep:
         raise ConfigError(blame("parallel.ep", "parallel.dp"), "parallel.ep", f"parallel.ep={par.ep} must divide "
                           f"parallel.dp={par.dp}: the explicit executor carves expert parallelism out of data parallelism")
@@ -65,7 +62,7 @@ def init_context(par, device: str = "CPU") -> ParallelContext:
     init()
     world, rank = get_group_size(), get_rank()
     check_explicit_layout(par, world)
-    ctx = ParallelContext(world, rank, par.dp, par.tp, par.ep, device)
+    ctx = ParallelContext(world, rank, par.dp, par.tp, par.ep, device, par.pp)
     ctx.create_groups()
     return ctx
 
@@ -85,16 +82,20 @@ def _split_of(table: Dict[str, ParamLayout], name: str) -> Dict[str, int]:
     return table[name].split if name in table else {}
 
 
-_KIND = {"rep": 0, "dp": 1, "edp": 2}
+_KIND = {"rep": 0, "dp": 1, "edp": 2, "ends": 3, "ends+dp": 4}
 _reduce_grad = ops.MultitypeFuncGraph("reduce_grad")
 
 
-@_reduce_grad.register("Function", "Function", "Number", "Tensor")
-def _reduce_one(dp_sum, edp_sum, kind, g):
+@_reduce_grad.register("Function", "Function", "Function", "Number", "Tensor")
+def _reduce_one(dp_sum, edp_sum, ends_sum, kind, g):
     if kind == 1:
         return dp_sum(g)
     if kind == 2:
         return edp_sum(g)
+    if kind == 3:
+        return ends_sum(g)
+    if kind == 4:
+        return dp_sum(ends_sum(g))
     return g
 
 
@@ -121,37 +122,50 @@ class GradReducer(nn.Cell):
     building a tuple per parameter nests one call per parameter and stops compilation of deep
     models ("Exceed function call depth limit")."""
 
-    def __init__(self, params: Sequence, table: Dict[str, ParamLayout], ctx: ParallelContext):
+    def __init__(self, params: Sequence, table: Dict[str, ParamLayout], ctx: ParallelContext,
+                 shared: Sequence[str] = ()):
+        """`shared`: parameters both ends of the pipeline hold (the embedding when the last stage
+        needs it): summed over the two copies, then over dp."""
         super().__init__(auto_prefix=False)
         kinds = []
         for p in params:
             axis = "edp" if "ep" in _split_of(table, p.name) else "dp"
-            kinds.append(_KIND[axis] if axis in ctx.groups else _KIND["rep"])
+            kind = _KIND[axis] if axis in ctx.groups else _KIND["rep"]
+            if p.name in shared and "ends" in ctx.groups:
+                kind = _KIND["ends+dp"] if "dp" in ctx.groups else _KIND["ends"]
+            kinds.append(kind)
         self.kinds = tuple(kinds)
         # a group this layout lacks is never selected by its kind; the world-group op stands in
-        self.dp_sum = _all_reduce(ctx, "dp") if "dp" in ctx.groups else ops.AllReduce(ops.ReduceOp.SUM)
+        stand_in = ops.AllReduce(ops.ReduceOp.SUM)
+        self.dp_sum = _all_reduce(ctx, "dp") if "dp" in ctx.groups else stand_in
         self.edp_sum = _all_reduce(ctx, "edp") if "edp" in ctx.groups else self.dp_sum
+        self.ends_sum = _all_reduce(ctx, "ends") if "ends" in ctx.groups else stand_in
         self.load = Identity() if "dp" not in ctx.groups else _AllReduceCell(ctx, "dp")
         self.hyper_map = ops.HyperMap()
 
     def construct(self, grads, load):
-        out = self.hyper_map(ops.partial(_reduce_grad, self.dp_sum, self.edp_sum), self.kinds, grads)
+        out = self.hyper_map(ops.partial(_reduce_grad, self.dp_sum, self.edp_sum, self.ends_sum), self.kinds, grads)
         return out, self.load(load)
 
 
 class GlobalNorm(nn.Cell):
     """sqrt of the sum of squared gradients of the whole (unsplit) model, on every rank: the
-    squares of tp-split and ep-split gradients are summed over their groups, replicated ones not."""
+    squares of tp-split and ep-split gradients are summed over their groups, replicated ones not,
+    and every stage's sum over the pipeline; the last stage's copy of a shared parameter
+    (`shared`, equal to the first stage's after the reduction) is not counted twice."""
 
-    def __init__(self, params: Sequence, table: Dict[str, ParamLayout], ctx: ParallelContext):
+    def __init__(self, params: Sequence, table: Dict[str, ParamLayout], ctx: ParallelContext,
+                 shared: Sequence[str] = ()):
         super().__init__(auto_prefix=False)
         kinds = []
         for p in params:
             split = _split_of(table, p.name)
-            kinds.append("tp" if "tp" in split else "ep" if "ep" in split else "rep")
+            copy = p.name in shared and ctx.stage == ctx.pp - 1
+            kinds.append("copy" if copy else "tp" if "tp" in split else "ep" if "ep" in split else "rep")
         self.w_rep, self.w_tp, self.w_ep = (tuple(1.0 if x == k else 0.0 for x in kinds) for k in ("rep", "tp", "ep"))
         self.tp = _AllReduceCell(ctx, "tp") if "tp" in ctx.groups else Identity()
         self.ep = _AllReduceCell(ctx, "ep") if "ep" in ctx.groups else Identity()
+        self.pp = _AllReduceCell(ctx, "pp") if "pp" in ctx.groups else Identity()
         self.hyper_map = ops.HyperMap()
 
     def construct(self, grads):
@@ -159,7 +173,7 @@ class GlobalNorm(nn.Cell):
         rep = ops.addn(self.hyper_map(_weighted, self.w_rep, sq))
         tp = ops.addn(self.hyper_map(_weighted, self.w_tp, sq))
         ep = ops.addn(self.hyper_map(_weighted, self.w_ep, sq))
-        return ops.sqrt(rep + self.tp(tp) + self.ep(ep))
+        return ops.sqrt(self.pp(rep + self.tp(tp) + self.ep(ep)))
 
 
 class SumOverDP(nn.Cell):

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..models.deepseek.config import DeepseekConfig
 from ..models.deepseek.shapes import parameter_specs
-from .config import stage_layer_counts
+from .config import virtual_stage_ranges
 
 ROLE_SPLIT = {  # role -> {mesh axis: tensor dim}
     "linear_col": {"tp": 0},
@@ -99,10 +99,18 @@ BOUNDARIES = (
 
 
 def layer_stage(model: DeepseekConfig, par) -> List[int]:
-    """Pipeline stage of every decoder layer (MTP modules sit on the last stage)."""
-    counts = stage_layer_counts(model.num_hidden_layers, par.pp, par.pp_offset)
-    stages = [s for s, n in enumerate(counts) for _ in range(n)]
+    """Pipeline stage of every decoder layer (MTP modules sit on the last stage); with
+    interleaving, virtual stage k's layers sit on stage k % pp."""
+    ranges = virtual_stage_ranges(model.num_hidden_layers, par.pp, par.pp_offset, par.virtual_stages)
+    stages = [k % par.pp for k, (a, b) in enumerate(ranges) for _ in range(a, b)]
     return stages + [par.pp - 1] * model.mtp_depth
+
+
+def virtual_chunk(model: DeepseekConfig, par) -> List[int]:
+    """Which of its stage's chunks every decoder layer (then MTP module) is in (0 without interleaving)."""
+    ranges = virtual_stage_ranges(model.num_hidden_layers, par.pp, par.pp_offset, par.virtual_stages)
+    chunks = [k // par.pp for k, (a, b) in enumerate(ranges) for _ in range(a, b)]
+    return chunks + [par.virtual_stages - 1] * model.mtp_depth
 
 
 def layout_table(model: DeepseekConfig, par) -> Dict[str, ParamLayout]:
@@ -122,6 +130,25 @@ def layout_table(model: DeepseekConfig, par) -> Dict[str, ParamLayout]:
             stage = 0 if role == "embed" else par.pp - 1
         table[name] = ParamLayout(name, tuple(shape), role, split, stage)
     return table
+
+
+def shared_parameters(model: DeepseekConfig, table: Dict[str, ParamLayout], pp: int) -> Tuple[str, ...]:
+    """Parameters the first and the last pipeline stage both hold: the embedding, when the last
+    stage's MTP modules (or a tied head) read it; their gradients are summed over the two copies."""
+    if pp == 1 or not (model.mtp_depth > 0 or model.tie_word_embeddings):
+        return ()
+    return tuple(n for n, p in table.items() if p.role == "embed")
+
+
+def stage_keeps(table: Dict[str, ParamLayout], stage: int, shared: Tuple[str, ...]):
+    """name -> whether pipeline stage `stage` holds the parameter (names outside the table, such as
+    LoRA adapters, stay where their base is built)."""
+    last = max((p.stage for p in table.values()), default=0)
+
+    def keep(name: str) -> bool:
+        p = table.get(name)
+        return p is None or p.stage == stage or (name in shared and stage == last)
+    return keep
 
 
 def mesh_sizes(par) -> Dict[str, int]:

@@ -1,7 +1,7 @@
 """Distributed checkpoints: per-rank shards described by the layout table.
 
-    step_N/layout.json            dp/tp/ep, each rank's coordinates, each parameter's full
-                                  shape and split {axis: dim}
+    step_N/layout.json            dp/tp/ep/pp, each rank's coordinates, each parameter's full
+                                  shape, split {axis: dim} and pipeline stage
     step_N/rank_R/model.safetensors, rank_R/optimizer.safetensors   this rank's slices
     step_N/config.json, trainer_state.json (last)
 
@@ -23,7 +23,7 @@ import numpy as np
 from ..checkpoint import destination, manager
 from ..checkpoint.safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
 from ..utils.io import atomic_write_json, fsync_dir
-from .layout import ParamLayout, layout_table
+from .layout import ParamLayout, layout_table, shared_parameters, stage_keeps
 
 LAYOUT_FILE = "layout.json"
 OPT_PREFIXES = ("optimizer.exp_avg.", "optimizer.exp_avg_sq.")
@@ -38,7 +38,7 @@ def _base(name: str) -> str:
 
 def layout_doc(table: Dict[str, ParamLayout], sizes: Dict[str, int], coords: Dict[int, Dict[str, int]]) -> Dict:
     return {"sizes": sizes, "ranks": {str(r): c for r, c in coords.items()},
-            "params": {n: {"shape": list(p.shape), "split": p.split} for n, p in table.items()}}
+            "params": {n: {"shape": list(p.shape), "split": p.split, "stage": p.stage} for n, p in table.items()}}
 
 
 def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: Sequence, state: Dict,
@@ -72,8 +72,8 @@ def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: 
 
 
 def _coords_of(rank: int, ctx) -> Dict[str, int]:
-    d, t = rank // ctx.tp, rank % ctx.tp
-    return {"dp": d, "tp": t, "ep": d % ctx.ep, "pp": 0}
+    from .comm import ParallelContext
+    return ParallelContext(ctx.world, rank, ctx.dp, ctx.tp, ctx.ep, pp=ctx.pp).coords()
 
 
 class ShardedCheckpoint:
@@ -98,18 +98,33 @@ class ShardedCheckpoint:
         return self._files[key]
 
     def names(self, filename: str) -> List[str]:
-        return self._file(0 if self.sharded else None, filename).keys()
+        """Every tensor of `filename`: each pipeline stage's first rank holds that stage's names."""
+        if not self.sharded:
+            return self._file(None, filename).keys()
+        seen: Dict[str, None] = {}
+        for r in self._stage_heads():
+            for n in self._file(r, filename).keys():
+                seen.setdefault(n, None)
+        return list(seen)
+
+    def _stage_heads(self) -> List[int]:
+        heads: Dict[int, int] = {}
+        for r in sorted(self.ranks):
+            heads.setdefault(self.ranks[r].get("pp", 0), r)
+        return [heads[s] for s in sorted(heads)]
 
     def full(self, name: str, filename: str) -> np.ndarray:
         if not self.sharded:
             return self._file(None, filename).get_f32(name)
         info = self.doc["params"].get(_base(name))
         split = info["split"] if info else {}
+        stage = info.get("stage", 0) if info else 0
+        holders = {r: c for r, c in self.ranks.items() if c.get("pp", 0) == stage}
         if not split:
-            return self._file(0, filename).get_f32(name)
+            return self._file(min(holders), filename).get_f32(name)
         pieces = {}
         axes = list(split)
-        for r, c in self.ranks.items():
+        for r, c in holders.items():
             key = tuple(c[a] for a in axes)
             if key not in pieces:
                 pieces[key] = self._file(r, filename).get_f32(name)
@@ -175,33 +190,37 @@ def _copy_side_files(src: str, dst: str) -> None:
 
 
 def split_checkpoint(src: str, dst: str, cfg, overwrite: bool = False) -> str:
-    """A full (or differently sharded) checkpoint -> the shards of `cfg.parallel` (dp x tp ranks)."""
+    """A full (or differently sharded) checkpoint -> the shards of `cfg.parallel` (dp x tp x pp ranks)."""
     from .comm import ParallelContext
     from .explicit import check_explicit_layout
     par = cfg.parallel
-    world = par.dp * par.tp
+    world = par.dp * par.tp * par.pp
     check_explicit_layout(par, world, cfg.origin)
     table = layout_table(cfg.model, par)
+    shared = shared_parameters(cfg.model, table, par.pp)
     ck = ShardedCheckpoint(src)
     work = destination.begin(dst, overwrite, resume=False)
     try:
         coords = {}
         for rank in range(world):
-            ctx = ParallelContext(world, rank, par.dp, par.tp, par.ep)
+            ctx = ParallelContext(world, rank, par.dp, par.tp, par.ep, pp=par.pp)
             coords[rank] = ctx.coords()
+            keep = stage_keeps(table, ctx.stage, shared)
             for filename in ("model.safetensors", "optimizer.safetensors"):
                 src_file = os.path.join(src, "rank_0" if ck.sharded else "", filename)
                 if not os.path.isfile(src_file):
                     continue
                 items = []
                 for n in ck.names(filename):
+                    if not keep(_base(n)):
+                        continue
                     arr = ck.full(n, filename)
                     if _base(n) in table:
                         arr = table[_base(n)].shard(arr, ctx.sizes(), ctx.coords())
                     items.append((n, "F32", np.array(arr, np.float32, order="C")))
                 write_safetensors(os.path.join(work, f"rank_{rank}", filename), items, {"layout": "sharded"})
         atomic_write_json(os.path.join(work, LAYOUT_FILE), layout_doc(table, {"dp": par.dp, "tp": par.tp,
-                                                                           "ep": par.ep, "pp": 1}, coords))
+                                                                           "ep": par.ep, "pp": par.pp}, coords))
     finally:
         ck.close()
     _copy_side_files(src, work)

@@ -50,6 +50,9 @@ def build_run_data(cfg: RunConfig, tok, dp: int, dp_rank: int) -> RunData:
              n_trunc, n_drop, len(evals))
     stats = {"train_samples": n_train, "train_rows": len(rows), "truncated": n_trunc, "dropped": n_drop,
              "eval_samples": len(evals)}
-    loader = BatchLoader(rows, t.micro_batch_size, t.grad_accum_steps, dp, dp_rank, t.seed, d.shuffle,
+    # with pipeline stages a step is parallel.micro_batches micro-batches of train.micro_batch_size rows
+    # (MindFormers' meaning), times grad_accum_steps
+    accum = t.grad_accum_steps * (cfg.parallel.micro_batches if cfg.parallel.pp > 1 else 1)
+    loader = BatchLoader(rows, t.micro_batch_size, accum, dp, dp_rank, t.seed, d.shuffle,
                          cfg.model.mtp_depth)  # 0 for V4, whose release MTP block the model does not build
     return RunData(rows, eval_rows, eval_records, loader, stats)

@@ -72,11 +72,17 @@ class LossCell(nn.Cell):
 
     def construct(self, input_ids, labels, position_ids, segment_ids, inv_lm_tokens, inv_mtp_tokens, aux_scale):
         parts = self.model.forward_train(input_ids, labels, position_ids, segment_ids)
-        loss = parts[R.LM_SUM] * inv_lm_tokens + parts[R.AUX] * aux_scale
-        if self.has_mtp:
-            loss = loss + self.mtp_factor * parts[R.MTP_SUM] * inv_mtp_tokens
-        parts[R.LOSS] = loss
-        return loss, parts
+        return scaled_loss(parts, inv_lm_tokens, inv_mtp_tokens, aux_scale, self.has_mtp, self.mtp_factor)
+
+
+def scaled_loss(parts, inv_lm_tokens, inv_mtp_tokens, aux_scale, has_mtp: bool, mtp_factor: float):
+    """The loss one micro-batch contributes to the global token-mean (graph code; a pipeline's
+    last stage uses it too): (loss, parts with LOSS added)."""
+    loss = parts[R.LM_SUM] * inv_lm_tokens + parts[R.AUX] * aux_scale
+    if has_mtp:
+        loss = loss + mtp_factor * parts[R.MTP_SUM] * inv_mtp_tokens
+    parts[R.LOSS] = loss
+    return loss, parts
 
 
 class GradStep(nn.Cell):
@@ -166,11 +172,12 @@ class AccumulateGrads(nn.Cell):
 
 
 def router_bias_rows(model) -> List[int]:
-    """For each of `router_bias_parameters`, its row in the stacked expert load."""
+    """For each of `router_bias_parameters`, its row in the stacked expert load of the whole
+    model (a pipeline stage holds some layers only; the config says which layers are MoE)."""
     rows, row = [], 0
-    for layer in model.model.layers:
-        if getattr(layer, "is_moe", False):
-            if layer.mlp.gate.has_bias:
+    for i, layer in enumerate(model.model.layers):
+        if model.config.is_moe_layer(i):
+            if getattr(layer, "is_moe", False) and layer.mlp.gate.has_bias:
                 rows.append(row)
             row += 1
     return rows

@@ -111,7 +111,8 @@ class Trainer:
         grad_step = GradStep(LossCell(self.model), trainable)
         # LoRA keeps the whole base model fixed, router correction biases included
         biases = [] if self.lora else router_bias_parameters(self.model)
-        reducer, global_norm, self.sum_parts = self.executor.collectives(trainable, self.table, self.env)
+        reducer, global_norm, self.sum_parts = self.executor.collectives(trainable, self.table, self.env, cfg)
+        self.pipeline = self.executor.pipeline(self.model, trainable, cfg, self.env)  # None: no pipeline stages
         apply_step = ApplyStep(self.optimizer, biases, cfg.model.bias_update_rate, cfg.train.max_grad_norm,
                                reducer, global_norm, [] if self.lora else router_bias_rows(self.model),
                                fused_ops=cfg.model.fused_ops)
@@ -142,8 +143,9 @@ class Trainer:
         return learning_rate(step, self.cfg.optimizer.lr, s.type, s.warmup_steps, s.decay_steps or t.max_steps,
                              s.min_lr_ratio)
 
-    def _scales(self, batch) -> List[ms.Tensor]:
-        n_micro = self.cfg.train.grad_accum_steps * self.env.dp
+    def _scales(self, batch, n_micro: int) -> List[ms.Tensor]:
+        """1/tokens of the global batch (main and MTP heads) and 1/(micro-batches of all dp ranks)."""
+        n_micro = n_micro * self.env.dp
         mtp = batch.mtp_tokens[0] if batch.mtp_tokens else 1
         return [ms.Tensor(1.0 / max(batch.lm_tokens, 1), ms.float32),
                 ms.Tensor(1.0 / max(mtp, 1), ms.float32),
@@ -152,10 +154,11 @@ class Trainer:
     def prepare_step(self, step: int):
         """The data half of a step: the batch and its host tensors."""
         batch = self.loader.batch(step)
-        scales = self._scales(batch)
+        micro = self.executor.micro_batches(batch.micro_batches, self.cfg)
+        scales = self._scales(batch, len(micro))
         lr = ms.Tensor(self._lr(step), ms.float32)
         tensors = [[ms.Tensor(mb[k]) for k in ("input_ids", "labels", "position_ids", "segment_ids")]
-                   for mb in batch.micro_batches]
+                   for mb in micro]
         return batch, scales, lr, tensors
 
     def train_step(self, step: int):
@@ -164,7 +167,11 @@ class Trainer:
     def compute_step(self, batch, scales, lr, tensors):
         """Forward, backward and the update, up to the host sync on the loss sums. The parts come
         back by name (models/deepseek/results.py), as numpy, summed over micro-batches and ranks."""
-        if len(tensors) == 1:
+        if self.pipeline is not None:  # parts come back summed over the stages
+            grads, parts = self.pipeline.run(tensors, scales)
+            norm, finite = self.apply_step(grads, ms.Tensor(parts[R.LOAD].astype(np.float32)),
+                                           ms.Tensor(parts[R.LOSS], ms.float32), lr)
+        elif len(tensors) == 1:
             outs, norm, finite = self.fused_step(*tensors[0], *scales, lr)
             parts = {k: v.asnumpy() for k, v in R.named(outs).items()}
         else:
@@ -286,6 +293,8 @@ class Trainer:
             rec = {"step": step + 1, "loss": lm_loss, "mtp_loss": mtp_loss, "aux_loss": float(parts[R.AUX]),
                    "lr": lr, "grad_norm": norm, "tokens": n_tok, "epoch": self.loader.epoch_of(step + 1),
                    **timer.timing(n_tok, t1 - t0, t2 - t1, dt)}
+            if self.pipeline is not None:  # this stage's share of the schedule spent waiting (exchanges included)
+                rec["pipeline_idle"] = round(self.pipeline.stats["idle_fraction"], 4)
             if step == start:
                 rec["includes_compile"] = True  # the first step's compute time holds the graph compilation
             if (step + 1) % cfg.logging.log_every == 0 or step + 1 == t.max_steps:
@@ -372,7 +381,10 @@ class Trainer:
         last = self.cfg.train.max_steps
         if getattr(self, "profile_top_ops", None) is not None:
             summary["profile_top_ops"] = self.profile_top_ops
-        if self.eval_rows is not None:
+        if self.eval_rows is not None and self.pipeline is not None:
+            log.warning("no final evaluation: the pipeline's stages each hold part of the model (run `mfds eval` "
+                        "on the checkpoint)")
+        elif self.eval_rows is not None:
             res = self._eval_loss()
             summary.update(res)
             metrics.write({"type": "eval", "step": last, **res})  # the eval curve ends at the last step

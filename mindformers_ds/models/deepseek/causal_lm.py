@@ -93,13 +93,14 @@ class CausalLM(nn.Cell):
         return cls
 
     # ---- the backbone: one layer loop for every family and every use ----------------------
-    def run_layers(self, h, inputs, caches=None, write=None):
-        """The decoder layers over h with the bundle `inputs`: training and recompute (caches None)
-        -> (h, expert loads of the MoE layers, balance loss, ()); prefill and decode through
-        the MLA latent caches (c_0, k_0, c_1, k_1, ...; kv_cache.py) -> (h, (), 0, new caches)."""
+    def run_layers(self, h, inputs, caches=None, write=None, start=0, stop=None):
+        """The decoder layers start..stop-1 (default: all) over h with the bundle `inputs`:
+        training and recompute (caches None) -> (h, expert loads of the MoE layers, balance loss,
+        ()); prefill and decode through the MLA latent caches (c_0, k_0, c_1, k_1, ...;
+        kv_cache.py) -> (h, (), 0, new caches). A pipeline stage runs its own range."""
         loads, new = (), ()
         aux = ops.zeros((), ms.float32)
-        for i in range(self.num_layers):
+        for i in range(start, self.num_layers if stop is None else stop):
             layer = self.model.layers[i]
             if caches is None:
                 h, counts, layer_aux = layer(h, inputs)
@@ -107,7 +108,8 @@ class CausalLM(nn.Cell):
                     loads = loads + (counts,)
                 aux = aux + layer_aux
             else:
-                h, cache_c, cache_k = layer.forward_cached(h, inputs, caches[2 * i], caches[2 * i + 1], write)
+                h, cache_c, cache_k = layer.forward_cached(h, inputs, caches[2 * (i - start)],
+                                                          caches[2 * (i - start) + 1], write)
                 new = new + (cache_c, cache_k)
         return h, loads, aux, new
 
@@ -136,8 +138,15 @@ class CausalLM(nn.Cell):
     # ---- entry points --------------------------------------------------------------------
     def forward_train(self, input_ids, labels, position_ids=None, segment_ids=None):
         """-> {LM_SUM, LM_COUNT, MTP_SUM (mean over depths), MTP_COUNT, AUX, LOAD} (results.py)"""
-        out = self.backbone(input_ids, position_ids, segment_ids)
-        hidden, loads, aux = out[R.HIDDEN], out[R.LOADS], out[R.AUX]
+        inputs = self.layer_inputs(input_ids, position_ids, segment_ids)
+        h, loads, aux, _ = self.run_layers(self.first_hidden(input_ids), inputs)
+        return self.train_heads(h, inputs, loads, aux, input_ids, labels, segment_ids)
+
+    def train_heads(self, h, inputs, loads, aux, input_ids, labels, segment_ids=None):
+        """What follows the last decoder layer in training: the final norm, the head's loss and
+        the MTP modules over the last layer's output h and the bundle `inputs`; `loads` and `aux`
+        are those of the layers before (the pipeline's last stage calls this for its layers)."""
+        hidden = self.last_hidden(h)
         lm_sum, lm_count = self.head_loss(hidden, shifted_targets(labels, 1, segment_ids))
         mtp_sum = ops.zeros((), ms.float32)
         mtp_count = ops.zeros((), ms.float32)
@@ -145,7 +154,7 @@ class CausalLM(nn.Cell):
         for d in range(self.mtp_depth):
             layer = self.model.layers[self.num_layers + d]
             emb = self.model.embed_tokens(shift_left(input_ids, d + 1, 0))
-            h_prev, counts, layer_aux = layer.mtp_forward(emb, h_prev, out[R.LAYER_INPUTS])
+            h_prev, counts, layer_aux = layer.mtp_forward(emb, h_prev, inputs)
             if counts is not None:
                 loads = loads + (counts,)
             aux = aux + layer_aux

@@ -1,0 +1,142 @@
+"""The explicit executor's pipeline: runs one step's micro-batches through the stages on a
+timetable (pipeline_schedule.py) and returns this stage's summed gradients and the step's parts.
+
+Point to point on mccl: the backend has no Send/Receive, so each tick ends with one exchange over
+the `pp` group (the ranks at the same place of every stage): an all-reduce of a zero buffer
+[pp, 2, *boundary] in which stage s writes the activation it hands to s + 1 at [s, 0] and the
+gradient it hands to s - 1 at [s, 1]. Every rank knows the whole timetable, so it knows which
+slots hold something; ticks in which nobody hands anything over skip the exchange. The boundary
+tensor is whatever the family carries between layers (V3's hidden [B, S, H], V4's mHC streams
+[B, S, n, H]); its shape is told once per micro-batch shape by the first stage (a small exchange
+after the first tick, in which only the first stage computes).
+
+After the schedule, the loss sums and the expert load (placed at the MoE layers' global rows) are
+summed over the stages: every rank then holds the whole step's parts, the trainer's contract.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from ..models.deepseek import results as R
+from ..train.step import AccumulateGrads
+from .comm import _all_reduce
+from .pipeline_schedule import build_timetable
+from .pipeline_stage import ChunkBackward, ChunkForward, ChunkObjective, StageChunk
+
+
+class PPSum(nn.Cell):
+    def __init__(self, ctx):
+        super().__init__(auto_prefix=False)
+        self.op = _all_reduce(ctx, "pp")
+
+    def construct(self, x):
+        return self.op(x)
+
+
+class PipelineRunner:
+    def __init__(self, model, weights, ctx, chunks: Dict[int, Tuple[int, int]], schedule: str, virtual: int):
+        """`chunks`: this stage's virtual stages -> their layer range [start, stop)."""
+        self.ctx, self.p, self.stage = ctx, ctx.pp, ctx.stage
+        self.schedule, self.virtual = schedule, virtual
+        self.last_virtual = ctx.pp * virtual - 1
+        self.timetables = {}   # micro-batches per step -> timetable
+        self.forward, self.backward = {}, {}
+        for vs, (start, stop) in chunks.items():
+            chunk = StageChunk(model, start, stop, vs == 0, vs == self.last_virtual)
+            if vs != self.last_virtual:
+                self.forward[vs] = ChunkForward(chunk)
+            self.backward[vs] = ChunkBackward(ChunkObjective(chunk, model.mtp_depth > 0, model.mtp_factor), weights)
+        self.rows = {vs: _moe_rows(model.config, start, stop, vs == self.last_virtual)
+                     for vs, (start, stop) in chunks.items()}
+        self.num_rows, self.experts = model.num_moe_layers, max(model.config.n_routed_experts, 1)
+        self.sum = PPSum(ctx)
+        self.accumulate = AccumulateGrads()
+        self.boundary = {}     # micro-batch input shape -> boundary tensor shape
+        self.stats = {}
+
+    def run(self, micro: List[List[ms.Tensor]], scales: List[ms.Tensor]):
+        """`micro`: per micro-batch [input_ids, labels, position_ids, segment_ids] -> (grads, parts)."""
+        grads, sums = None, np.zeros(len(R.STEP_PARTS) - 1, np.float64)
+        load = np.zeros((self.num_rows, self.experts), np.float64)
+        held, dhs = {}, {}                      # (mb, vs) -> input activation / incoming gradient
+        dummy = ms.Tensor(np.zeros((1,), np.float32))
+        m = len(micro)   # parallel.micro_batches x train.grad_accum_steps: one pipeline flush per step
+        if m not in self.timetables:
+            self.timetables[m] = build_timetable(self.schedule, self.p, m, self.virtual)
+        busy, t_start = 0.0, time.perf_counter()
+        for t, row in enumerate(self.timetables[m].ticks):
+            op = row[self.stage]
+            sent_act = sent_grad = None
+            c0 = time.perf_counter()
+            if op is not None and op.kind == "F":
+                h_in = held.setdefault((op.micro, op.virtual), dummy)
+                if op.virtual != self.last_virtual:
+                    sent_act = self.forward[op.virtual](h_in, *micro[op.micro])
+            elif op is not None:
+                key = (op.micro, op.virtual)
+                dh = dhs.pop(key, dummy)
+                outs, dh_in, g = self.backward[op.virtual](held.pop(key), *micro[op.micro], dh, *scales)
+                grads = g if grads is None else self.accumulate(grads, g)
+                parts = R.named(outs)
+                sums += np.array([float(parts[k].asnumpy()) for k in R.STEP_PARTS if k != R.LOAD])
+                if self.rows[op.virtual]:
+                    load[self.rows[op.virtual]] += parts[R.LOAD].asnumpy()
+                if op.virtual > 0:
+                    sent_grad = dh_in
+            if sent_act is not None or sent_grad is not None:
+                (sent_act if sent_act is not None else sent_grad).asnumpy()  # compute ends here, not in the exchange
+            busy += time.perf_counter() - c0
+            self._exchange(t, row, micro, sent_act, sent_grad, held, dhs)
+        total = time.perf_counter() - t_start
+        self.stats = {"busy": busy, "total": total, "idle_fraction": 1.0 - busy / max(total, 1e-9)}
+        summed = self.sum(ms.Tensor(np.concatenate([sums, load.reshape(-1)]).astype(np.float32))).asnumpy()
+        names = [k for k in R.STEP_PARTS if k != R.LOAD]
+        parts = dict(zip(names, summed[:len(names)]))
+        parts[R.LOAD] = summed[len(names):].reshape(load.shape) if self.num_rows else np.zeros((0,), np.float32)
+        return grads, parts
+
+    def _exchange(self, t, row, micro, sent_act, sent_grad, held, dhs) -> None:
+        """Hand over this tick's activations and gradients (every rank calls this at every tick)."""
+        p = self.p
+        moves = [(s, op) for s, op in enumerate(row) if op is not None and (
+            (op.kind == "F" and op.virtual != self.last_virtual) or (op.kind == "B" and op.virtual > 0))]
+        if not moves:
+            return
+        shape = self._boundary_shape(micro[0][0].shape, sent_act)
+        buf = np.zeros((p, 2) + shape, np.float32)
+        if sent_act is not None:
+            buf[self.stage, 0] = sent_act.asnumpy()
+        if sent_grad is not None:
+            buf[self.stage, 1] = sent_grad.asnumpy()
+        out = self.sum(ms.Tensor(buf)).asnumpy()
+        for s, op in moves:
+            if op.kind == "F" and (s + 1) % p == self.stage:
+                held[(op.micro, op.virtual + 1)] = ms.Tensor(out[s, 0])
+            if op.kind == "B" and (s - 1) % p == self.stage:
+                dhs[(op.micro, op.virtual - 1)] = ms.Tensor(out[s, 1])
+
+    def _boundary_shape(self, ids_shape, sent_act) -> Tuple[int, ...]:
+        """The first tick's activation (only the first stage computes then) tells every stage."""
+        key = tuple(ids_shape)
+        if key not in self.boundary:
+            msg = np.zeros(8, np.float32)
+            if self.stage == 0:
+                shape = sent_act.shape
+                msg[0], msg[1:1 + len(shape)] = len(shape), shape
+            got = self.sum(ms.Tensor(msg)).asnumpy().astype(int)
+            self.boundary[key] = tuple(int(x) for x in got[1:1 + got[0]])
+        return self.boundary[key]
+
+
+def _moe_rows(config, start: int, stop: int, last: bool) -> List[int]:
+    """Global rows of the stacked expert load (main layers, then MTP) that layers [start, stop)
+    and, on the last virtual stage, the MTP modules fill, in the order the chunk stacks them."""
+    moe = [i for i in range(config.num_hidden_layers + config.mtp_depth) if config.is_moe_layer(i)]
+    mine = [i for i in range(start, stop)] + (
+        list(range(config.num_hidden_layers, config.num_hidden_layers + config.mtp_depth)) if last else [])
+    return [moe.index(i) for i in mine if i in moe]

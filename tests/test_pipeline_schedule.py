@@ -1,0 +1,74 @@
+"""Pipeline timetables (no MindSpore): every op runs once, after its input exists, and the
+simulated bubble equals the schedule's theory; bad pipeline layouts are refused in one line."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import ROOT
+from mindformers_ds import config as config_mod
+from mindformers_ds.errors import ConfigError
+from mindformers_ds.parallel.pipeline_schedule import (build_timetable, theory_bubble_1f1b,
+                                                       theory_bubble_interleaved)
+
+
+@pytest.mark.parametrize("p,m,v", [(2, 2, 1), (2, 4, 1), (4, 8, 1), (3, 5, 1), (2, 2, 2), (2, 4, 2), (4, 8, 2),
+                                   (2, 4, 3)])
+def test_timetable_is_complete_ordered_and_has_the_theoretical_bubble(p, m, v):
+    table = build_timetable("1f1b" if v == 1 else "interleaved", p, m, v)
+    when = {}
+    for t, row in enumerate(table.ticks):
+        for s, op in enumerate(row):
+            if op is not None:
+                assert op.virtual % p == s
+                when[(op.kind, op.micro, op.virtual)] = t
+    last = p * v - 1
+    assert len(when) == 2 * m * p * v
+    for (kind, mb, vs), t in when.items():
+        if kind == "F" and vs > 0:
+            assert when[("F", mb, vs - 1)] < t
+        if kind == "B":
+            assert when[("F", mb, vs)] < t
+            if vs < last:
+                assert when[("B", mb, vs + 1)] < t
+    theory = theory_bubble_1f1b(p, m) if v == 1 else theory_bubble_interleaved(p, m, v)
+    for s in range(p):
+        assert table.idle_fraction(s) == pytest.approx(theory)
+
+
+def test_1f1b_keeps_at_most_p_minus_stage_micro_batches_in_flight():
+    p, m = 4, 8
+    table = build_timetable("1f1b", p, m)
+    for s in range(p):
+        live, peak = 0, 0
+        for _, op in table.ops_of(s):
+            live += 1 if op.kind == "F" else -1
+            peak = max(peak, live)
+        assert peak == p - s
+
+
+CFG = os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml")
+
+
+@pytest.mark.parametrize("sets,field", [
+    (["parallel.pp=2", "parallel.micro_batches=1"], "parallel.micro_batches"),
+    (["parallel.pp=2", "parallel.micro_batches=2", "parallel.virtual_stages=3"], "parallel.virtual_stages"),
+    (["parallel.virtual_stages=2"], "parallel.virtual_stages"),
+    (["model.num_hidden_layers=4", "parallel.pp=2", "parallel.micro_batches=3", "parallel.virtual_stages=2"],
+     "parallel.micro_batches"),
+])
+def test_bad_pipeline_layouts_are_refused_in_one_line(sets, field):
+    with pytest.raises(ConfigError) as e:
+        config_mod.load(CFG, overrides=sets)
+    msg = str(e.value)
+    assert field in msg and "\n" not in msg
+
+
+def test_evaluation_under_pipeline_stages_is_refused_naming_the_field(tmp_path):
+    from mindformers_ds.parallel.executors import ExplicitExecutor
+    cfg = config_mod.load(CFG, overrides=["parallel.pp=2", "parallel.micro_batches=2", "train.eval_every=2",
+                                                 f"train.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError) as e:
+        ExplicitExecutor().check(cfg, 2)
+    assert "train.eval_every" in str(e.value) and "mfds eval" in str(e.value)
