@@ -168,7 +168,7 @@ def test_launch_layout_error_blames_set():
     r = mfds("launch", "--nproc", "2", "--", "train", "--config", "configs/deepseek_v3/parallel_tiny.yaml",
              "--set", "parallel.dp=4")
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: --set: parallel.dp*parallel.tp=4 must equal the number of workers (2)"
+    assert r.stderr.strip() == "error: --set: parallel.dp*tp*pp=4 must equal the number of workers (2)"
 
 
 def test_duplicate_keys_and_sections_are_refused(tmp_path):

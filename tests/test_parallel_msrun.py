@@ -161,4 +161,4 @@ def test_bad_layout_fails_before_any_worker_starts(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "4", "--", "train", "--config",
                         CFG, "--set", f"train.output_dir={tmp_path}", "--set", "parallel.dp=2"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "parallel.dp*parallel.tp=2 must equal the number of workers (4)" in r.stderr
+    assert r.returncode == 2 and "parallel.dp*tp*pp=2 must equal the number of workers (4)" in r.stderr
