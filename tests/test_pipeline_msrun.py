@@ -5,6 +5,8 @@ the stages' shards). A 4-layer tiny V3 with MTP, so the last stage needs the emb
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,9 +15,6 @@ from conftest import ROOT
 from mindformers_ds.checkpoint.safetensors_io import SafetensorsFile
 from mindformers_ds.utils.logging import read_metrics
 from test_parallel_msrun import CFG, PORT, full_weights
-
-import subprocess
-import sys
 
 STEPS = 3
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 
 from ..models.deepseek import results as R
 from ..train.step import AccumulateGrads
