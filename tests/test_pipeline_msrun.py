@@ -19,13 +19,15 @@ from test_parallel_msrun import CFG, PORT, full_weights
 STEPS = 3
 
 
-def run(out, world=1, extra=()):
+TINY_V3 = ["--set", "model.num_hidden_layers=4", "--set", f"train.max_steps={STEPS}", "--set", "checkpoint.save_every=0"]
+
+
+def run(out, world=1, extra=(), config=CFG, base=TINY_V3):
     cmd = [sys.executable, "-m", "mindformers_ds"]
     if world > 1:
         PORT[0] += 1
         cmd += ["launch", "--nproc", str(world), "--master-port", str(PORT[0]), "--cluster-timeout", "60", "--"]
-    cmd += ["train", "--config", CFG, "--set", f"train.output_dir={out}", "--set", "model.num_hidden_layers=4",
-            "--set", f"train.max_steps={STEPS}", "--set", "checkpoint.save_every=0", *extra]
+    cmd += ["train", "--config", config, "--set", f"train.output_dir={out}", *base, *extra]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
@@ -98,21 +100,12 @@ def test_v4_pipeline_carries_the_mhc_streams_across_stages(tmp_path):
     """V4 (3 layers: hash-routed then learned MoE, mHC streams [B, S, n, H] between layers) at
     pp=2 with stages of 2 and 1 layers equals one process on the same 2 micro-batches."""
     v4 = os.path.join(ROOT, "configs/deepseek_v4/finetune_tiny.yaml")
-    common = ["train.eval_every=0", "train.exact_match_samples=0", "logging.progress_bar=false", "logging.log_every=1",
-              "data.max_samples=200", "train.max_steps=2", "checkpoint.save_every=0", "train.micro_batch_size=4"]
-
-    def v4_run(out, world, more):
-        cmd = [sys.executable, "-m", "mindformers_ds"]
-        if world > 1:
-            PORT[0] += 1
-            cmd += ["launch", "--nproc", str(world), "--master-port", str(PORT[0]), "--cluster-timeout", "60", "--"]
-        cmd += ["train", "--config", v4, "--set", f"train.output_dir={out}",
-                *[a for p in common + more for a in ("--set", p)]]
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    base = sets(**{"train.eval_every": 0, "train.exact_match_samples": 0, "logging.progress_bar": "false",
+                   "logging.log_every": 1, "data.max_samples": 200, "train.max_steps": 2, "checkpoint.save_every": 0,
+                   "train.micro_batch_size": 4})
     ref, out = str(tmp_path / "single"), str(tmp_path / "pp2")
-    v4_run(ref, 1, ["train.grad_accum_steps=2"])
-    v4_run(out, 2, ["parallel.pp=2", "parallel.pp_offset=[1,0]", "parallel.micro_batches=2"])
+    run(ref, 1, sets(**{"train.grad_accum_steps": 2}), v4, base)
+    run(out, 2, sets(**{"parallel.pp": 2, "parallel.pp_offset": "[1,0]", "parallel.micro_batches": 2}), v4, base)
     a, b = curve(ref), curve(out)
     np.testing.assert_allclose([b[1], b[2]], [a[1], a[2]], rtol=1e-5, atol=0)
     wa, wb = full_weights(ref, str(tmp_path)), full_weights(out, str(tmp_path))

@@ -98,19 +98,21 @@ BOUNDARIES = (
 )
 
 
+def _layer_virtual_stage(model: DeepseekConfig, par) -> List[int]:
+    """Virtual stage of every decoder layer, then of the MTP modules (the last one)."""
+    ranges = virtual_stage_ranges(model.num_hidden_layers, par.pp, par.pp_offset, par.virtual_stages)
+    return [k for k, (a, b) in enumerate(ranges) for _ in range(a, b)] + [len(ranges) - 1] * model.mtp_depth
+
+
 def layer_stage(model: DeepseekConfig, par) -> List[int]:
     """Pipeline stage of every decoder layer (MTP modules sit on the last stage); with
     interleaving, virtual stage k's layers sit on stage k % pp."""
-    ranges = virtual_stage_ranges(model.num_hidden_layers, par.pp, par.pp_offset, par.virtual_stages)
-    stages = [k % par.pp for k, (a, b) in enumerate(ranges) for _ in range(a, b)]
-    return stages + [par.pp - 1] * model.mtp_depth
+    return [k % par.pp for k in _layer_virtual_stage(model, par)]
 
 
 def virtual_chunk(model: DeepseekConfig, par) -> List[int]:
     """Which of its stage's chunks every decoder layer (then MTP module) is in (0 without interleaving)."""
-    ranges = virtual_stage_ranges(model.num_hidden_layers, par.pp, par.pp_offset, par.virtual_stages)
-    chunks = [k // par.pp for k, (a, b) in enumerate(ranges) for _ in range(a, b)]
-    return chunks + [par.virtual_stages - 1] * model.mtp_depth
+    return [k // par.pp for k in _layer_virtual_stage(model, par)]
 
 
 def layout_table(model: DeepseekConfig, par) -> Dict[str, ParamLayout]:

@@ -20,22 +20,12 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn
 
 from ..models.deepseek import results as R
 from ..train.step import AccumulateGrads
-from .comm import _all_reduce
+from .explicit import _AllReduceCell
 from .pipeline_schedule import build_timetable
 from .pipeline_stage import ChunkBackward, ChunkForward, ChunkObjective, StageChunk
-
-
-class PPSum(nn.Cell):
-    def __init__(self, ctx):
-        super().__init__(auto_prefix=False)
-        self.op = _all_reduce(ctx, "pp")
-
-    def construct(self, x):
-        return self.op(x)
 
 
 class PipelineRunner:
@@ -54,7 +44,7 @@ class PipelineRunner:
         self.rows = {vs: _moe_rows(model.config, start, stop, vs == self.last_virtual)
                      for vs, (start, stop) in chunks.items()}
         self.num_rows, self.experts = model.num_moe_layers, max(model.config.n_routed_experts, 1)
-        self.sum = PPSum(ctx)
+        self.sum = _AllReduceCell(ctx, "pp")
         self.accumulate = AccumulateGrads()
         self.boundary = {}     # micro-batch input shape -> boundary tensor shape
         self.stats = {}
@@ -88,10 +78,11 @@ class PipelineRunner:
                     load[self.rows[op.virtual]] += parts[R.LOAD].asnumpy()
                 if op.virtual > 0:
                     sent_grad = dh_in
-            if sent_act is not None or sent_grad is not None:
-                (sent_act if sent_act is not None else sent_grad).asnumpy()  # compute ends here, not in the exchange
+            # to the host once; the copy also ends the compute, so `busy` holds it, not the exchange
+            sent_act = sent_act.asnumpy() if sent_act is not None else None
+            sent_grad = sent_grad.asnumpy() if sent_grad is not None else None
             busy += time.perf_counter() - c0
-            self._exchange(t, row, micro, sent_act, sent_grad, held, dhs)
+            self._exchange(row, micro, sent_act, sent_grad, held, dhs)
         total = time.perf_counter() - t_start
         self.stats = {"busy": busy, "total": total, "idle_fraction": 1.0 - busy / max(total, 1e-9)}
         summed = self.sum(ms.Tensor(np.concatenate([sums, load.reshape(-1)]).astype(np.float32))).asnumpy()
@@ -100,8 +91,8 @@ class PipelineRunner:
         parts[R.LOAD] = summed[len(names):].reshape(load.shape) if self.num_rows else np.zeros((0,), np.float32)
         return grads, parts
 
-    def _exchange(self, t, row, micro, sent_act, sent_grad, held, dhs) -> None:
-        """Hand over this tick's activations and gradients (every rank calls this at every tick)."""
+    def _exchange(self, row, micro, sent_act, sent_grad, held, dhs) -> None:
+        """Hand over this tick's activations and gradients (numpy; every rank calls this at every tick)."""
         p = self.p
         moves = [(s, op) for s, op in enumerate(row) if op is not None and (
             (op.kind == "F" and op.virtual != self.last_virtual) or (op.kind == "B" and op.virtual > 0))]
@@ -110,9 +101,9 @@ class PipelineRunner:
         shape = self._boundary_shape(micro[0][0].shape, sent_act)
         buf = np.zeros((p, 2) + shape, np.float32)
         if sent_act is not None:
-            buf[self.stage, 0] = sent_act.asnumpy()
+            buf[self.stage, 0] = sent_act
         if sent_grad is not None:
-            buf[self.stage, 1] = sent_grad.asnumpy()
+            buf[self.stage, 1] = sent_grad
         out = self.sum(ms.Tensor(buf)).asnumpy()
         for s, op in moves:
             if op.kind == "F" and (s + 1) % p == self.stage:
