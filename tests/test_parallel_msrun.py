@@ -15,12 +15,13 @@ import pytest
 from conftest import ROOT
 from mindformers_ds.checkpoint import manager
 from mindformers_ds.checkpoint.safetensors_io import SafetensorsFile
-from mindformers_ds.parallel.shards import merge_checkpoint
+from mindformers_ds.parallel.shards import ShardedCheckpoint, merge_checkpoint
 from mindformers_ds.utils.logging import read_metrics
 
 CFG = os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml")
 GLOBAL_ROWS = 8
 PORT = [8400 + (os.getpid() % 200) * 5]
+ZERO = ("--set", "parallel.optimizer_shard=true")
 
 
 def sets(out, dp=1, tp=1, ep=1, steps=4, extra=()):
@@ -62,8 +63,14 @@ def reference(tmp_path_factory):
     return out
 
 
+def grad_norms(out):
+    return {r["step"]: r["grad_norm"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r}
+
+
 def assert_same_run(out, ref, tmp, steps=range(1, 5)):
     a, b = losses(ref), losses(out)
+    np.testing.assert_allclose([b[s] for s in steps], [a[s] for s in steps], rtol=1e-5, atol=0)
+    a, b = grad_norms(ref), grad_norms(out)
     np.testing.assert_allclose([b[s] for s in steps], [a[s] for s in steps], rtol=1e-5, atol=0)
     wa, wb = full_weights(ref, tmp), full_weights(out, tmp)
     assert wa.keys() == wb.keys()
@@ -73,7 +80,8 @@ def assert_same_run(out, ref, tmp, steps=range(1, 5)):
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("layout", [dict(dp=2), dict(tp=2), dict(dp=2, ep=2)], ids=["dp2", "tp2", "ep2"])
+@pytest.mark.parametrize("layout", [dict(dp=2), dict(tp=2), dict(dp=2, ep=2), dict(dp=2, extra=ZERO)],
+                         ids=["dp2", "tp2", "ep2", "dp2_optimizer_shard"])
 def test_two_workers_match_a_single_process(layout, reference, tmp_path):
     out = str(tmp_path / "run")
     train(out, **layout)
@@ -86,20 +94,54 @@ def test_two_workers_match_a_single_process(layout, reference, tmp_path):
     if "ep" in layout:  # and half of the experts
         with SafetensorsFile(os.path.join(ck, "rank_0", "model.safetensors")) as f:
             assert f.info("model.layers.1.mlp.experts.gate_up_proj")[1][0] == 4
+    if "extra" in layout:  # ZeRO-1: each rank's moments hold half the rows of every parameter
+        assert_half_moments(ck, ranks=2)
+    assert_same_run(out, reference, str(tmp_path))
+
+
+def assert_half_moments(ck, ranks):
+    """Every rank's optimizer file holds 1/ranks of each moment's rows (ZeRO-1), and the ranks'
+    rows together are the whole moment: merged, it has the parameter's shape."""
+    with SafetensorsFile(os.path.join(ck, "rank_0", "model.safetensors")) as f:
+        shapes = {n: list(f.info(n)[1]) for n in f.keys()}
+    for r in range(ranks):
+        with SafetensorsFile(os.path.join(ck, f"rank_{r}", "optimizer.safetensors")) as f:
+            moments = [n for n in f.keys() if n.startswith("optimizer.exp_avg.")]
+            assert len(moments) > 40   # every trainable parameter (the router biases are not)
+            for m in moments:
+                shape = shapes[m[len("optimizer.exp_avg."):]]
+                assert list(f.info(m)[1]) == [shape[0] // ranks, *shape[1:]], m
+    ckpt = ShardedCheckpoint(ck)
+    try:
+        assert list(ckpt.full("optimizer.exp_avg_sq.model.embed_tokens.weight", "optimizer.safetensors").shape) == \
+            shapes["model.embed_tokens.weight"]
+    finally:
+        ckpt.close()
+
+
+@pytest.mark.timeout(600)
+def test_recompute_trains_as_without(reference, tmp_path):
+    """`parallel.recompute: true` (every decoder layer reruns its forward in the backward pass) is
+    the same computation: the same losses, gradient norms and weights as the reference."""
+    out = str(tmp_path / "run")
+    train(out, extra=("--set", "parallel.recompute=true"))
+    assert "recompute: 3 layers" in open(os.path.join(out, "train.log")).read()   # 2 decoder layers + MTP
     assert_same_run(out, reference, str(tmp_path))
 
 
 @pytest.mark.timeout(1200)
 def test_four_workers_and_resume_under_other_layouts(reference, tmp_path):
-    # DP=4 x EP=2 on 4 workers (four data-parallel ranks, experts split in pairs), saving after 2 steps ...
+    # DP=4 x EP=2 on 4 workers (four data-parallel ranks, experts split in pairs) with the optimizer
+    # state sharded (ZeRO-1: dense rows over 4 ranks, experts' over the 2 holding them), saving after 2 steps ...
     saved = str(tmp_path / "dp4ep2")
-    train(saved, dp=4, ep=2, steps=2)
+    train(saved, dp=4, ep=2, steps=2, extra=ZERO)
     assert manager.complete_steps(os.path.join(saved, "checkpoints")) == [2]
     a, b = losses(reference), losses(saved)
     np.testing.assert_allclose([b[1], b[2]], [a[1], a[2]], rtol=1e-5, atol=0)
-    # ... resumed under DP=2 x TP=2 and under a single process: the losses continue exactly and
-    # the final weights equal the uninterrupted single-process run's (so the 4-worker state was)
-    for name, layout in (("resume_dp2tp2", dict(dp=2, tp=2)), ("resume_single", {})):
+    # ... resumed under DP=2 x TP=2 (its optimizer state sharded over 2 instead of 4) and under a single
+    # process: the losses continue exactly and the final weights equal the uninterrupted single-process
+    # run's (so the 4-worker state was)
+    for name, layout in (("resume_dp2tp2", dict(dp=2, tp=2, extra=ZERO)), ("resume_single", {})):
         out = str(tmp_path / name)
         os.makedirs(os.path.join(out, "checkpoints"))
         os.symlink(os.path.join(saved, "checkpoints", "step_00000002"), os.path.join(out, "checkpoints", "step_00000002"))

@@ -72,3 +72,45 @@ def test_evaluation_under_pipeline_stages_is_refused_naming_the_field(tmp_path):
     with pytest.raises(ConfigError) as e:
         ExplicitExecutor().check(cfg, 2)
     assert "train.eval_every" in str(e.value) and "mfds eval" in str(e.value)
+
+
+def test_optimizer_sharding_without_data_parallelism_is_a_one_line_warning(tmp_path, caplog):
+    import logging
+    from mindformers_ds.parallel.executors import ExplicitExecutor
+    cfg = config_mod.load(CFG, overrides=["parallel.tp=2", "parallel.optimizer_shard=true",
+                                          f"train.output_dir={tmp_path}"])
+    with caplog.at_level(logging.WARNING, logger="mindformers_ds.parallel"):
+        ExplicitExecutor().check(cfg, 2)   # not refused: the state stays whole
+    lines = [r.getMessage() for r in caplog.records if "optimizer_shard" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert lines[0].startswith("--set: parallel.optimizer_shard=true with parallel.dp=1 is a no-op")
+    lora = config_mod.load(os.path.join(ROOT, "configs/deepseek_v3/finetune_lora_tiny.yaml"),
+                           overrides=["parallel.dp=2", "parallel.optimizer_shard=true", f"train.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"^--set: parallel.optimizer_shard=true with lora.enabled"):
+        ExplicitExecutor().check(lora, 2)
+
+
+def test_zero_rows_are_one_more_split_of_the_layout_table():
+    """A moment's ZeRO rows (dim 0 over dp, after the parameter's own tp split) cut and reassemble
+    exactly: every rank's rows, concatenated in rank order, are the moment."""
+    import numpy as np
+    from mindformers_ds.parallel.layout import ParamLayout
+    from mindformers_ds.parallel.zero import optimizer_table
+    table = {"w": ParamLayout("w", (8, 6), "linear_col", {"tp": 0}), "n": ParamLayout("n", (6,), "norm", {})}
+    opt = optimizer_table(table, {"w": "dp", "n": "dp"})
+    assert opt["w"].split == {"tp": 0, "dp": 0} and opt["n"].split == {"dp": 0} and table["w"].split == {"tp": 0}
+    full = np.arange(48, dtype=np.float32).reshape(8, 6)
+    sizes = {"tp": 2, "dp": 2}
+    pieces = {(t, d): opt["w"].shard(full, sizes, {"tp": t, "dp": d}) for t in range(2) for d in range(2)}
+    assert pieces[(1, 0)].shape == (2, 6) and (pieces[(1, 0)] == full[4:6]).all()   # tp piece 1, its first half
+    np.testing.assert_array_equal(opt["w"].unshard(pieces, sizes), full)
+
+
+def test_recompute_lists_per_layer_and_per_stage_cover_the_mtp_modules():
+    from mindformers_ds.parallel.recompute import layer_recompute
+    stages = [0, 0, 0, 1, 1]          # 4 decoder layers (3 + 1) and one MTP module on the last stage
+    per_layer = [True, False, False, True]
+    assert [layer_recompute(per_layer, stages, i, 4) for i in range(5)] == [True, False, False, True, True]
+    per_stage = [False, True]
+    assert [layer_recompute(per_stage, stages, i, 4) for i in range(5)] == [False, False, False, True, True]
+    assert [layer_recompute(True, stages, i, 4) for i in range(5)] == [True] * 5

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 from ..utils.io import atomic_write_json
-from .config import layer_recompute
+from .recompute import apply_recompute
 from .layout import ParamLayout, layer_stage, layout_table, virtual_chunk
 
 STRATEGY_DIR = "strategy"   # under the run directory: MindSpore's strategy file and our listing
@@ -194,8 +194,7 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
         layer.pipeline_stage = stages[i]
         if par.virtual_stages > 1:
             layer.pipeline_segment = chunk[i]  # the interleaved schedule's chunk on its stage
-        if layer_recompute(par.recompute, stages, i):
-            layer.recompute()
+    apply_recompute(model, par)
     model.model.embed_tokens.pipeline_stage = 0
     model.model.norm.pipeline_stage = par.pp - 1
     if not model.tie:

@@ -54,10 +54,13 @@ class ParallelContext:
         return self.dp_rank % self.ep
 
     def coords(self) -> Dict[str, int]:
-        return {"dp": self.dp_rank, "tp": self.tp_rank, "ep": self.ep_rank, "pp": self.stage}
+        """Place on each mesh axis; `edp` is the place among the ranks holding the same experts
+        (the axis ZeRO shards the experts' optimizer state over)."""
+        return {"dp": self.dp_rank, "tp": self.tp_rank, "ep": self.ep_rank, "pp": self.stage,
+                "edp": self.dp_rank // self.ep}
 
     def sizes(self) -> Dict[str, int]:
-        return {"dp": self.dp, "tp": self.tp, "ep": self.ep, "pp": self.pp}
+        return {"dp": self.dp, "tp": self.tp, "ep": self.ep, "pp": self.pp, "edp": self.dp // self.ep}
 
     def size(self, axis: str) -> int:
         return len(self.members.get(axis, [self.rank]))
@@ -129,11 +132,13 @@ class GroupAllGather(nn.Cell):
     def construct(self, x):
         if self.native:
             return self.gather(x)
+        # this member's rows padded with zeros where the others' go, summed over the group; one pad,
+        # not a loop of `x if i == index else zeros` pieces: inside ZeRO's update (a graph with
+        # side effects) that became a switch auto-monad could not compile ("The pointer[cnode_abs]
+        # is null")
         n = x.shape[0]
-        pieces = ()
-        for i in range(self.size):
-            pieces = pieces + ((x if i == self.index else ops.zeros_like(x)),)
-        return self.reduce(ops.concat(pieces, 0)[:self.size * n])
+        pads = (0, 0) * (len(x.shape) - 1) + (self.index * n, (self.size - self.index - 1) * n)
+        return self.reduce(ops.pad(x, pads))
 
 
 class GroupReduceScatter(nn.Cell):

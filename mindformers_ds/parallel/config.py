@@ -35,13 +35,6 @@ def virtual_stage_ranges(num_layers: int, pp: int, pp_offset: List[int] | None, 
     return list(zip(edges[:-1], edges[1:]))
 
 
-def layer_recompute(recompute, stages: List[int], layer: int) -> bool:
-    """`parallel.recompute` for one decoder layer: a bool, a per-layer list or a per-stage list."""
-    if isinstance(recompute, list):
-        return bool(recompute[layer] if len(recompute) == len(stages) else recompute[stages[layer]])
-    return bool(recompute)
-
-
 def check_parallel(p, model: DeepseekConfig, train, origin_of: Callable[[str], str]) -> None:
     from ..errors import ConfigError
 

@@ -62,6 +62,7 @@ class SaveRequest:
     hf_config: dict
     keep_last: int
     side_files: dict
+    opt_table: Optional[dict] = None    # the optimizer state's layout, when it differs (ZeRO)
 
 
 class ExplicitExecutor:
@@ -82,6 +83,14 @@ class ExplicitExecutor:
             if cfg.lora.enabled:
                 raise ConfigError(cfg.origin("parallel.pp"), "parallel.pp", f"parallel.pp={par.pp} with lora.enabled: "
                                   "the explicit executor trains LoRA adapters without pipeline stages; use parallel.pp=1")
+        if par.optimizer_shard and par.dp == 1:
+            log.warning("%s: parallel.optimizer_shard=true with parallel.dp=1 is a no-op: there is no data-parallel "
+                        "group to shard the optimizer state over; it stays whole on every rank",
+                        cfg.origin("parallel.optimizer_shard"))
+        if par.optimizer_shard and cfg.lora.enabled:
+            raise ConfigError(cfg.origin("parallel.optimizer_shard"), "parallel.optimizer_shard",
+                              "parallel.optimizer_shard=true with lora.enabled: the adapters' optimizer state is "
+                              "small and saved whole; set parallel.optimizer_shard=false")
         if cfg.lora.enabled and cfg.parallel.tp > 1:
             # an adapter of a split linear would be split too, and its A trained apart per tp rank
             raise ConfigError(cfg.origin("parallel.tp"), "parallel.tp",
@@ -105,8 +114,11 @@ class ExplicitExecutor:
     def build(self, cfg, env, table):
         """The whole model, split for this rank from outside (parallelize.py) before it is initialised."""
         from ..train.setup import build_model
+        from .recompute import apply_recompute
         if env.ctx is None:
-            return build_model(cfg)
+            model = build_model(cfg)
+            log.info("recompute: %d layers (MTP modules included)", apply_recompute(model, cfg.parallel))
+            return model
         from .explicit import layout_init
         from .parallelize import parallelize
 
@@ -120,16 +132,41 @@ class ExplicitExecutor:
                          sum(keep(n) for n in table), len(table))
                 drop_unowned(model, keep)
             return layout_init(table, env.ctx)
-        return build_model(cfg, split)
+        model = build_model(cfg, split)
+        log.info("recompute: %d layers (MTP modules included)", apply_recompute(model, cfg.parallel))
+        return model
 
-    def collectives(self, trainable, table, env, cfg):
+    def optimizer(self, trainable, table, cfg, env):
+        """AdamW; with `parallel.optimizer_shard` and data parallelism, ZeRO-1's (zero.py): this
+        rank's rows of the moments only."""
+        from ..train.optimizer import AdamW
+        o = cfg.optimizer
+        if env.ctx is None or not cfg.parallel.optimizer_shard:
+            return AdamW(trainable, tuple(o.betas), o.eps, o.weight_decay)
+        from .layout import shared_parameters
+        from .zero import ShardedAdamW, zero_axes
+        axes = zero_axes(trainable, table, env.ctx, shared_parameters(cfg.model.model_config(), table, env.ctx.pp))
+        if not axes:
+            return AdamW(trainable, tuple(o.betas), o.eps, o.weight_decay)
+        return ShardedAdamW(trainable, axes, env.ctx, tuple(o.betas), o.eps, o.weight_decay)
+
+    @staticmethod
+    def optimizer_table(table, optimizer):
+        """The layout of the optimizer state (the parameters' table, plus ZeRO's rows)."""
+        if table is None or not optimizer.zero_axes:
+            return table
+        from .zero import optimizer_table
+        return optimizer_table(table, optimizer.zero_axes)
+
+    def collectives(self, trainable, table, env, cfg, optimizer):
         """(gradient reducer, global norm, sum over dp) of the step; None where one process."""
         if env.ctx is None:
             return None, None, None
         from .explicit import GlobalNorm, GradReducer, SumOverDP
         from .layout import shared_parameters
         shared = shared_parameters(cfg.model.model_config(), table, env.ctx.pp)
-        return (GradReducer(trainable, table, env.ctx, shared), GlobalNorm(trainable, table, env.ctx, shared),
+        zero = optimizer.zero_axes
+        return (GradReducer(trainable, table, env.ctx, shared, zero), GlobalNorm(trainable, table, env.ctx, shared, zero),
                 SumOverDP(env.ctx))
 
     def pipeline(self, model, trainable, cfg, env):
@@ -166,7 +203,7 @@ class ExplicitExecutor:
         from .explicit import barrier
         from .shards import save_sharded
         return save_sharded(req.root, req.step, env.ctx, req.model_params, req.opt_params, req.state, req.hf_config,
-                            req.keep_last, table, barrier, req.side_files)
+                            req.keep_last, table, barrier, req.side_files, req.opt_table)
 
     def split_checkpoint(self, src: str, dst: str, cfg, overwrite: bool = False) -> str:
         """A checkpoint of any layout -> the shards of `cfg.parallel` (one directory per rank)."""
@@ -209,7 +246,17 @@ class AscendExecutor:
                 os.path.join(cfg.train.output_dir, STRATEGY_DIR, "param_layout.json"), model, strategies))
         return model
 
-    def collectives(self, trainable, table, env, cfg):
+    def optimizer(self, trainable, table, cfg, env):
+        """AdamW over the whole model: MindSpore shards its state itself (AutoParallel.hsdp)."""
+        from ..train.optimizer import AdamW
+        o = cfg.optimizer
+        return AdamW(trainable, tuple(o.betas), o.eps, o.weight_decay)
+
+    @staticmethod
+    def optimizer_table(table, optimizer):
+        return table
+
+    def collectives(self, trainable, table, env, cfg, optimizer):
         return None, None, None  # MindSpore inserts the gradient and loss reductions itself
 
     def pipeline(self, model, trainable, cfg, env):

@@ -10,12 +10,12 @@ so the sum over ranks is exactly the single-process gradient.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from .comm import Identity, ParallelContext, _all_reduce
+from .comm import GroupReduceScatter, Identity, ParallelContext, _all_reduce
 from .layout import ParamLayout, layout_table
 
 _square_sum = ops.MultitypeFuncGraph("sq")
@@ -99,6 +99,14 @@ def _reduce_one(dp_sum, edp_sum, ends_sum, kind, g):
     return g
 
 
+_scatter = ops.MultitypeFuncGraph("scatter")
+
+
+@_scatter.register("Function", "Tensor")
+def _scatter_one(reduce_scatter, g):
+    return reduce_scatter(g)
+
+
 _weighted = ops.MultitypeFuncGraph("weighted")
 
 
@@ -123,28 +131,48 @@ class GradReducer(nn.Cell):
     models ("Exceed function call depth limit")."""
 
     def __init__(self, params: Sequence, table: Dict[str, ParamLayout], ctx: ParallelContext,
-                 shared: Sequence[str] = ()):
+                 shared: Sequence[str] = (), zero: Optional[Dict[str, str]] = None):
         """`shared`: parameters both ends of the pipeline hold (the embedding when the last stage
-        needs it): summed over the two copies, then over dp."""
+        needs it): summed over the two copies, then over dp. `zero`: parameters whose optimizer
+        state is sharded (zero.py), name -> group, in the optimizer's order (after all others,
+        dp's then edp's): their gradient is reduce-scattered instead, so this rank keeps the sum
+        of its rows only."""
         super().__init__(auto_prefix=False)
+        zero = zero or {}
+        groups = [zero.get(p.name) for p in params]
+        if groups != sorted(groups, key=lambda g: {None: 0, "dp": 1, "edp": 2}[g]):
+            raise ValueError("GradReducer: ZeRO-sharded parameters must follow the others, dp's before edp's")
+        self.a = groups.count(None)
+        self.b = self.a + groups.count("dp")
+        self.has_whole, self.has_dp, self.has_edp = None in groups, "dp" in groups, "edp" in groups
         kinds = []
-        for p in params:
+        for p in params[:self.a]:
             axis = "edp" if "ep" in _split_of(table, p.name) else "dp"
-            kind = _KIND[axis] if axis in ctx.groups else _KIND["rep"]
+            kind = axis if axis in ctx.groups else "rep"
             if p.name in shared and "ends" in ctx.groups:
-                kind = _KIND["ends+dp"] if "dp" in ctx.groups else _KIND["ends"]
-            kinds.append(kind)
+                kind = "ends+dp" if "dp" in ctx.groups else "ends"
+            kinds.append(_KIND[kind])
         self.kinds = tuple(kinds)
         # a group this layout lacks is never selected by its kind; the world-group op stands in
         stand_in = ops.AllReduce(ops.ReduceOp.SUM)
         self.dp_sum = _all_reduce(ctx, "dp") if "dp" in ctx.groups else stand_in
         self.edp_sum = _all_reduce(ctx, "edp") if "edp" in ctx.groups else self.dp_sum
         self.ends_sum = _all_reduce(ctx, "ends") if "ends" in ctx.groups else stand_in
+        self.dp_scatter = GroupReduceScatter(ctx, "dp") if self.has_dp else stand_in
+        self.edp_scatter = GroupReduceScatter(ctx, "edp") if self.has_edp else stand_in
         self.load = Identity() if "dp" not in ctx.groups else _AllReduceCell(ctx, "dp")
         self.hyper_map = ops.HyperMap()
 
     def construct(self, grads, load):
-        out = self.hyper_map(ops.partial(_reduce_grad, self.dp_sum, self.edp_sum, self.ends_sum), self.kinds, grads)
+        a, b = self.a, self.b
+        out = ()
+        if self.has_whole:   # constants: resolved when the graph is built
+            out = self.hyper_map(ops.partial(_reduce_grad, self.dp_sum, self.edp_sum, self.ends_sum), self.kinds,
+                                 grads[:a])
+        if self.has_dp:
+            out = out + self.hyper_map(ops.partial(_scatter, self.dp_scatter), grads[a:b])
+        if self.has_edp:
+            out = out + self.hyper_map(ops.partial(_scatter, self.edp_scatter), grads[b:])
         return out, self.load(load)
 
 
@@ -152,27 +180,40 @@ class GlobalNorm(nn.Cell):
     """sqrt of the sum of squared gradients of the whole (unsplit) model, on every rank: the
     squares of tp-split and ep-split gradients are summed over their groups, replicated ones not,
     and every stage's sum over the pipeline; the last stage's copy of a shared parameter
-    (`shared`, equal to the first stage's after the reduction) is not counted twice."""
+    (`shared`, equal to the first stage's after the reduction) is not counted twice. A gradient
+    ZeRO left as this rank's rows (`zero`, name -> group) is first summed over that group."""
 
     def __init__(self, params: Sequence, table: Dict[str, ParamLayout], ctx: ParallelContext,
-                 shared: Sequence[str] = ()):
+                 shared: Sequence[str] = (), zero: Optional[Dict[str, str]] = None):
         super().__init__(auto_prefix=False)
+        zero = zero or {}
         kinds = []
         for p in params:
             split = _split_of(table, p.name)
             copy = p.name in shared and ctx.stage == ctx.pp - 1
-            kinds.append("copy" if copy else "tp" if "tp" in split else "ep" if "ep" in split else "rep")
-        self.w_rep, self.w_tp, self.w_ep = (tuple(1.0 if x == k else 0.0 for x in kinds) for k in ("rep", "tp", "ep"))
+            kind = "copy" if copy else "tp" if "tp" in split else "ep" if "ep" in split else "rep"
+            kinds.append(kind + ("/zero" if p.name in zero and kind != "copy" else ""))
+        w = {k: tuple(1.0 if x == k else 0.0 for x in kinds) for k in ("rep", "tp", "ep", "rep/zero", "tp/zero", "ep/zero")}
+        self.w_rep, self.w_tp, self.w_ep = w["rep"], w["tp"], w["ep"]
+        self.w_rep_zero, self.w_tp_zero, self.w_ep_zero = w["rep/zero"], w["tp/zero"], w["ep/zero"]
         self.tp = _AllReduceCell(ctx, "tp") if "tp" in ctx.groups else Identity()
         self.ep = _AllReduceCell(ctx, "ep") if "ep" in ctx.groups else Identity()
         self.pp = _AllReduceCell(ctx, "pp") if "pp" in ctx.groups else Identity()
+        self.dp = _AllReduceCell(ctx, "dp") if "dp" in ctx.groups else Identity()
+        self.edp = _AllReduceCell(ctx, "edp") if "edp" in ctx.groups else Identity()
+        self.zero = bool(zero)
         self.hyper_map = ops.HyperMap()
+
+    def _sum(self, sq, weights):
+        return ops.addn(self.hyper_map(_weighted, weights, sq))
 
     def construct(self, grads):
         sq = self.hyper_map(_square_sum, grads)
-        rep = ops.addn(self.hyper_map(_weighted, self.w_rep, sq))
-        tp = ops.addn(self.hyper_map(_weighted, self.w_tp, sq))
-        ep = ops.addn(self.hyper_map(_weighted, self.w_ep, sq))
+        rep, tp, ep = self._sum(sq, self.w_rep), self._sum(sq, self.w_tp), self._sum(sq, self.w_ep)
+        if self.zero:  # tp(dp(a) + b): a's squares summed over tp and dp, b's over tp
+            rep = rep + self.dp(self._sum(sq, self.w_rep_zero))
+            tp = tp + self.dp(self._sum(sq, self.w_tp_zero))
+            ep = ep + self.edp(self._sum(sq, self.w_ep_zero))
         return ops.sqrt(self.pp(rep + self.tp(tp) + self.ep(ep)))
 
 

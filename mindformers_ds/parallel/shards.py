@@ -36,14 +36,29 @@ def _base(name: str) -> str:
     return name
 
 
-def layout_doc(table: Dict[str, ParamLayout], sizes: Dict[str, int], coords: Dict[int, Dict[str, int]]) -> Dict:
-    return {"sizes": sizes, "ranks": {str(r): c for r, c in coords.items()},
-            "params": {n: {"shape": list(p.shape), "split": p.split, "stage": p.stage} for n, p in table.items()}}
+def layout_doc(table: Dict[str, ParamLayout], sizes: Dict[str, int], coords: Dict[int, Dict[str, int]],
+               opt_table: Optional[Dict[str, ParamLayout]] = None) -> Dict:
+    """`opt_split`: how the optimizer's moments of a parameter are split when not as the parameter
+    (ZeRO's rows, parallel/zero.py)."""
+    params = {}
+    for n, p in table.items():
+        params[n] = {"shape": list(p.shape), "split": p.split, "stage": p.stage}
+        if opt_table and opt_table[n].split != p.split:
+            params[n]["opt_split"] = opt_table[n].split
+    return {"sizes": sizes, "ranks": {str(r): c for r, c in coords.items()}, "params": params}
+
+
+def _saved_split(info: Optional[Dict], name: str) -> Dict[str, int]:
+    """How tensor `name` (a parameter or one of its optimizer moments) is split in the shards."""
+    if not info:
+        return {}
+    return info.get("opt_split", info["split"]) if name != _base(name) else info["split"]
 
 
 def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: Sequence, state: Dict,
                  hf_config: Dict, keep_last: int, table: Dict[str, ParamLayout], barrier,
-                 side_files: Optional[Dict[str, str]] = None) -> str:
+                 side_files: Optional[Dict[str, str]] = None,
+                 opt_table: Optional[Dict[str, ParamLayout]] = None) -> str:
     tmp = os.path.join(root, f".step_{step:08d}.partial")
     mine = os.path.join(tmp, f"rank_{ctx.rank}")
     if ctx.rank == 0 and os.path.isdir(tmp):
@@ -57,7 +72,7 @@ def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: 
     final = manager.step_dir(root, step)
     if ctx.rank == 0:
         coords = {r: _coords_of(r, ctx) for r in range(ctx.world)}
-        atomic_write_json(os.path.join(tmp, LAYOUT_FILE), layout_doc(table, ctx.sizes(), coords))
+        atomic_write_json(os.path.join(tmp, LAYOUT_FILE), layout_doc(table, ctx.sizes(), coords, opt_table))
         atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
         manager.copy_side_files(tmp, side_files)
         atomic_write_json(os.path.join(tmp, manager.STATE_FILE), dict(state, step=step))
@@ -117,7 +132,7 @@ class ShardedCheckpoint:
         if not self.sharded:
             return self._file(None, filename).get_f32(name)
         info = self.doc["params"].get(_base(name))
-        split = info["split"] if info else {}
+        split = _saved_split(info, name)
         stage = info.get("stage", 0) if info else 0
         holders = {r: c for r, c in self.ranks.items() if c.get("pp", 0) == stage}
         if not split:
@@ -138,17 +153,19 @@ class ShardedCheckpoint:
 
 
 def load_into(path: str, filename: str, params: Sequence, table: Optional[Dict[str, ParamLayout]], ctx) -> int:
-    """Set this rank's `params` (model or optimizer state) from a checkpoint of any layout."""
+    """Set this rank's `params` (model or optimizer state, `table` the layout of what they hold)
+    from a checkpoint of any layout."""
     import mindspore as ms
     ck = ShardedCheckpoint(path)
     try:
         same = ck.sharded and ctx is not None and ck.sizes == ctx.sizes() and ck.ranks.get(ctx.rank) == ctx.coords()
         for p in params:
-            if same:
+            base = table.get(_base(p.name)) if table else None
+            split_now = base.split if base is not None else {}
+            if same and _saved_split(ck.doc["params"].get(_base(p.name)), p.name) == split_now:
                 arr = ck._file(ctx.rank, filename).get_f32(p.name)
             else:
                 arr = ck.full(p.name, filename)
-                base = table.get(_base(p.name)) if table else None
                 if base is not None and ctx is not None:
                     arr = base.shard(arr, ctx.sizes(), ctx.coords())
             if tuple(arr.shape) != tuple(p.shape):
@@ -219,8 +236,8 @@ def split_checkpoint(src: str, dst: str, cfg, overwrite: bool = False) -> str:
                         arr = table[_base(n)].shard(arr, ctx.sizes(), ctx.coords())
                     items.append((n, "F32", np.array(arr, np.float32, order="C")))
                 write_safetensors(os.path.join(work, f"rank_{rank}", filename), items, {"layout": "sharded"})
-        atomic_write_json(os.path.join(work, LAYOUT_FILE), layout_doc(table, {"dp": par.dp, "tp": par.tp,
-                                                                           "ep": par.ep, "pp": par.pp}, coords))
+        sizes = ParallelContext(world, 0, par.dp, par.tp, par.ep, pp=par.pp).sizes()
+        atomic_write_json(os.path.join(work, LAYOUT_FILE), layout_doc(table, sizes, coords))
     finally:
         ck.close()
     _copy_side_files(src, work)

@@ -11,14 +11,11 @@ Ctrl-C stops with one line naming the step, the newest checkpoint and how to res
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Dict, List, Optional
 
@@ -39,8 +36,8 @@ from ..observe.step_metrics import StepMetrics, expert_stats, steady_state
 from ..utils.io import atomic_write_json
 from ..utils.logging import MetricsWriter, setup_logging
 from .evaluation import EvalSums, eval_loss, exact_match
+from .interrupt import interruptible
 from .lora import adapter_parameters, apply_lora
-from .optimizer import AdamW
 from .preflight import preflight
 from .run_data import build_run_data
 from .schedule import learning_rate
@@ -54,28 +51,6 @@ log = logging.getLogger("mindformers_ds.train")
 
 class TrainingError(RuntimeError):
     pass
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def interruptible():
-    """Ctrl-C as KeyboardInterrupt during the loop. While a graph runs, MindSpore's runtime
-    handles SIGINT itself by ending the process with SIGTERM (measured: exit status -15, nothing
-    said), so SIGTERM is turned into the same interruption here; both handlers are restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 class Trainer:
@@ -106,12 +81,17 @@ class Trainer:
         log.info("model %s: %d parameters, %d trainable (%.2f%%; %d frozen tensors%s)", cfg.model.model_type,
                  self.n_params, self.n_trainable, 100.0 * self.n_trainable / self.n_params, frozen,
                  ", LoRA adapters only" if self.lora else "")
-        o = cfg.optimizer
-        self.optimizer = AdamW(trainable, tuple(o.betas), o.eps, o.weight_decay)
+        self.optimizer = self.executor.optimizer(trainable, self.table, cfg, self.env)  # ZeRO shards it
+        trainable = list(self.optimizer.params)   # ZeRO orders them by group; the gradients follow
+        self.opt_table = self.executor.optimizer_table(self.table, self.optimizer)
+        self.opt_state_mb = sum(int(np.prod(p.shape)) * 4 for p in self.optimizer.state_parameters()) / 2 ** 20
+        log.info("optimizer state on rank %d: %.2f MB (%s)", self.env.rank, self.opt_state_mb,
+                 f"ZeRO-1: {len(self.optimizer.zero_axes)} tensors sharded" if self.optimizer.zero_axes else "whole")
         grad_step = GradStep(LossCell(self.model), trainable)
         # LoRA keeps the whole base model fixed, router correction biases included
         biases = [] if self.lora else router_bias_parameters(self.model)
-        reducer, global_norm, self.sum_parts = self.executor.collectives(trainable, self.table, self.env, cfg)
+        reducer, global_norm, self.sum_parts = self.executor.collectives(trainable, self.table, self.env, cfg,
+                                                                             self.optimizer)
         self.pipeline = self.executor.pipeline(self.model, trainable, cfg, self.env)  # None: no pipeline stages
         apply_step = ApplyStep(self.optimizer, biases, cfg.model.bias_update_rate, cfg.train.max_grad_norm,
                                reducer, global_norm, [] if self.lora else router_bias_rows(self.model),
@@ -132,7 +112,8 @@ class Trainer:
         else:
             # any layout: a single-process checkpoint, or the shards of another parallel layout
             self.executor.load(path, "model.safetensors", list(self.model.get_parameters()), self.table, self.env)
-            self.executor.load(path, "optimizer.safetensors", self.optimizer.state_parameters(), self.table, self.env)
+            self.executor.load(path, "optimizer.safetensors", self.optimizer.state_parameters(), self.opt_table,
+                               self.env)
         step = int(ckpt.read_state(path)["step"])
         log.info("resumed from %s at step %d", path, step)
         return step
@@ -212,6 +193,7 @@ class Trainer:
                                              f"metrics_rank{self.env.rank}.jsonl"),
                                 keep_until_step=start if start > 0 else None)
         summary: Dict = {"start_step": start, "n_params": self.n_params, "n_trainable": self.n_trainable,
+                         "optimizer_state_mb": round(self.opt_state_mb, 3),
                          **self.data.stats}
         try:
             if cfg.train.exact_match_samples > 0 and start == 0:  # every rank decodes in lockstep (collectives)
@@ -357,7 +339,8 @@ class Trainer:
     def _save(self, step: int, tokens_seen: int) -> None:
         state = {"tokens_seen": tokens_seen, "config": self.cfg.source}
         request = SaveRequest(self.ckpt_root, step, list(self.model.get_parameters()), self.optimizer.state_parameters(),
-                              state, self.model.config.to_hf_dict(), self.cfg.checkpoint.keep_last, self._side_files())
+                              state, self.model.config.to_hf_dict(), self.cfg.checkpoint.keep_last, self._side_files(),
+                              self.opt_table)
         path = self.executor.save_shards(request, self.env, self.table)   # None: one process, saved below
         if path is not None:
             self.last_checkpoint = path

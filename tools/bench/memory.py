@@ -1,0 +1,84 @@
+"""Memory of ZeRO-1 and of recompute, measured per rank, beside the unsharded / plain run.
+
+    python tools/bench/memory.py [--steps 2]
+
+1. Optimizer state: `mfds launch --nproc 2` of the tiny V3 at dp=2, without and with
+   `parallel.optimizer_shard`; per rank the optimizer state the trainer holds (its log line
+   "optimizer state on rank R: X MB") and the step's peak RSS (metrics `peak_rss_mb`).
+2. Recompute: one process on an activation-heavy shape (4 layers, hidden 128, 16 x 512 tokens),
+   `parallel.recompute` false and true; peak RSS and the steady step time.
+Ratios are against the baseline run of the same invocation (the machine is noisy).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CFG = os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml")
+HEAVY = ["model.num_hidden_layers=4", "model.hidden_size=128", "data.seq_length=512",
+         "model.max_position_embeddings=512", "train.micro_batch_size=16"]
+
+
+def _run(out: str, sets, nproc: int, port: int) -> None:
+    cmd = [sys.executable, "-m", "mindformers_ds"]
+    if nproc > 1:
+        cmd += ["launch", "--nproc", str(nproc), "--master-port", str(port), "--"]
+    cmd += ["train", "--config", CFG, "--set", f"train.output_dir={out}", "--set", "checkpoint.save_every=0",
+            "--set", "checkpoint.save_final=false", "--set", "train.eval_every=0"]
+    for s in sets:
+        cmd += ["--set", s]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+
+
+def _records(out: str, rank: int):
+    name = "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"
+    with open(os.path.join(out, name), encoding="utf-8") as f:
+        return [r for r in (json.loads(line) for line in f) if "loss" in r]
+
+
+def _opt_mb(out: str, rank: int, nproc: int) -> float:
+    log = os.path.join(out, "train.log" if nproc == 1 else f"train_rank{rank}.log")
+    m = re.search(r"optimizer state on rank \d+: ([0-9.]+) MB", open(log, encoding="utf-8").read())
+    return float(m.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=2)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="bench_mem_")
+    port = 8950 + os.getpid() % 40
+    print("ZeRO-1, tiny V3, dp=2 (2 workers)")
+    print(f"{'optimizer_shard':16s} {'rank':>4s} {'opt state MB':>13s} {'ratio':>6s} {'peak RSS MB':>12s}")
+    base = {}
+    for shard in (False, True):
+        port += 1
+        out = os.path.join(tmp, f"zero_{shard}")
+        _run(out, ["parallel.dp=2", "train.micro_batch_size=4", f"train.max_steps={args.steps}",
+                   f"parallel.optimizer_shard={str(shard).lower()}"], 2, port)
+        for rank in range(2):
+            mb = _opt_mb(out, rank, 2)
+            base.setdefault(rank, mb)
+            print(f"{str(shard):16s} {rank:4d} {mb:13.3f} {mb / base[rank]:6.3f} "
+                  f"{_records(out, rank)[-1]['peak_rss_mb']:12.1f}", flush=True)
+    print("\nrecompute, one process, 4 layers x hidden 128, 16 x 512 tokens")
+    print(f"{'recompute':10s} {'peak RSS MB':>12s} {'ratio':>6s} {'step s':>7s} {'ratio':>6s}")
+    ref = None
+    for rc in (False, True):
+        out = os.path.join(tmp, f"recompute_{rc}")
+        _run(out, HEAVY + [f"train.max_steps={args.steps + 1}", f"parallel.recompute={str(rc).lower()}"], 1, 0)
+        recs = _records(out, 0)
+        rss = recs[-1]["peak_rss_mb"]
+        step = sum(r["step_time"] for r in recs[1:]) / max(len(recs) - 1, 1)
+        ref = ref or (rss, step)
+        print(f"{str(rc):10s} {rss:12.1f} {rss / ref[0]:6.3f} {step:7.2f} {step / ref[1]:6.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
