@@ -63,6 +63,30 @@ def reference(tmp_path_factory):
     return out
 
 
+def rank_peaks_mb(out):
+    """Each rank's measured peak RSS over the run (metrics `peak_rss_mb`; rank 0 in metrics.jsonl)."""
+    peaks = {}
+    for name in os.listdir(out):
+        if name.startswith("metrics") and name.endswith(".jsonl"):
+            rank = int(name[len("metrics_rank"):-len(".jsonl")]) if "rank" in name else 0
+            peaks[rank] = max(r["peak_rss_mb"] for r in read_metrics(os.path.join(out, name)) if "peak_rss_mb" in r)
+    return peaks
+
+
+def assert_plan_matches_each_rank(out):
+    """`mfds plan`'s per-rank memory estimate (the CPU constants of parallel/cpu_single.yaml, the
+    run's own layout) within 20% of every rank's measured peak RSS."""
+    from mindformers_ds import config
+    from mindformers_ds.train.preflight import estimated_stage_peaks
+    cfg = config.load(os.path.join(out, "config.yaml"), check_paths=False)
+    per_stage = estimated_stage_peaks(cfg)
+    peaks = rank_peaks_mb(out)
+    assert len(peaks) == cfg.parallel.world_size
+    for rank, measured in peaks.items():
+        estimate = per_stage[rank // (cfg.parallel.dp * cfg.parallel.tp)] / 2 ** 20
+        assert abs(estimate / measured - 1) <= 0.2, (out, rank, estimate, measured)
+
+
 def grad_norms(out):
     return {r["step"]: r["grad_norm"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r}
 
@@ -97,6 +121,7 @@ def test_two_workers_match_a_single_process(layout, reference, tmp_path):
     if "extra" in layout:  # ZeRO-1: each rank's moments hold half the rows of every parameter
         assert_half_moments(ck, ranks=2)
     assert_same_run(out, reference, str(tmp_path))
+    assert_plan_matches_each_rank(out)
 
 
 def assert_half_moments(ck, ranks):
@@ -127,6 +152,7 @@ def test_recompute_trains_as_without(reference, tmp_path):
     train(out, extra=("--set", "parallel.recompute=true"))
     assert "recompute: 3 layers" in open(os.path.join(out, "train.log")).read()   # 2 decoder layers + MTP
     assert_same_run(out, reference, str(tmp_path))
+    assert_plan_matches_each_rank(out)
 
 
 @pytest.mark.timeout(1200)
@@ -148,6 +174,8 @@ def test_four_workers_and_resume_under_other_layouts(reference, tmp_path):
         shutil.copy(os.path.join(saved, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
         train(out, **layout)
         assert_same_run(out, reference, str(tmp_path))
+        assert_plan_matches_each_rank(out)
+    assert_plan_matches_each_rank(saved)
 
 
 @pytest.mark.timeout(900)

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from mindformers_ds.checkpoint.safetensors_io import SafetensorsFile
 from mindformers_ds.utils.logging import read_metrics
-from test_parallel_msrun import CFG, PORT, full_weights
+from test_parallel_msrun import CFG, PORT, assert_plan_matches_each_rank, full_weights
 
 STEPS = 3
 
@@ -99,6 +99,7 @@ def test_pipeline_matches_one_process(name, reference, tmp_path):
     if name == "pp2_uneven":   # stages of 3 and 1 layers, the first recomputed
         assert any(n.startswith("model.layers.2.") for n in first_names)
         assert "recompute: 3 layers" in open(os.path.join(out, "train_rank0.log")).read()
+    assert_plan_matches_each_rank(out)
     if name == "pp2_interleaved":  # stage 0 holds chunks 0 and 2: layers 0 and 2
         assert {n.split(".")[2] for n in first_names if n.startswith("model.layers.")} == {"0", "2"}
 
@@ -130,3 +131,7 @@ def test_pipeline_carries_each_family_across_stages(family, tmp_path):
     assert wa.keys() == wb.keys()
     for n in wa:  # absolute, as tests/test_parallel_v4.py explains for V4's near-zero mHC gradients
         assert np.abs(wb[n] - wa[n]).max() <= 1e-5, n
+    if not family.startswith("v4"):
+        # V4 is not calibrated: the planner's V4 estimate is 25-33% below the measured peaks
+        # (1268 MB one process, 1147 MB on stage 0; the CPU constants were fitted on V3)
+        assert_plan_matches_each_rank(out)

@@ -91,13 +91,18 @@ def machine_memory_bytes() -> Optional[int]:
     return total
 
 
+def estimated_stage_peaks(cfg: RunConfig) -> List[float]:
+    """The planner's per-process peak of this run on the CPU executor, bytes, per pipeline stage
+    (every rank of a stage holds the same shapes)."""
+    from ..plan.memory import estimate_memory
+    est = estimate_memory(cfg.model.model_config(), cfg.parallel, cfg.train.micro_batch_size, cfg.data.seq_length,
+                          CPU_RUNTIME_GB, cfg.lora, CPU_ACTIVATION_FACTOR)
+    return [m.total for m in est]
+
+
 def estimated_peak_bytes(cfg: RunConfig) -> float:
     """The planner's per-process peak of this run on the CPU executor (worst pipeline stage)."""
-    from ..plan.memory import estimate_memory
-    per_step = cfg.train.micro_batch_size
-    est = estimate_memory(cfg.model.model_config(), cfg.parallel, per_step, cfg.data.seq_length, CPU_RUNTIME_GB,
-                          cfg.lora, CPU_ACTIVATION_FACTOR)
-    return max(m.total for m in est)
+    return max(estimated_stage_peaks(cfg))
 
 
 def check_memory(cfg: RunConfig, processes: int = 1, device: str = "CPU") -> None:

@@ -7,6 +7,8 @@
    "optimizer state on rank R: X MB") and the step's peak RSS (metrics `peak_rss_mb`).
 2. Recompute: one process on an activation-heavy shape (4 layers, hidden 128, 16 x 512 tokens),
    `parallel.recompute` false and true; peak RSS and the steady step time.
+Every run also prints `mfds plan`'s per-rank estimate (the CPU constants of
+parallel/cpu_single.yaml, the run's own layout) beside the measured peak.
 Ratios are against the baseline run of the same invocation (the machine is noisy).
 """
 from __future__ import annotations
@@ -20,6 +22,9 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+from mindformers_ds import config  # noqa: E402
+from mindformers_ds.train.preflight import estimated_stage_peaks  # noqa: E402
 CFG = os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml")
 HEAVY = ["model.num_hidden_layers=4", "model.hidden_size=128", "data.seq_length=512",
          "model.max_position_embeddings=512", "train.micro_batch_size=16"]
@@ -42,6 +47,11 @@ def _records(out: str, rank: int):
         return [r for r in (json.loads(line) for line in f) if "loss" in r]
 
 
+def _plan_mb(out: str) -> float:
+    """The planner's estimate for the run's (one-stage) layout, MB."""
+    return estimated_stage_peaks(config.load(os.path.join(out, "config.yaml"), check_paths=False))[0] / 2 ** 20
+
+
 def _opt_mb(out: str, rank: int, nproc: int) -> float:
     log = os.path.join(out, "train.log" if nproc == 1 else f"train_rank{rank}.log")
     m = re.search(r"optimizer state on rank \d+: ([0-9.]+) MB", open(log, encoding="utf-8").read())
@@ -55,7 +65,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench_mem_")
     port = 8950 + os.getpid() % 40
     print("ZeRO-1, tiny V3, dp=2 (2 workers)")
-    print(f"{'optimizer_shard':16s} {'rank':>4s} {'opt state MB':>13s} {'ratio':>6s} {'peak RSS MB':>12s}")
+    print(f"{'optimizer_shard':16s} {'rank':>4s} {'opt state MB':>13s} {'ratio':>6s} {'peak RSS MB':>12s} "
+          f"{'plan MB':>8s}")
     base = {}
     for shard in (False, True):
         port += 1
@@ -66,9 +77,9 @@ def main() -> None:
             mb = _opt_mb(out, rank, 2)
             base.setdefault(rank, mb)
             print(f"{str(shard):16s} {rank:4d} {mb:13.3f} {mb / base[rank]:6.3f} "
-                  f"{_records(out, rank)[-1]['peak_rss_mb']:12.1f}", flush=True)
+                  f"{_records(out, rank)[-1]['peak_rss_mb']:12.1f} {_plan_mb(out):8.0f}", flush=True)
     print("\nrecompute, one process, 4 layers x hidden 128, 16 x 512 tokens")
-    print(f"{'recompute':10s} {'peak RSS MB':>12s} {'ratio':>6s} {'step s':>7s} {'ratio':>6s}")
+    print(f"{'recompute':10s} {'peak RSS MB':>12s} {'ratio':>6s} {'step s':>7s} {'ratio':>6s} {'plan MB':>8s}")
     ref = None
     for rc in (False, True):
         out = os.path.join(tmp, f"recompute_{rc}")
@@ -77,7 +88,8 @@ def main() -> None:
         rss = recs[-1]["peak_rss_mb"]
         step = sum(r["step_time"] for r in recs[1:]) / max(len(recs) - 1, 1)
         ref = ref or (rss, step)
-        print(f"{str(rc):10s} {rss:12.1f} {rss / ref[0]:6.3f} {step:7.2f} {step / ref[1]:6.3f}", flush=True)
+        print(f"{str(rc):10s} {rss:12.1f} {rss / ref[0]:6.3f} {step:7.2f} {step / ref[1]:6.3f} {_plan_mb(out):8.0f}",
+              flush=True)
 
 
 if __name__ == "__main__":
