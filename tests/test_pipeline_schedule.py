@@ -114,3 +114,33 @@ def test_recompute_lists_per_layer_and_per_stage_cover_the_mtp_modules():
     per_stage = [False, True]
     assert [layer_recompute(per_stage, stages, i, 4) for i in range(5)] == [False, False, False, True, True]
     assert [layer_recompute(True, stages, i, 4) for i in range(5)] == [True] * 5
+
+
+@pytest.mark.parametrize("p,m,v", [(2, 4, 1), (4, 8, 1), (2, 4, 2), (4, 8, 2)])
+def test_every_op_finds_its_input_handed_over_by_its_neighbour(p, m, v):
+    """Replaying the timetable with tick_moves' hand-overs (as each stage receives them): every
+    forward past the first virtual stage and every backward before the last finds its input on
+    its own stage, delivered by the neighbour, at an earlier tick."""
+    from mindformers_ds.parallel.pipeline_handover import ACTIVATION, tick_moves
+    table = build_timetable("1f1b" if v == 1 else "interleaved", p, m, v)
+    last = p * v - 1
+    inbox = {s: set() for s in range(p)}
+    for row in table.ticks:
+        for s, op in enumerate(row):
+            if op is None:
+                continue
+            if op.kind == "F" and op.virtual > 0:
+                assert ("act", op.micro, op.virtual) in inbox[s]
+            if op.kind == "B" and op.virtual < last:
+                assert ("grad", op.micro, op.virtual) in inbox[s]
+        for mv in tick_moves(row, p, last):   # delivered at the end of the tick
+            assert mv.dst == (mv.src + (1 if mv.kind == ACTIVATION else -1)) % p and mv.virtual % p == mv.dst
+            inbox[mv.dst].add(("act" if mv.kind == ACTIVATION else "grad", mv.micro, mv.virtual))
+
+
+def test_point_to_point_is_native_where_the_backend_has_it():
+    from types import SimpleNamespace
+    from mindformers_ds.parallel.pipeline_handover import AllReduceHandover, SendReceiveHandover, make_handover
+    ctx = SimpleNamespace(device="Ascend", stage=1, pp=2, groups={"pp": "pp_0_2"})
+    assert isinstance(make_handover(ctx, None), SendReceiveHandover)     # HCCL: ops.Send / ops.Receive
+    assert isinstance(make_handover(SimpleNamespace(**{**vars(ctx), "device": "CPU"}), None), AllReduceHandover)

@@ -165,4 +165,5 @@ def test_the_trainers_memory_check_uses_the_measured_cpu_constants():
     """train/preflight.py refuses runs with the constants parallel/cpu_single.yaml states."""
     from mindformers_ds.train import preflight
     c = preset("cpu_single.yaml").cluster
-    assert (preflight.CPU_RUNTIME_GB, preflight.CPU_ACTIVATION_FACTOR) == (c.runtime_overhead_gb, c.activation_factor)
+    assert (preflight.CPU_RUNTIME_GB, preflight.CPU_ACTIVATION_FACTOR, preflight.CPU_RECOMPUTE_ACTIVATION_FACTOR) == \
+        (c.runtime_overhead_gb, c.activation_factor, c.recompute_activation_factor)

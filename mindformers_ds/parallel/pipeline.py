@@ -1,11 +1,11 @@
 """The explicit executor's pipeline: runs one step's micro-batches through the stages on a
 timetable (pipeline_schedule.py) and returns this stage's summed gradients and the step's parts.
 
-Point to point on mccl: the backend has no Send/Receive, so each tick ends with one exchange over
-the `pp` group (the ranks at the same place of every stage): an all-reduce of a zero buffer
-[pp, 2, *boundary] in which stage s writes the activation it hands to s + 1 at [s, 0] and the
-gradient it hands to s - 1 at [s, 1]. Every rank knows the whole timetable, so it knows which
-slots hold something; ticks in which nobody hands anything over skip the exchange. The boundary
+Point to point (pipeline_handover.py): Send/Receive between neighbours where the backend has
+them; on mccl, which has none, each tick ends with one all-reduce over the `pp` group (the ranks
+at the same place of every stage) carrying every stage's outgoing activation and gradient.
+Every rank knows the whole timetable, so it knows the tick's moves; ticks in which nobody hands
+anything over skip the exchange. The boundary
 tensor is whatever the family carries between layers (V3's hidden [B, S, H], V4's mHC streams
 [B, S, n, H]); its shape is told once per micro-batch shape by the first stage (a small exchange
 after the first tick, in which only the first stage computes).
@@ -24,6 +24,7 @@ import mindspore as ms
 from ..models.deepseek import results as R
 from ..train.step import AccumulateGrads
 from .explicit import _AllReduceCell
+from .pipeline_handover import ACTIVATION, GRADIENT, make_handover, tick_moves
 from .pipeline_schedule import build_timetable
 from .pipeline_stage import ChunkBackward, ChunkForward, ChunkObjective, StageChunk
 
@@ -45,6 +46,7 @@ class PipelineRunner:
                      for vs, (start, stop) in chunks.items()}
         self.num_rows, self.experts = model.num_moe_layers, max(model.config.n_routed_experts, 1)
         self.sum = _AllReduceCell(ctx, "pp")
+        self.handover = make_handover(ctx, self.sum)
         self.accumulate = AccumulateGrads()
         self.boundary = {}     # micro-batch input shape -> boundary tensor shape
         self.stats = {}
@@ -92,24 +94,14 @@ class PipelineRunner:
         return grads, parts
 
     def _exchange(self, row, micro, sent_act, sent_grad, held, dhs) -> None:
-        """Hand over this tick's activations and gradients (numpy; every rank calls this at every tick)."""
-        p = self.p
-        moves = [(s, op) for s, op in enumerate(row) if op is not None and (
-            (op.kind == "F" and op.virtual != self.last_virtual) or (op.kind == "B" and op.virtual > 0))]
+        """Hand over this tick's activations and gradients (every rank calls this at every tick)."""
+        moves = tick_moves(row, self.p, self.last_virtual)
         if not moves:
             return
         shape = self._boundary_shape(micro[0][0].shape, sent_act)
-        buf = np.zeros((p, 2) + shape, np.float32)
-        if sent_act is not None:
-            buf[self.stage, 0] = sent_act
-        if sent_grad is not None:
-            buf[self.stage, 1] = sent_grad
-        out = self.sum(ms.Tensor(buf)).asnumpy()
-        for s, op in moves:
-            if op.kind == "F" and (s + 1) % p == self.stage:
-                held[(op.micro, op.virtual + 1)] = ms.Tensor(out[s, 0])
-            if op.kind == "B" and (s - 1) % p == self.stage:
-                dhs[(op.micro, op.virtual - 1)] = ms.Tensor(out[s, 1])
+        got = self.handover.run(moves, shape, {ACTIVATION: sent_act, GRADIENT: sent_grad})
+        for m, x in got.items():
+            (held if m.kind == ACTIVATION else dhs)[(m.micro, m.virtual)] = ms.Tensor(x)
 
     def _boundary_shape(self, ids_shape, sent_act) -> Tuple[int, ...]:
         """The first tick's activation (only the first stage computes then) tells every stage."""

@@ -31,6 +31,9 @@ class Cluster:
     runtime_overhead_gb: float = 0.0   # framework runtime, compiled graphs, workspace per device
     compute_efficiency: float = 0.5    # fraction of peak the matmuls sustain (an assumption)
     activation_factor: float = 1.0     # executor's activation memory / the ideal count (measured on CPU)
+    # None: recompute frees a marked layer's activations (Ascend); a number: it frees nothing and the
+    # recomputed forward adds this share of them (measured on MindSpore's CPU executor)
+    recompute_activation_factor: Optional[float] = None
 
     @property
     def devices(self) -> int:

@@ -20,7 +20,7 @@ unfused intermediate of the step (parallel/cpu_single.yaml says how it was measu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..models.deepseek.config import DeepseekConfig
 from ..models.deepseek.facts.base import ActivationShape
@@ -108,9 +108,12 @@ def _recompute_of(par, stage: int) -> bool:
 
 def estimate_memory(model: DeepseekConfig, par, micro_batch: int, seq: int,
                     runtime_overhead_gb: float = 0.0, lora=None,
-                    activation_factor: float = 1.0) -> List[MemoryEstimate]:
+                    activation_factor: float = 1.0,
+                    recompute_activation_factor: Optional[float] = None) -> List[MemoryEstimate]:
     """Per-device memory of every pipeline stage. With LoRA the frozen base is held in the
-    compute dtype and only the adapters have fp32 weights, gradients and AdamW moments."""
+    compute dtype and only the adapters have fp32 weights, gradients and AdamW moments.
+    `recompute_activation_factor` (the preset's): where recompute frees nothing (MindSpore's CPU
+    executor keeps every intermediate), a recomputed stage keeps all its activations times it."""
     from ..parallel.layout import layer_stage
     act_bytes = DTYPE_BYTES.get(model.compute_dtype, 4)
     tokens = micro_batch * seq
@@ -130,7 +133,9 @@ def estimate_memory(model: DeepseekConfig, par, micro_batch: int, seq: int,
         per_layer = [sum(layer_activation_bytes(model, i, tokens, micro_batch, seq, par.tp, par.sequence_parallel,
                                                 act_bytes).values()) for i in layers]
         transient = 0.0
-        if _recompute_of(par, s):  # keep layer inputs; one layer's activations live while recomputed
+        if _recompute_of(par, s) and recompute_activation_factor is not None:   # nothing freed, more kept
+            kept = sum(per_layer) * recompute_activation_factor
+        elif _recompute_of(par, s):  # keep layer inputs; one layer's activations live while recomputed
             kept = len(layers) * act_bytes * tokens * model.hidden_size / (par.tp if par.sequence_parallel else 1)
             transient = max(per_layer, default=0.0)
         else:

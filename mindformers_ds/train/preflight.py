@@ -30,6 +30,7 @@ LAUNCHER_ENTRIES = ("logs", "mindspore.log")
 # parallel/cpu_single.yaml: what MindSpore's CPU executor keeps beyond the ideal count (measured;
 # tests/test_plan.py keeps the two equal)
 CPU_RUNTIME_GB, CPU_ACTIVATION_FACTOR = 0.74, 6.8
+CPU_RECOMPUTE_ACTIVATION_FACTOR = 1.4   # parallel/cpu_single.yaml says how each was measured
 
 
 def run_entries(output_dir: str) -> List[str]:
@@ -96,7 +97,7 @@ def estimated_stage_peaks(cfg: RunConfig) -> List[float]:
     (every rank of a stage holds the same shapes)."""
     from ..plan.memory import estimate_memory
     est = estimate_memory(cfg.model.model_config(), cfg.parallel, cfg.train.micro_batch_size, cfg.data.seq_length,
-                          CPU_RUNTIME_GB, cfg.lora, CPU_ACTIVATION_FACTOR)
+                          CPU_RUNTIME_GB, cfg.lora, CPU_ACTIVATION_FACTOR, CPU_RECOMPUTE_ACTIVATION_FACTOR)
     return [m.total for m in est]
 
 
