@@ -115,10 +115,14 @@ class ExplicitExecutor:
         """The whole model, split for this rank from outside (parallelize.py) before it is initialised."""
         from ..train.setup import build_model
         from .recompute import apply_recompute
-        if env.ctx is None:
-            model = build_model(cfg)
-            log.info("recompute: %d layers (MTP modules included)", apply_recompute(model, cfg.parallel))
-            return model
+        model = build_model(cfg) if env.ctx is None else build_model(cfg, self._splitter(cfg, env, table))
+        log.info("recompute: %d layers (MTP modules included)", apply_recompute(model, cfg.parallel))
+        return model
+
+    @staticmethod
+    def _splitter(cfg, env, table):
+        """What build_model calls on the whole model before initialising it: this rank's slices
+        (and, with pipeline stages, only this stage's modules)."""
         from .explicit import layout_init
         from .parallelize import parallelize
 
@@ -132,22 +136,19 @@ class ExplicitExecutor:
                          sum(keep(n) for n in table), len(table))
                 drop_unowned(model, keep)
             return layout_init(table, env.ctx)
-        model = build_model(cfg, split)
-        log.info("recompute: %d layers (MTP modules included)", apply_recompute(model, cfg.parallel))
-        return model
+        return split
 
     def optimizer(self, trainable, table, cfg, env):
         """AdamW; with `parallel.optimizer_shard` and data parallelism, ZeRO-1's (zero.py): this
         rank's rows of the moments only."""
-        from ..train.optimizer import AdamW
-        o = cfg.optimizer
         if env.ctx is None or not cfg.parallel.optimizer_shard:
-            return AdamW(trainable, tuple(o.betas), o.eps, o.weight_decay)
+            return _adamw(trainable, cfg)
         from .layout import shared_parameters
         from .zero import ShardedAdamW, zero_axes
         axes = zero_axes(trainable, table, env.ctx, shared_parameters(cfg.model.model_config(), table, env.ctx.pp))
         if not axes:
-            return AdamW(trainable, tuple(o.betas), o.eps, o.weight_decay)
+            return _adamw(trainable, cfg)
+        o = cfg.optimizer
         return ShardedAdamW(trainable, axes, env.ctx, tuple(o.betas), o.eps, o.weight_decay)
 
     @staticmethod
@@ -248,9 +249,7 @@ class AscendExecutor:
 
     def optimizer(self, trainable, table, cfg, env):
         """AdamW over the whole model: MindSpore shards its state itself (AutoParallel.hsdp)."""
-        from ..train.optimizer import AdamW
-        o = cfg.optimizer
-        return AdamW(trainable, tuple(o.betas), o.eps, o.weight_decay)
+        return _adamw(trainable, cfg)
 
     @staticmethod
     def optimizer_table(table, optimizer):
@@ -314,6 +313,12 @@ class RefusalToLine:
             raise ConfigError(self.source, "parallel.executor",
                               f"parallel.executor=ascend: MindSpore refuses semi-auto parallel here ({first!r}); "
                               "on CPU use parallel.executor=explicit") from None
+
+
+def _adamw(trainable, cfg):
+    from ..train.optimizer import AdamW
+    o = cfg.optimizer
+    return AdamW(trainable, tuple(o.betas), o.eps, o.weight_decay)
 
 
 def executor_for(par, device: Optional[str] = None):
