@@ -73,6 +73,11 @@ def test_pipeline_matches_one_process(name, reference, tmp_path):
     a, b = curve(reference), curve(out)
     np.testing.assert_allclose([b[s] for s in range(1, STEPS + 1)], [a[s] for s in range(1, STEPS + 1)],
                                rtol=1e-5, atol=0)
+    # rank 0 logs every stage's router biases (3 MoE layers + MTP), equal to the single process's
+    last_bias = lambda run: [r["router_bias"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))
+                             if "router_bias" in r][-1]   # noqa: E731
+    np.testing.assert_allclose(last_bias(out), last_bias(reference), rtol=0, atol=1e-6)
+    assert len(last_bias(out)) == 4
     wa, wb = full_weights(reference, str(tmp_path)), full_weights(out, str(tmp_path))
     assert wa.keys() == wb.keys()
     for n in wa:

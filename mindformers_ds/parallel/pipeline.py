@@ -93,6 +93,17 @@ class PipelineRunner:
         parts[R.LOAD] = summed[len(names):].reshape(load.shape) if self.num_rows else np.zeros((0,), np.float32)
         return grads, parts
 
+    def whole_model_biases(self, biases: List[np.ndarray], rows: List[int]) -> List[np.ndarray]:
+        """This stage's router correction biases (at their rows of the stacked expert load) ->
+        every stage's, in model order: one sum over the pp group, each row owned by one stage."""
+        if not self.num_rows:   # a dense model: no router
+            return biases
+        buf = np.zeros((self.num_rows, self.experts + 1), np.float32)   # last column: "has a bias"
+        for b, r in zip(biases, rows):
+            buf[r, :-1], buf[r, -1] = b, 1.0
+        out = self.sum(ms.Tensor(buf)).asnumpy()
+        return [out[r, :-1] for r in range(self.num_rows) if out[r, -1] > 0]
+
     def _exchange(self, row, micro, sent_act, sent_grad, held, dhs) -> None:
         """Hand over this tick's activations and gradients (every rank calls this at every tick)."""
         moves = tick_moves(row, self.p, self.last_virtual)

@@ -280,7 +280,10 @@ class Trainer:
             if step == start:
                 rec["includes_compile"] = True  # the first step's compute time holds the graph compilation
             if (step + 1) % cfg.logging.log_every == 0 or step + 1 == t.max_steps:
-                rec.update(expert_stats(parts[R.LOAD], [b.asnumpy() for b in biases]))
+                values = [b.asnumpy() for b in biases]
+                if self.pipeline is not None:   # every stage's biases (a collective: every rank logs here)
+                    values = self.pipeline.whole_model_biases(values, router_bias_rows(self.model))
+                rec.update(expert_stats(parts[R.LOAD], values))
                 metrics.write(rec)
                 log.info("step %d loss %.4f lr %.2e grad_norm %.3f %.0f tok/s mfu %.1f%%", step + 1, lm_loss, lr,
                          norm, rec["tokens_per_sec"], 100 * rec["mfu"])
