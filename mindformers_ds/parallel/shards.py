@@ -1,7 +1,8 @@
 """Distributed checkpoints: per-rank shards described by the layout table.
 
     step_N/layout.json            dp/tp/ep/pp, each rank's coordinates, each parameter's full
-                                  shape, split {axis: dim} and pipeline stage
+                                  shape, split {axis: dim} and pipeline stage (with ZeRO-1 also
+                                  `opt_split`: its moments' split, the rows one more axis)
     step_N/rank_R/model.safetensors, rank_R/optimizer.safetensors   this rank's slices
     step_N/config.json, trainer_state.json (last)
 
