@@ -17,6 +17,7 @@ from mindspore import nn, ops
 
 from .comm import GroupReduceScatter, Identity, ParallelContext, _all_reduce
 from .layout import ParamLayout, layout_table
+from .zero import GROUPS
 
 _square_sum = ops.MultitypeFuncGraph("sq")
 
@@ -140,7 +141,7 @@ class GradReducer(nn.Cell):
         super().__init__(auto_prefix=False)
         zero = zero or {}
         groups = [zero.get(p.name) for p in params]
-        if groups != sorted(groups, key=lambda g: {None: 0, "dp": 1, "edp": 2}[g]):
+        if groups != sorted(groups, key=GROUPS.index):   # the optimizer's order (zero.py)
             raise ValueError("GradReducer: ZeRO-sharded parameters must follow the others, dp's before edp's")
         self.a = groups.count(None)
         self.b = self.a + groups.count("dp")
