@@ -243,6 +243,11 @@ def _validate(cfg: RunConfig, origins: Origins, check_paths: bool = True) -> Non
     need(0 <= cfg.lora.dropout < 1, "lora.dropout", f"lora.dropout={cfg.lora.dropout} must be in [0, 1)")
     from .parallel.config import check_parallel  # parallel rules live with the parallel package
     check_parallel(cfg.parallel, cfg.model, cfg.train, lambda dotted: _origin(o, dotted))
+    par = cfg.parallel
+    if par.sequence_parallel and par.tp > 1:   # every row is data.seq_length long (data/packing.py)
+        need(d.seq_length % par.tp == 0, "parallel.sequence_parallel",
+             f"parallel.sequence_parallel cuts data.seq_length={d.seq_length} into parallel.tp={par.tp} parts: "
+             "it must be a multiple of parallel.tp")
 
 
 def _resolve_model_section(tree: Dict[str, Any], origins: Origins, order: List[str]) -> None:

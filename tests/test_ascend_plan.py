@@ -28,7 +28,8 @@ from mindformers_ds.parallel.presets import load_preset
 
 PRESETS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "parallel", "*.yaml")))
 V32_ON_V3 = ("parallel/v3_671b_16x8_a2.yaml", "configs/deepseek_v32/671b.yaml", ())
-V4_WITH_TP = ("parallel/v4_flash_32x16_a3.yaml", None, ("parallel.dp=64", "parallel.tp=2"))  # heads by groups
+V4_WITH_TP = ("parallel/v4_flash_32x16_a3.yaml", None,   # heads by groups, sequence parallel
+              ("parallel.dp=64", "parallel.tp=2", "parallel.sequence_parallel=true"))
 CASES = [(p, None, ()) for p in PRESETS] + [V32_ON_V3, V4_WITH_TP]
 
 
@@ -71,6 +72,15 @@ def test_ascend_strategies_agree_with_the_explicit_slicing(preset, model, sets, 
         assert any(split == {"ep": 0} for split in got.values())    # experts really are split on Ascend
     if par.tp > 1:
         assert any(split == {"tp": 1} for split in got.values())
+    if par.sequence_parallel and par.tp > 1:
+        # sequence parallelism: each block's row-parallel output projection (not the MoE's shared
+        # experts, whose sum with the routed ones arrives whole) reduce-scatters its token rows
+        out_proj = "o_b_proj" if c.is_v4 else "o_proj"
+        expected = {f"model.layers.{i}.self_attn.{out_proj}" for i in range(c.num_hidden_layers + c.mtp_depth)}
+        expected |= {f"model.layers.{i}.mlp.down_proj" for i in range(c.num_hidden_layers + c.mtp_depth)
+                     if not c.is_moe_layer(i)}
+        rows = {s.cell: s.out_strategy for s in strategies if s.out_strategy}
+        assert rows == {name: ((par.dp * par.tp, 1),) for name in expected}
 
     listing = ascend.write_strategy_listing(str(tmp_path / "strategy" / "param_layout.json"), model_whole, strategies)
     with open(listing, encoding="utf-8") as f:

@@ -22,6 +22,7 @@ CFG = os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml")
 GLOBAL_ROWS = 8
 PORT = [8400 + (os.getpid() % 200) * 5]
 ZERO = ("--set", "parallel.optimizer_shard=true")
+SEQUENCE_PARALLEL = ("--set", "parallel.sequence_parallel=true")
 
 
 def sets(out, dp=1, tp=1, ep=1, steps=4, extra=()):
@@ -104,8 +105,9 @@ def assert_same_run(out, ref, tmp, steps=range(1, 5)):
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("layout", [dict(dp=2), dict(tp=2), dict(dp=2, ep=2), dict(dp=2, extra=ZERO)],
-                         ids=["dp2", "tp2", "ep2", "dp2_optimizer_shard"])
+@pytest.mark.parametrize("layout", [dict(dp=2), dict(tp=2), dict(tp=2, extra=SEQUENCE_PARALLEL), dict(dp=2, ep=2),
+                                    dict(dp=2, extra=ZERO)],
+                         ids=["dp2", "tp2", "tp2_sequence_parallel", "ep2", "dp2_optimizer_shard"])
 def test_two_workers_match_a_single_process(layout, reference, tmp_path):
     out = str(tmp_path / "run")
     train(out, **layout)
@@ -118,8 +120,11 @@ def test_two_workers_match_a_single_process(layout, reference, tmp_path):
     if "ep" in layout:  # and half of the experts
         with SafetensorsFile(os.path.join(ck, "rank_0", "model.safetensors")) as f:
             assert f.info("model.layers.1.mlp.experts.gate_up_proj")[1][0] == 4
-    if "extra" in layout:  # ZeRO-1: each rank's moments hold half the rows of every parameter
+    if layout.get("extra") == ZERO:  # ZeRO-1: each rank's moments hold half the rows of every parameter
         assert_half_moments(ck, ranks=2)
+    if layout.get("extra") == SEQUENCE_PARALLEL:   # 2 layers + MTP: each gathers before its two blocks
+        log = open(os.path.join(out, "train_rank0.log")).read()
+        assert "sequence parallel over tp=2: {'sequence gathers': 8, 'sequence reduce-scatters': 4" in log
     assert_same_run(out, reference, str(tmp_path))
     assert_plan_matches_each_rank(out)
 

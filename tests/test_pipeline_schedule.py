@@ -90,6 +90,23 @@ def test_optimizer_sharding_without_data_parallelism_is_a_one_line_warning(tmp_p
         ExplicitExecutor().check(lora, 2)
 
 
+def test_sequence_parallel_layouts_are_checked_in_one_line(tmp_path, caplog):
+    """The sequence must cut into tp equal parts (a one-line error naming the field); without
+    tensor parallelism the switch is a one-line no-op warning."""
+    import logging
+    from mindformers_ds.parallel.executors import ExplicitExecutor
+    with pytest.raises(ConfigError) as e:
+        config_mod.load(CFG, overrides=["parallel.tp=2", "parallel.sequence_parallel=true", "data.seq_length=63"])
+    assert str(e.value) == ("--set: parallel.sequence_parallel cuts data.seq_length=63 into parallel.tp=2 parts: "
+                            "it must be a multiple of parallel.tp")
+    cfg = config_mod.load(CFG, overrides=["parallel.dp=2", "parallel.sequence_parallel=true",
+                                          f"train.output_dir={tmp_path}"])
+    with caplog.at_level(logging.WARNING, logger="mindformers_ds.parallel"):
+        ExplicitExecutor().check(cfg, 2)
+    lines = [r.getMessage() for r in caplog.records if "sequence_parallel" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("--set: parallel.sequence_parallel=true with parallel.tp=1 is a no-op")
+
+
 def test_zero_rows_are_one_more_split_of_the_layout_table():
     """A moment's ZeRO rows (dim 0 over dp, after the parameter's own tp split) cut and reassemble
     exactly: every rank's rows, concatenated in rank order, are the moment."""

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT
 from mindformers_ds import config
+from mindformers_ds.errors import ConfigError
 from mindformers_ds.models.deepseek.shapes import parameter_count
 from mindformers_ds.parallel.layout import layout_table, mesh_sizes
 from mindformers_ds.parallel.presets import load_preset
@@ -167,3 +168,14 @@ def test_the_trainers_memory_check_uses_the_measured_cpu_constants():
     c = preset("cpu_single.yaml").cluster
     assert (preflight.CPU_RUNTIME_GB, preflight.CPU_ACTIVATION_FACTOR, preflight.CPU_RECOMPUTE_ACTIVATION_FACTOR) == \
         (c.runtime_overhead_gb, c.activation_factor, c.recompute_activation_factor)
+    assert preflight.CPU_FAMILY_CONSTANTS == c.families == preset("cpu_2core.yaml").cluster.families
+    assert c.for_model(preset("v4_flash_32x16_a3.yaml").run.model.model_config()).activation_factor == 12.7
+
+
+def test_a_family_constant_the_planner_does_not_know_is_refused_naming_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(os.path.join(ROOT, "parallel/cpu_single.yaml")).read().replace(
+        "deepseek_v4: {runtime_overhead_gb", "deepseek_v4: {runtime_gb"))
+    with pytest.raises(ConfigError) as e:
+        load_preset(str(bad), root=ROOT)
+    assert str(e.value).startswith(f"{bad}: cluster.families.deepseek_v4 sets ['runtime_gb']; it may set only")

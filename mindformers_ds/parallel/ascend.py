@@ -44,6 +44,7 @@ class OpStrategy:
     input_shapes: Tuple[Tuple[int, ...], ...]
     params: Tuple[str, ...] = ()                   # the parameters this op reads as its weight input
     param_split: Tuple[Tuple[str, int], ...] = ()  # how the strategy splits them: (mesh axis, dim)
+    out_strategy: Tuple[Tuple[int, ...], ...] = ()  # sequence parallelism: the output rows' split
 
 
 def _linear_strategy(layout: ParamLayout, dp: int, tp: int):
@@ -65,13 +66,17 @@ def plan(model, par, batch: int, seq: int) -> List[OpStrategy]:
     table = layout_table(c, par)
     dp, tp = par.dp, par.tp
     tokens = batch * seq
+    scattered = sequence_scattered_linears(model) if par.sequence_parallel and tp > 1 else ()
     out: List[OpStrategy] = []
     for name, cell in model.cells_and_names():
         if isinstance(cell, Linear):
             strategy, split = _linear_strategy(table[f"{name}.weight"], dp, tp)
+            # sequence parallelism: the partial sums are reduce-scattered over the token rows instead of
+            # all-reduced (MindFormers' use_seq_parallel sets the same out_strategy on wo and w2)
+            rows = ((dp * tp, 1),) if name in scattered and split else ()
             out.append(OpStrategy(name, "MatMul", strategy,
                                   ((tokens, cell.in_features), (cell.out_features, cell.in_features)),
-                                  (f"{name}.weight",), split))
+                                  (f"{name}.weight",), split, rows))
         elif isinstance(cell, TopkRouter):
             out.append(OpStrategy(name, "MatMul", ((dp, 1), (1, 1)),
                                   ((tokens, c.hidden_size), (c.n_routed_experts, c.hidden_size)), (f"{name}.weight",)))
@@ -120,10 +125,21 @@ def _v4_attention(name: str, c, dp: int, tp: int, batch: int, seq: int) -> List[
                        (a + "o_a_proj.weight",), (("tp", 0),) if tp > 1 else ())]
 
 
+def sequence_scattered_linears(model) -> Tuple[str, ...]:
+    """The row-parallel linears whose output returns to the residual stream (the model's
+    SequenceShard marks name them, layers.py): where sequence parallelism reduce-scatters."""
+    from ..models.deepseek.layers import SequenceShard
+    return tuple(sorted(f"{name.rpartition('.')[0]}.{cell.partial_from}" for name, cell in model.cells_and_names()
+                        if isinstance(cell, SequenceShard) and cell.partial_from))
+
+
 def check(strategies: List[OpStrategy], device_num: int) -> List[str]:
     """Problems with a plan: wrong strategy rank, non-dividing splits, more devices than exist."""
     bad = []
     for s in strategies:
+        for (k, _), rows in zip(s.out_strategy, s.input_shapes[:1]):
+            if rows[0] % k:
+                bad.append(f"{s.cell} {s.op}: output rows {rows[0]} are not divisible by {k} (out_strategy)")
         if len(s.strategy) != len(s.input_shapes):
             bad.append(f"{s.cell} {s.op}: {len(s.strategy)} strategies for {len(s.input_shapes)} inputs")
             continue
@@ -169,14 +185,17 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
     from ..ops import composite
     strategies = plan(model, par, batch, seq)
     by_cell: Dict[str, Dict[str, Tuple[Tuple[int, ...], ...]]] = {}   # cell -> op -> strategy
+    out_strategy: Dict[str, Tuple[Tuple[int, ...], ...]] = {}
     for s in strategies:
         by_cell.setdefault(s.cell, {})[s.op] = s.strategy
+        if s.out_strategy:
+            out_strategy[s.cell] = s.out_strategy
     for name, cell in model.cells_and_names():
         st = by_cell.get(name)
         if not st:
             continue
         if isinstance(cell, (Linear, TopkRouter)):
-            cell.matmul.shard(st["MatMul"])
+            cell.matmul.shard(st["MatMul"], out_strategy.get(name))
         elif isinstance(cell, MLAttention) and isinstance(cell.core, composite.MlaAttentionCore):
             cell.core.bmm_nt.shard(st["BatchMatMul(q_nope,k_nope)"])  # the same primitive multiplies q_pe.k_pe
             cell.core.bmm.shard(st["BatchMatMul(probs,v)"])          # with a strategy MindSpore derives

@@ -16,7 +16,7 @@ reduce-scatter an all-reduce and a slice; on Ascend they are HCCL's own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import mindspore as ms
 from mindspore import nn, ops
@@ -36,6 +36,9 @@ class ParallelContext:
     pp: int = 1
     groups: Dict[str, str] = field(default_factory=dict)        # axis -> group name
     members: Dict[str, List[int]] = field(default_factory=dict)  # axis -> ranks
+    sequence_parallel: bool = False   # the residual between blocks split over tp (sequence.py)
+    # parameters whose gradient on this rank is a partial sum over tp (sequence.partial_parameters)
+    partial_over_tp: Tuple[str, ...] = ()
 
     @property
     def stage(self) -> int:

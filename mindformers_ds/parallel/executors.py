@@ -87,6 +87,9 @@ class ExplicitExecutor:
             log.warning("%s: parallel.optimizer_shard=true with parallel.dp=1 is a no-op: there is no data-parallel "
                         "group to shard the optimizer state over; it stays whole on every rank",
                         cfg.origin("parallel.optimizer_shard"))
+        if par.sequence_parallel and par.tp == 1:
+            log.warning("%s: parallel.sequence_parallel=true with parallel.tp=1 is a no-op: the sequence is split "
+                        "over tensor-parallel ranks and there is one", cfg.origin("parallel.sequence_parallel"))
         if par.optimizer_shard and cfg.lora.enabled:
             raise ConfigError(cfg.origin("parallel.optimizer_shard"), "parallel.optimizer_shard",
                               "parallel.optimizer_shard=true with lora.enabled: the adapters' optimizer state is "
@@ -128,6 +131,10 @@ class ExplicitExecutor:
 
         def split(model):
             log.info("parallelized for rank %d: %s", env.ctx.rank, parallelize(model, table, env.ctx))
+            if env.ctx.sequence_parallel:
+                from . import sequence
+                log.info("sequence parallel over tp=%d: %s", env.ctx.tp, sequence.apply(model, env.ctx))
+                env.ctx.partial_over_tp = sequence.partial_parameters(model)
             if env.ctx.pp > 1:
                 from .layout import shared_parameters, stage_keeps
                 from .pipeline_stage import drop_unowned

@@ -63,7 +63,8 @@ def init_context(par, device: str = "CPU") -> ParallelContext:
     init()
     world, rank = get_group_size(), get_rank()
     check_explicit_layout(par, world)
-    ctx = ParallelContext(world, rank, par.dp, par.tp, par.ep, device, par.pp)
+    ctx = ParallelContext(world, rank, par.dp, par.tp, par.ep, device, par.pp,
+                          sequence_parallel=par.sequence_parallel and par.tp > 1)
     ctx.create_groups()
     return ctx
 
@@ -98,6 +99,14 @@ def _reduce_one(dp_sum, edp_sum, ends_sum, kind, g):
     if kind == 4:
         return dp_sum(ends_sum(g))
     return g
+
+
+_sum_partial = ops.MultitypeFuncGraph("sum_partial")
+
+
+@_sum_partial.register("Function", "Number", "Tensor")
+def _sum_partial_one(tp_sum, partial, g):
+    return tp_sum(g) if partial else g
 
 
 _scatter = ops.MultitypeFuncGraph("scatter")
@@ -162,10 +171,16 @@ class GradReducer(nn.Cell):
         self.dp_scatter = GroupReduceScatter(ctx, "dp") if self.has_dp else stand_in
         self.edp_scatter = GroupReduceScatter(ctx, "edp") if self.has_edp else stand_in
         self.load = Identity() if "dp" not in ctx.groups else _AllReduceCell(ctx, "dp")
+        # sequence parallelism: the norms' (and V4's mHC) gradients are partial sums over tp first
+        self.partial = tuple(int(p.name in ctx.partial_over_tp) for p in params)
+        self.has_partial = any(self.partial)
+        self.tp_sum = _all_reduce(ctx, "tp") if self.has_partial else stand_in
         self.hyper_map = ops.HyperMap()
 
     def construct(self, grads, load):
         a, b = self.a, self.b
+        if self.has_partial:
+            grads = self.hyper_map(ops.partial(_sum_partial, self.tp_sum), self.partial, grads)
         out = ()
         if self.has_whole:   # constants: resolved when the graph is built
             out = self.hyper_map(ops.partial(_reduce_grad, self.dp_sum, self.edp_sum, self.ends_sum), self.kinds,

@@ -59,7 +59,7 @@ class StageChunk(nn.Cell):
     def construct(self, h, input_ids, labels, position_ids, segment_ids):
         inputs = self.model.layer_inputs(input_ids, position_ids, segment_ids)
         if self.first:
-            h = self.model.first_hidden(input_ids)
+            h = self.model.residual_input(input_ids)
         h, loads, aux, _ = self.model.run_layers(h, inputs, None, None, self.start, self.stop)
         if self.last:
             return self.model.train_heads(h, inputs, loads, aux, input_ids, labels, segment_ids)

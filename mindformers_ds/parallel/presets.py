@@ -1,7 +1,8 @@
 """Cluster presets (`parallel/*.yaml`): a cluster description, a model config and a layout.
 
     cluster: {nodes, devices_per_node, device, device_memory_gb, peak_tflops_bf16,
-              intra_node_gbps, inter_node_gbps, [runtime_overhead_gb, compute_efficiency, activation_factor]}
+              intra_node_gbps, inter_node_gbps, [runtime_overhead_gb, compute_efficiency, activation_factor,
+              layer_graph_gb, recompute_activation_factor, families: {model_type: {one of those: value}}]}
     model: configs/...yaml          (its model section is used)
     train: {seq_length, micro_batch_size, global_batch_size}
     parallel: {dp, tp, ep, pp, ...}
@@ -11,11 +12,14 @@ the parallel config (heads/experts/layers divisibility) for that model.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional, Sequence
 
 from ..config import RunConfig, load, read_yaml_mapping, rebuild
 from ..errors import ConfigError
+
+
+FAMILY_FIELDS = ("runtime_overhead_gb", "layer_graph_gb", "activation_factor", "recompute_activation_factor")
 
 
 @dataclass(frozen=True)
@@ -29,15 +33,23 @@ class Cluster:
     intra_node_gbps: float
     inter_node_gbps: float
     runtime_overhead_gb: float = 0.0   # framework runtime, compiled graphs, workspace per device
+    layer_graph_gb: float = 0.0        # and per distinct layer graph a stage compiles (reuse keys)
     compute_efficiency: float = 0.5    # fraction of peak the matmuls sustain (an assumption)
     activation_factor: float = 1.0     # executor's activation memory / the ideal count (measured on CPU)
     # None: recompute frees a marked layer's activations (Ascend); a number: it frees nothing and the
     # recomputed forward adds this share of them (measured on MindSpore's CPU executor)
     recompute_activation_factor: Optional[float] = None
+    # the executor constants measured for one model family where they differ (model_type -> {field:
+    # value}): on CPU, V4's graph (mHC, compressors, three attention kinds) keeps more than V3's
+    families: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     @property
     def devices(self) -> int:
         return self.nodes * self.devices_per_node
+
+    def for_model(self, model) -> "Cluster":
+        """This cluster with the constants measured for `model`'s family."""
+        return replace(self, **self.families.get(model.model_type, {}))
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,11 @@ def load_preset(path: str, root: Optional[str] = None, run: Optional[RunConfig] 
         cluster = Cluster(**doc["cluster"])
     except (KeyError, TypeError) as e:
         raise ConfigError(path, "cluster", f"cluster section is missing or malformed ({e})") from None
+    for family, values in cluster.families.items():
+        bad = sorted(set(values or {}) - set(FAMILY_FIELDS)) if isinstance(values, dict) else ["(not a mapping)"]
+        if bad:
+            raise ConfigError(path, f"cluster.families.{family}", f"cluster.families.{family} sets {bad}; it may "
+                              f"set only {list(FAMILY_FIELDS)}")
     train = doc.get("train", {}) or {}
     if run is None:
         model_path = doc.get("model")

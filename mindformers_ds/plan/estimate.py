@@ -52,8 +52,9 @@ def _spans_nodes(stride: int, size: int, devices_per_node: int) -> bool:
 
 
 def plan_layout(model, par, cluster, micro_batch: int, seq: int, global_batch: int, lora=None) -> Plan:
+    cluster = cluster.for_model(model)
     memory = estimate_memory(model, par, micro_batch, seq, cluster.runtime_overhead_gb, lora,
-                             cluster.activation_factor, cluster.recompute_activation_factor)
+                             cluster.activation_factor, cluster.recompute_activation_factor, cluster.layer_graph_gb)
     act = DTYPE_BYTES.get(model.compute_dtype, 4)
     micro = global_batch // (micro_batch * par.dp)
     tokens = micro_batch * seq

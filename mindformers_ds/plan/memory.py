@@ -12,7 +12,8 @@ Tensor parallelism splits the per-head and FFN terms; sequence parallelism also 
 per-token hidden-size terms. With full recompute a layer keeps only its input, plus one
 layer's activations live while it is recomputed. Under 1F1B the first stage holds `pp`
 micro-batches in flight, the worst case. The device's fixed cost (framework runtime,
-compiled graphs, workspace) is the preset's `runtime_overhead_gb`, and its
+compiled graphs, workspace) is the preset's `runtime_overhead_gb`, plus `layer_graph_gb` per
+distinct layer graph the stage compiles (layers with equal reuse keys share one), and its
 `activation_factor` scales the ideal count to what the executor really keeps: 1 where
 memory is reused (Ascend), measured on CPU, where MindSpore's graph executor keeps every
 unfused intermediate of the step (parallel/cpu_single.yaml says how it was measured).
@@ -24,7 +25,7 @@ from typing import Dict, List, Optional
 
 from ..models.deepseek.config import DeepseekConfig
 from ..models.deepseek.facts.base import ActivationShape
-from ..models.deepseek.facts.model import HeadFacts, layer_facts
+from ..models.deepseek.facts.model import HeadFacts, layer_facts, layer_graph_key
 from ..parallel.layout import layout_table, mesh_sizes
 
 GB = 1024 ** 3
@@ -109,7 +110,8 @@ def _recompute_of(par, stage: int) -> bool:
 def estimate_memory(model: DeepseekConfig, par, micro_batch: int, seq: int,
                     runtime_overhead_gb: float = 0.0, lora=None,
                     activation_factor: float = 1.0,
-                    recompute_activation_factor: Optional[float] = None) -> List[MemoryEstimate]:
+                    recompute_activation_factor: Optional[float] = None,
+                    layer_graph_gb: float = 0.0) -> List[MemoryEstimate]:
     """Per-device memory of every pipeline stage. With LoRA the frozen base is held in the
     compute dtype and only the adapters have fp32 weights, gradients and AdamW moments.
     `recompute_activation_factor` (the preset's): where recompute frees nothing (MindSpore's CPU
@@ -144,5 +146,6 @@ def estimate_memory(model: DeepseekConfig, par, micro_batch: int, seq: int,
             kept += head_activation_bytes(model, tokens, par.tp, par.vocab_parallel, act_bytes)
         in_flight = par.pp - s   # 1F1B: stage s holds pp - s micro-batches (1 without pipelining)
         out.append(MemoryEstimate(s, sp.total + sp.lora, weights, grads, opt, (kept * in_flight + transient) * activation_factor,
-                                  runtime_overhead_gb * GB))
+                                  (runtime_overhead_gb + layer_graph_gb * len({layer_graph_key(model, i) for i in layers}))
+                                  * GB))
     return out

@@ -31,6 +31,9 @@ LAUNCHER_ENTRIES = ("logs", "mindspore.log")
 # tests/test_plan.py keeps the two equal)
 CPU_RUNTIME_GB, CPU_ACTIVATION_FACTOR = 0.74, 6.8
 CPU_RECOMPUTE_ACTIVATION_FACTOR = 1.4   # parallel/cpu_single.yaml says how each was measured
+# where a family's graph keeps more (cpu_single.yaml's `families`, measured the same way)
+CPU_FAMILY_CONSTANTS = {"deepseek_v4": {"runtime_overhead_gb": 0.61, "layer_graph_gb": 0.167,
+                                        "activation_factor": 12.7}}
 
 
 def run_entries(output_dir: str) -> List[str]:
@@ -96,8 +99,12 @@ def estimated_stage_peaks(cfg: RunConfig) -> List[float]:
     """The planner's per-process peak of this run on the CPU executor, bytes, per pipeline stage
     (every rank of a stage holds the same shapes)."""
     from ..plan.memory import estimate_memory
-    est = estimate_memory(cfg.model.model_config(), cfg.parallel, cfg.train.micro_batch_size, cfg.data.seq_length,
-                          CPU_RUNTIME_GB, cfg.lora, CPU_ACTIVATION_FACTOR, CPU_RECOMPUTE_ACTIVATION_FACTOR)
+    model = cfg.model.model_config()
+    family = CPU_FAMILY_CONSTANTS.get(model.model_type, {})
+    est = estimate_memory(model, cfg.parallel, cfg.train.micro_batch_size, cfg.data.seq_length,
+                          family.get("runtime_overhead_gb", CPU_RUNTIME_GB), cfg.lora,
+                          family.get("activation_factor", CPU_ACTIVATION_FACTOR), CPU_RECOMPUTE_ACTIVATION_FACTOR,
+                          family.get("layer_graph_gb", 0.0))
     return [m.total for m in est]
 
 

@@ -19,7 +19,7 @@ from mindspore import nn, ops
 from ...ops import choice
 from . import results as R
 from .config import DeepseekConfig
-from .layers import DTYPES, Linear
+from .layers import DTYPES, Linear, SequenceGather, SequenceShard
 
 IGNORE_INDEX = -100
 
@@ -69,6 +69,8 @@ class CausalLM(nn.Cell):
         self.mtp_factor = c.mtp_loss_factor
         self.num_moe_layers = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers + self.mtp_depth))
         self.generators = {}  # (batch, length, cache) -> the compiled decoder `generate` reuses
+        # the residual stream's ends (sequence parallelism splits what lies between: layers.py)
+        self.sequence_in, self.sequence_out = SequenceShard(), SequenceGather()
 
     # ---- what a family provides ---------------------------------------------------------
     @staticmethod
@@ -93,6 +95,10 @@ class CausalLM(nn.Cell):
         return cls
 
     # ---- the backbone: one layer loop for every family and every use ----------------------
+    def residual_input(self, input_ids):
+        """What the first decoder layer reads, as the residual stream between layers holds it."""
+        return self.sequence_in(self.first_hidden(input_ids))
+
     def run_layers(self, h, inputs, caches=None, write=None, start=0, stop=None):
         """The decoder layers start..stop-1 (default: all) over h with the bundle `inputs`:
         training and recompute (caches None) -> (h, expert loads of the MoE layers, balance loss,
@@ -116,8 +122,8 @@ class CausalLM(nn.Cell):
     def backbone(self, input_ids, position_ids=None, segment_ids=None):
         """-> {HIDDEN, LAYER_INPUTS, LOADS, AUX} (results.py)"""
         inputs = self.layer_inputs(input_ids, position_ids, segment_ids)
-        h, loads, aux, _ = self.run_layers(self.first_hidden(input_ids), inputs)
-        return {R.HIDDEN: self.last_hidden(h), R.LAYER_INPUTS: inputs, R.LOADS: loads, R.AUX: aux}
+        h, loads, aux, _ = self.run_layers(self.residual_input(input_ids), inputs)
+        return {R.HIDDEN: self.last_hidden(self.sequence_out(h)), R.LAYER_INPUTS: inputs, R.LOADS: loads, R.AUX: aux}
 
     # ---- pieces ------------------------------------------------------------------------
     def head(self, h):
@@ -139,14 +145,14 @@ class CausalLM(nn.Cell):
     def forward_train(self, input_ids, labels, position_ids=None, segment_ids=None):
         """-> {LM_SUM, LM_COUNT, MTP_SUM (mean over depths), MTP_COUNT, AUX, LOAD} (results.py)"""
         inputs = self.layer_inputs(input_ids, position_ids, segment_ids)
-        h, loads, aux, _ = self.run_layers(self.first_hidden(input_ids), inputs)
+        h, loads, aux, _ = self.run_layers(self.residual_input(input_ids), inputs)
         return self.train_heads(h, inputs, loads, aux, input_ids, labels, segment_ids)
 
     def train_heads(self, h, inputs, loads, aux, input_ids, labels, segment_ids=None):
         """What follows the last decoder layer in training: the final norm, the head's loss and
         the MTP modules over the last layer's output h and the bundle `inputs`; `loads` and `aux`
         are those of the layers before (the pipeline's last stage calls this for its layers)."""
-        hidden = self.last_hidden(h)
+        hidden = self.last_hidden(self.sequence_out(h))
         lm_sum, lm_count = self.head_loss(hidden, shifted_targets(labels, 1, segment_ids))
         mtp_sum = ops.zeros((), ms.float32)
         mtp_count = ops.zeros((), ms.float32)

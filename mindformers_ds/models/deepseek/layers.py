@@ -25,6 +25,24 @@ class SharedAcrossHeads(Identity):
     here, so the activation's gradient sums the heads of every rank."""
 
 
+class SequenceGather(Identity):
+    """Marks where the residual stream enters a block that reads the whole sequence (attention,
+    the feed-forward block, the head). The model computes everything whole; under sequence
+    parallelism (parallel/sequence.py) the residual between blocks holds 1/tp of the sequence and
+    this becomes the all-gather along it."""
+
+
+class SequenceShard(Identity):
+    """Marks where a block's output returns to the residual stream; under sequence parallelism it
+    keeps this rank's part of the sequence. `partial_from`: the linear (path from the layer that
+    owns this cell) whose tensor-parallel partial sums arrive here, so the executor can
+    reduce-scatter them instead of all-reducing them first; empty when the output arrives whole."""
+
+    def __init__(self, partial_from: str = ""):
+        super().__init__()
+        self.partial_from = partial_from
+
+
 def zeros_param(shape, name: str, requires_grad: bool = True) -> Parameter:
     return Parameter(Tensor(np.zeros(shape, np.float32)), name=name, requires_grad=requires_grad)
 

@@ -18,7 +18,7 @@ from .attention import RotaryEmbedding
 from .attention_types import attention_type, cell_class
 from .causal_lm import IGNORE_INDEX, CausalLM, shift_left, shifted_targets, token_nll  # noqa: F401  (public)
 from .config import DeepseekConfig
-from .layers import DTYPES, MLP, Embedding, Linear, RMSNorm
+from .layers import DTYPES, MLP, Embedding, Linear, RMSNorm, SequenceGather, SequenceShard
 from .masks import attention_mask  # noqa: F401  (public: tests and tools read it here)
 from .model_v4 import DeepseekV4ForCausalLM
 from .moe import MoE
@@ -26,6 +26,12 @@ from .reuse import layer_class
 
 
 class DecoderLayer(nn.Cell):
+    """h + attn(norm(h)), then h + ffn(norm(h)). The `Sequence*` cells mark the blocks' edges:
+    under sequence parallelism the residual and the norms (`sequence_region`) hold 1/tp of the
+    sequence and the blocks gather it whole (layers.py, parallel/sequence.py)."""
+
+    sequence_region = ("input_layernorm", "post_attention_layernorm")
+
     def __init__(self, config: DeepseekConfig, layer_idx: int):
         super().__init__()
         c = config
@@ -37,12 +43,16 @@ class DecoderLayer(nn.Cell):
                                                              DTYPES[c.compute_dtype], c.fused_ops)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
+        self.attn_in, self.attn_out = SequenceGather(), SequenceShard("self_attn.o_proj")
+        # a MoE block's output arrives whole (routed experts are not split over tp)
+        self.ffn_in, self.ffn_out = SequenceGather(), SequenceShard("" if self.is_moe else "mlp.down_proj")
 
     def construct(self, h, inputs):
         """h [B, S, H], the per-layer bundle (results.py: ROPE, MASK) -> (hidden, tokens per expert
         [E] or None, balance loss)"""
         cos, sin = inputs[R.ROPE]
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, inputs[R.MASK]).astype(h.dtype)
+        x = self.attn_in(self.input_layernorm(h))
+        h = h + self.attn_out(self.self_attn(x, cos, sin, inputs[R.MASK])).astype(h.dtype)
         return self.feed_forward(h)
 
     def forward_cached(self, h, inputs, cache_c, cache_k, write):
@@ -53,11 +63,11 @@ class DecoderLayer(nn.Cell):
         return self.feed_forward(h + out.astype(h.dtype))[0], cache_c, cache_k
 
     def feed_forward(self, h):
-        x = self.post_attention_layernorm(h)
+        x = self.ffn_in(self.post_attention_layernorm(h))
         if self.is_moe:
             out, counts, aux = self.mlp(x)
-            return h + out, counts, aux
-        return h + self.mlp(x).astype(h.dtype), None, ops.zeros((), ms.float32)
+            return h + self.ffn_out(out), counts, aux
+        return h + self.ffn_out(self.mlp(x)).astype(h.dtype), None, ops.zeros((), ms.float32)
 
 
 class SharedHead(nn.Cell):
@@ -81,11 +91,15 @@ class MTPLayer(DecoderLayer):
         self.hnorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.eh_proj = Linear(2 * c.hidden_size, c.hidden_size, False, DTYPES[c.compute_dtype])
         self.shared_head = SharedHead(c)
+        # the module's input is made whole (from the whole hidden and embeddings) and its output
+        # read whole by the head: under sequence parallelism it shards and gathers its own block
+        self.mtp_in, self.mtp_out = SequenceShard(), SequenceGather()
 
     def mtp_forward(self, emb, h_prev, layer_inputs):
         """`layer_inputs`: the backbone's per-layer bundle (results.py)."""
         x = self.eh_proj(ops.concat((self.enorm(emb), self.hnorm(h_prev)), -1))
-        return self.construct(x, layer_inputs)
+        h, counts, aux = self.construct(self.mtp_in(x), layer_inputs)
+        return self.mtp_out(h), counts, aux
 
 
 class DeepseekModel(nn.Cell):

@@ -19,7 +19,7 @@ from ...ops import composite
 from .attention import rope_inv_freq
 from .config import DeepseekConfig
 from .hyper_connection import HyperConnection, HyperHead, merge_streams
-from .layers import Embedding, RMSNorm
+from .layers import Embedding, RMSNorm, SequenceGather, SequenceShard
 from . import results as R
 from .causal_lm import CausalLM
 from .moe import MoE
@@ -46,7 +46,11 @@ class V4Rotary(nn.Cell):
 class V4DecoderLayer(nn.Cell):
     """Split by the layout table's roles from outside like V3's: routed experts over ep, shared
     experts by width over tp, query heads by whole output groups over tp; the shared-KV head,
-    compressors, indexers and mHC have replicated roles and stay whole on every rank."""
+    compressors, indexers and mHC have replicated roles and stay whole on every rank. Under
+    sequence parallelism the streams, the mHC mixing and the norms (`sequence_region`, all per
+    token) hold 1/tp of the sequence; attention and the MoE gather it whole."""
+
+    sequence_region = ("input_layernorm", "post_attention_layernorm", "attn_hc", "ffn_hc")
 
     def __init__(self, c: DeepseekConfig, layer_idx: int):
         super().__init__()
@@ -59,17 +63,19 @@ class V4DecoderLayer(nn.Cell):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.attn_hc = HyperConnection(c)
         self.ffn_hc = HyperConnection(c)
+        self.attn_in, self.attn_out = SequenceGather(), SequenceShard("self_attn.o_b_proj")
+        self.ffn_in, self.ffn_out = SequenceGather(), SequenceShard()   # MoE: arrives whole
 
     def construct(self, streams, inputs):
         """streams [B, S, n, H], the per-layer bundle (results.py: ROPE_MAIN, ROPE_COMPRESS, POSITIONS,
         MASK, TOKEN_IDS, SEGMENT_IDS) -> (streams, tokens per expert [E], balance loss)"""
         post, comb, x = self.attn_hc(streams)
-        out = self.self_attn(self.input_layernorm(x), inputs[R.ROPE_MAIN], inputs[R.ROPE_COMPRESS],
+        out = self.self_attn(self.attn_in(self.input_layernorm(x)), inputs[R.ROPE_MAIN], inputs[R.ROPE_COMPRESS],
                              inputs[R.POSITIONS], inputs[R.MASK], inputs[R.SEGMENT_IDS])
-        streams = merge_streams(streams, out, post, comb)
+        streams = merge_streams(streams, self.attn_out(out), post, comb)
         post, comb, x = self.ffn_hc(streams)
-        out, counts, aux = self.mlp(self.post_attention_layernorm(x), inputs[R.TOKEN_IDS])
-        return merge_streams(streams, out, post, comb), counts, aux
+        out, counts, aux = self.mlp(self.ffn_in(self.post_attention_layernorm(x)), inputs[R.TOKEN_IDS])
+        return merge_streams(streams, self.ffn_out(out), post, comb), counts, aux
 
 
 class DeepseekV4Model(nn.Cell):

@@ -57,6 +57,17 @@ def layer_facts(c, i: int) -> BlockFacts:
     return Composite([Composite([norms, attention, ffn_facts(c, p + "mlp.", i)], "mtp_"), MtpInputFacts(c, p)])
 
 
+def layer_graph_key(c, i: int):
+    """What makes layer i's compiled graph differ from another's (the cells' `reuse_key`, reuse.py:
+    dense or MoE and the attention type; V4's attention type and hash or learned routing; an MTP
+    module is a class of its own); every layer its own without cell reuse."""
+    if not c.cell_reuse:
+        return i
+    if c.is_v4:
+        return attention_type(c, i), c.is_hash_layer(i)
+    return i >= c.num_hidden_layers, c.is_moe_layer(i), attention_type(c, i)
+
+
 class EmbeddingFacts(BlockFacts):
     def __init__(self, c):
         self.c = c
