@@ -262,7 +262,8 @@ def add_tool_commands(sub, fmt) -> None:
     la.add_argument("--nnodes", type=int, default=1, help="nodes in the job")
     la.add_argument("--node-rank", type=int, default=0, help="this node's index (0 is the master)")
     la.add_argument("--master-addr", default="127.0.0.1", help="address of node 0")
-    la.add_argument("--master-port", type=int, default=8118, help="msrun scheduler port on node 0")
+    la.add_argument("--master-port", type=int, default=None,
+                    help="msrun scheduler port on node 0 (default: a free port on one node, 8118 across nodes)")
     la.add_argument("--log-dir", default=None, help="workers' logs (default: <train.output_dir>/logs)")
     la.add_argument("--cluster-timeout", type=int, default=120, help="seconds msrun waits for a missing worker")
     la.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the mfds command, e.g. train --config X")

@@ -310,3 +310,21 @@ def test_peak_memory_is_bounded_by_the_largest_layer(tmp_path):
     # fp32 output doubles the bytes of a bf16 layer: the bound is stated for the output layer
     assert total > 3 * largest and baseline < 150e6      # the converter does not import MindSpore
     assert peak - baseline < 2 * (2 * largest), (peak, baseline, largest)
+
+
+class _RunsCode:
+    """A pickle that would run a shell command when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_pickle_holding_code_is_refused_without_suggesting_to_run_it(tmp_path):
+    path = str(tmp_path / "pytorch_model.bin")
+    torch.save({"w": torch.zeros(2), "payload": _RunsCode()}, path)
+    with pytest.raises(CheckpointError) as e:
+        CheckpointReader(path).names()
+    msg = str(e.value)
+    assert msg == (f"{path}: holds pickled objects or code besides tensors, so it is not loaded; convert it to "
+                   "safetensors where it came from (where its code is trusted)")
+    assert "weights_only" not in msg and not os.path.exists(tmp_path / "pwned") and not os.path.exists("pwned")

@@ -206,10 +206,9 @@ def test_two_nodes_on_one_host_match_the_single_launch(reference, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_a_dead_worker_fails_the_launch_naming_the_rank(tmp_path):
-    PORT[0] += 1
-    cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--master-port", str(PORT[0]),
-           "--cluster-timeout", "60", "--", "train", "--config", CFG,
-           *sets(str(tmp_path / "run"), dp=2, steps=200)]
+    # no --master-port: the launcher picks a free one
+    cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--cluster-timeout", "60", "--", "train",
+           "--config", CFG, *sets(str(tmp_path / "run"), dp=2, steps=200)]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     status = os.path.join(str(tmp_path / "run"), "logs", "status")
     t0 = time.time()
@@ -223,6 +222,23 @@ def test_a_dead_worker_fails_the_launch_naming_the_rank(tmp_path):
     assert p.returncode != 0
     assert "worker rank 1" in err and "died" in err
     assert time.time() - t_kill < 60   # well within msrun's cluster timeout
+    # and no worker outlives the launch (they run in process groups of their own)
+    survivor = int(open(os.path.join(status, "rank_0.pid")).read())
+    assert not os.path.exists(f"/proc/{survivor}") or open(f"/proc/{survivor}/stat").read().split(")")[-1].split()[0] == "Z"
+
+
+def test_a_taken_master_port_is_refused_in_one_line_before_anything_starts(tmp_path):
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--master-port", str(port),
+                            "--", "train", "--config", CFG, *sets(str(tmp_path / "run"), dp=2)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: --master-port: port {port} is taken on this host")
+    assert not os.path.exists(os.path.join(str(tmp_path), "run", "logs"))
 
 
 def test_bad_layout_fails_before_any_worker_starts(tmp_path):

@@ -84,3 +84,6 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path):
         np.testing.assert_allclose(wb[name], wa[name], rtol=1e-6, atol=1e-7, err_msg=name)
     with SafetensorsFile(os.path.join(manager.latest(ckroot), "optimizer.safetensors")) as f:
         assert f.get_f32("optimizer.step") == 12
+    # the tokens seen are part of the training state: counted across the two resumes as without them
+    ref_state = manager.read_state(manager.latest(os.path.join(ref_out, "checkpoints")))
+    assert manager.read_state(manager.latest(ckroot))["tokens_seen"] == ref_state["tokens_seen"] > 0

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..models.deepseek.config import DeepseekConfig
 from ..models.deepseek.shapes import parameter_specs
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, read_json
 from .destination import begin, check_destination, commit
 from .mapping import has_mtp_weights, ordered_names
 from .names import SCALE_SUFFIX, STACKED_RE, expert_key, is_mtp_passthrough, is_release_mtp
@@ -74,8 +74,7 @@ def read_config(path: str) -> Tuple[DeepseekConfig, Dict]:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise CheckpointError(f"{path}: no config.json next to the weights")
-    with open(cfg_path, "r", encoding="utf-8") as f:
-        raw = json.load(f)
+    raw = read_json(cfg_path, CheckpointError)
     cfg = DeepseekConfig.from_hf_dict(raw, cfg_path)
     problems = cfg.problems()
     if problems:

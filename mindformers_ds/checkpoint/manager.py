@@ -3,18 +3,19 @@
   model.safetensors      model weights (this stack's layout: stacked experts; router biases included),
                          or adapter.safetensors (LoRA runs: only the adapters; the base is unchanged)
   optimizer.safetensors  AdamW moments and step
-  trainer_state.json     step, tokens seen, config digest; written last
+  trainer_state.json     step, tokens seen, config digest
+  manifest.json          every file's size and digest (integrity.py), written last
   config.json            the model's HF config
   tokenizer.json, tokenizer_config.json, run_config.yaml   the run's tokenizer and resolved
                          config, so `mfds generate` / `mfds eval` need only the checkpoint
 
 A checkpoint is written into a hidden temp directory and renamed into place only when every
 file is complete and fsynced, so a run killed mid-save leaves nothing that looks complete;
-`latest` ignores such leftovers (and `prune` removes them).
+`latest` ignores such leftovers (and `prune` removes them). A resume verifies the manifest
+before loading (trainer.py: `train.resume=auto` falls back to the newest checkpoint that verifies).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -23,7 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..utils.io import atomic_write_json, fsync_dir
+from ..utils.io import atomic_write_json, fsync_dir, normal_mode, read_json
+from .integrity import write_manifest
 from .safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -52,6 +54,7 @@ def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequenc
     os.makedirs(root, exist_ok=True)
     final = step_dir(root, step)
     tmp = tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root)
+    os.chmod(tmp, normal_mode(0o777))   # mkdtemp makes 0700; a checkpoint is a normal directory others may read
     try:
         write_safetensors(os.path.join(tmp, model_file), _arrays(model_params), {"layout": "mindspore"})
         _fault_injection(step)
@@ -60,6 +63,7 @@ def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequenc
         copy_side_files(tmp, side_files)
         atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
         atomic_write_json(os.path.join(tmp, STATE_FILE), dict(state, step=step))
+        write_manifest(tmp)
         fsync_dir(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)
@@ -100,19 +104,62 @@ def latest(root: str) -> Optional[str]:
 
 
 def prune(root: str, keep_last: int, keep: Optional[int] = None) -> None:
-    """Keep the `keep_last` newest checkpoints, and always `keep` (the one just saved): a run
-    never deletes its own newest checkpoint, whatever else the directory holds."""
-    for s in complete_steps(root)[:-keep_last]:
-        if s != keep:
-            shutil.rmtree(step_dir(root, s), ignore_errors=True)
+    """Keep `keep` (the checkpoint just saved, verified as it was written) and the `keep_last` - 1
+    newest before it. Checkpoints after `keep` are neither counted nor removed: a run that fell
+    back from a checkpoint that failed verification (or was resumed from an earlier one) must not
+    let those crowd out the good ones it has; it overwrites them when it gets there."""
+    steps = complete_steps(root)
+    if keep is not None:
+        older = [s for s in steps if s < keep]
+        doomed = older[:max(len(older) - (keep_last - 1), 0)]
+    else:
+        doomed = steps[:-keep_last]
+    for s in doomed:
+        shutil.rmtree(step_dir(root, s), ignore_errors=True)
     for name in os.listdir(root):
         if name.startswith(".step_") and name.endswith(".tmp"):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
+def resume_checkpoint(root: str, mode: str) -> Optional[str]:
+    """The checkpoint a run resumes from. `never`: none. `auto`: the newest complete one under
+    `root` whose files verify (integrity.py); each newer one that does not is logged in one line
+    naming the bad file, then the one fallen back to. A path: that checkpoint, or a one-line
+    refusal naming the bad file (an explicit choice is not silently replaced by another)."""
+    import logging
+    from .integrity import has_manifest, verify
+    log = logging.getLogger("mindformers_ds.checkpoint")
+    if mode == "never":
+        return None
+    if mode != "auto":
+        problem = verify(mode)
+        if problem:
+            raise CheckpointError(f"{problem}; train.resume={mode} names this checkpoint, so it is not replaced by "
+                                  f"another: use train.resume=auto to fall back to the newest one that verifies")
+        return mode
+    failed = []
+    for step in reversed(complete_steps(root)):
+        path = step_dir(root, step)
+        problem = verify(path)
+        if problem is None:
+            if failed:
+                log.warning("resuming from %s, the newest checkpoint that verifies (%d newer failed)", path, len(failed))
+            elif not has_manifest(path):
+                log.warning("%s has no manifest (written before checkpoints carried one): loading it unverified", path)
+            return path
+        failed.append(path)
+        log.warning("checkpoint %s fails verification: %s; trying the one before", path, problem)
+    if failed:
+        log.warning("no checkpoint under %s verifies: starting from step 0", root)
+    return None
+
+
 def read_state(path: str) -> Dict:
-    with open(os.path.join(path, STATE_FILE), "r", encoding="utf-8") as f:
-        return json.load(f)
+    full = os.path.join(path, STATE_FILE)
+    state = read_json(full, CheckpointError)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{full}: expected a JSON object with an integer 'step'")
+    return state
 
 
 def load_params(path: str, filename: str, params: Sequence, required: bool = True) -> int:

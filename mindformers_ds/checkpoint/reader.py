@@ -44,6 +44,11 @@ class _TorchBinFile:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
+            if "Weights only load failed" in str(e):
+                # torch's own message goes on to suggest weights_only=False, which would run the
+                # file's code: name the file and the safe way instead
+                raise CheckpointError(f"{path}: holds pickled objects or code besides tensors, so it is not loaded; "
+                                      "convert it to safetensors where it came from (where its code is trusted)") from None
             raise CheckpointError(f"{path}: not a loadable weights-only PyTorch file ({str(e).splitlines()[0][:200]})") from None
         self.path = path
         self.tensors: Dict[str, Tagged] = {}

@@ -9,11 +9,17 @@
   rank, instead of the survivors waiting in a collective forever.
 * Multi-node: run the same command on every node with `--nnodes`, `--node-rank` and the first
   node's `--master-addr`.
+* The scheduler port: a free one by default on one node (a fixed default collided with other
+  jobs on the same host); 8118 by default across nodes, which must agree on it; a port that is
+  taken on the master is refused in one line before anything starts.
+* When the job stops (a dead worker, a failure), every worker this node started is stopped too:
+  they run in process groups of their own, which the launcher's signal to msrun's group misses.
 """
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,10 +99,52 @@ def _watch_workers(proc: subprocess.Popen, local_ranks, status_dir: str, poll: f
     return None
 
 
+MULTI_NODE_PORT = 8118
+
+
+def master_port_for(master_port: Optional[int], nnodes: int, node_rank: int) -> int:
+    """The scheduler port: as given, else a free one (one node) or MULTI_NODE_PORT (the nodes
+    must agree); on the master node a port another process holds is a one-line error."""
+    from ..errors import ConfigError
+    if master_port is None and nnodes == 1:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            return s.getsockname()[1]
+    port = MULTI_NODE_PORT if master_port is None else master_port
+    if node_rank == 0:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError as e:
+                raise ConfigError("--master-port", "master_port", f"port {port} is taken on this host ({e.strerror}): "
+                                  "another job's scheduler? choose another --master-port"
+                                  + (", or leave it out to get a free one" if nnodes == 1 else "")) from None
+    return port
+
+
+def _stop_workers(status_dir: str, ranks) -> None:
+    """SIGKILL every worker of `ranks` still alive (their pids are in the status files)."""
+    pids = []
+    for r in ranks:
+        try:
+            pids.append(int(open(os.path.join(status_dir, f"rank_{r}.pid")).read().strip() or 0))
+        except (OSError, ValueError):
+            continue
+    for pid in [p for p in pids if p and _alive(p)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    t0 = time.time()
+    while any(p and _alive(p) for p in pids) and time.time() - t0 < 10:
+        time.sleep(0.1)
+
+
 def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
-           master_port: int = 8118, log_dir: Optional[str] = None, cluster_timeout: int = 120,
+           master_port: Optional[int] = None, log_dir: Optional[str] = None, cluster_timeout: int = 120,
            poll: float = 0.5) -> int:
     world = nproc * nnodes
+    master_port = master_port_for(master_port, nnodes, node_rank)
     cfg = _train_config(train_args)
     if cfg is not None:
         from .executors import executor_for
@@ -133,10 +181,12 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        _stop_workers(status_dir, local_ranks)
         print(f"error: worker rank {dead[0]} (pid {dead[1]}) died without finishing; stopped the job "
               f"(its log: {os.path.join(log_dir, f'worker_{dead[0]}.log')})", file=sys.stderr, flush=True)
         return 1
     code = proc.returncode
+    _stop_workers(status_dir, local_ranks)   # none should be left; an orphan would hold memory and ports
     status = {r: _exit_status(status_dir, r) for r in local_ranks}   # None: the worker wrote none
     failed = [r for r, s in status.items() if s not in (None, "0", "")]
     finished = all(s == "0" for s in status.values())

@@ -14,7 +14,6 @@ and cut for the new layout. `mfds convert merge/split` go between this and a sin
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,8 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..checkpoint import destination, manager
+from ..checkpoint.integrity import write_manifest
 from ..checkpoint.safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
-from ..utils.io import atomic_write_json, fsync_dir
+from ..utils.io import atomic_write_json, fsync_dir, read_json
 from .layout import ParamLayout, layout_table, shared_parameters, stage_keeps
 
 LAYOUT_FILE = "layout.json"
@@ -77,6 +77,7 @@ def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: 
         atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
         manager.copy_side_files(tmp, side_files)
         atomic_write_json(os.path.join(tmp, manager.STATE_FILE), dict(state, step=step))
+        write_manifest(tmp)   # every rank's files are complete (the barrier above)
         fsync_dir(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)
@@ -100,8 +101,7 @@ class ShardedCheckpoint:
         layout_path = os.path.join(path, LAYOUT_FILE)
         self.sharded = os.path.isfile(layout_path)
         if self.sharded:
-            with open(layout_path, "r", encoding="utf-8") as f:
-                self.doc = json.load(f)
+            self.doc = read_json(layout_path, CheckpointError)
             self.sizes = self.doc["sizes"]
             self.ranks = {int(r): c for r, c in self.doc["ranks"].items()}
         self._files: Dict[Tuple[int, str], SafetensorsFile] = {}
@@ -194,6 +194,7 @@ def merge_checkpoint(src: str, dst: str, overwrite: bool = False) -> str:
     finally:
         ck.close()
     _copy_side_files(src, work)
+    write_manifest(work)
     destination.commit(work, dst)
     return f"merged {len(ck.ranks)} ranks of {src} into {dst}"
 
@@ -242,5 +243,6 @@ def split_checkpoint(src: str, dst: str, cfg, overwrite: bool = False) -> str:
     finally:
         ck.close()
     _copy_side_files(src, work)
+    write_manifest(work)
     destination.commit(work, dst)
     return f"split {src} into {world} rank shards in {dst}"

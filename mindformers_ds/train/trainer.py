@@ -102,8 +102,8 @@ class Trainer:
         self.eval_sums = EvalSums(self.model)
 
     def _resume(self) -> int:
-        mode = self.cfg.train.resume
-        path = ckpt.latest(self.ckpt_root) if mode == "auto" else (None if mode == "never" else mode)
+        self.resumed_tokens = 0
+        path = ckpt.resume_checkpoint(self.ckpt_root, self.cfg.train.resume)   # verified first
         if path is None:
             return 0
         if self.lora:
@@ -114,7 +114,8 @@ class Trainer:
             self.executor.load(path, "model.safetensors", list(self.model.get_parameters()), self.table, self.env)
             self.executor.load(path, "optimizer.safetensors", self.optimizer.state_parameters(), self.opt_table,
                                self.env)
-        step = int(ckpt.read_state(path)["step"])
+        saved = ckpt.read_state(path)
+        step, self.resumed_tokens = int(saved["step"]), int(saved.get("tokens_seen", 0))   # part of the state
         log.info("resumed from %s at step %d", path, step)
         return step
 
@@ -219,7 +220,7 @@ class Trainer:
         if start >= t.max_steps:
             log.info("the checkpoint is at step %d, train.max_steps=%d: nothing left to train", start, t.max_steps)
             return []
-        state = {"losses": [], "steady": [], "tokens_seen": 0, "done": start, "bar": None}
+        state = {"losses": [], "steady": [], "tokens_seen": self.resumed_tokens, "done": start, "bar": None}
         timer = StepMetrics(self.model.config, self.cfg.data.seq_length,
                             peak_tflops(self.cfg.logging.peak_tflops, ms.get_context("device_target")), self.env.world)
         profile = ProfileWindow(t.profile.start_step, t.profile.steps, self.out, enabled=self.env.is_main)

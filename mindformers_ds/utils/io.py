@@ -12,6 +12,17 @@ import tempfile
 from typing import Any, Callable, Iterator
 
 
+def read_json(path: str, error=ValueError) -> Any:
+    """The JSON document at `path`, or `error` raised with one line naming the file and the fault."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror})") from None
+    except ValueError as e:   # JSONDecodeError, and bytes that are not UTF-8
+        raise error(f"{path}: not valid JSON ({e})") from None
+
+
 def fsync_dir(path: str) -> None:
     try:
         fd = os.open(path or ".", os.O_RDONLY)
@@ -25,6 +36,14 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def normal_mode(kind: int = 0o666) -> int:
+    """The mode a plain file (0o666) or directory (0o777) gets under the process's umask
+    (mkstemp / mkdtemp create 0600 / 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return kind & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temp path next to `path`; on success it is fsynced and renamed onto `path`."""
@@ -32,9 +51,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+    os.chmod(tmp, normal_mode())  # mkstemp creates 0600; give the file normal permissions
     try:
         yield tmp
         with open(tmp, "rb+") as f:
