@@ -38,7 +38,8 @@ def cmd_train(a) -> int:
 def cmd_launch(a) -> int:
     from .parallel.launch import launch
     args = a.train_args[1:] if a.train_args[:1] == ["--"] else a.train_args
-    return launch(a.nproc, args, a.nnodes, a.node_rank, a.master_addr, a.master_port, a.log_dir, a.cluster_timeout)
+    return launch(a.nproc, args, a.nnodes, a.node_rank, a.master_addr, a.master_port, a.log_dir, a.cluster_timeout,
+                  max_restarts=a.max_restarts)
 
 
 def _print_summary(s: dict) -> None:
@@ -266,6 +267,9 @@ def add_tool_commands(sub, fmt) -> None:
                     help="msrun scheduler port on node 0 (default: a free port on one node, 8118 across nodes)")
     la.add_argument("--log-dir", default=None, help="workers' logs (default: <train.output_dir>/logs)")
     la.add_argument("--cluster-timeout", type=int, default=120, help="seconds msrun waits for a missing worker")
+    la.add_argument("--max-restarts", type=int, default=None,
+                    help="restart the job from its newest checkpoint when a worker dies or freezes, up to N times "
+                         "(default: train.max_restarts, 0)")
     la.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the mfds command, e.g. train --config X")
     la.set_defaults(fn=cmd_launch)
 

@@ -89,6 +89,7 @@ class TrainConfig:
     eval_every: int = 0                 # 0: only at the end
     eval_batches: int = 8
     resume: str = "never"               # never | auto | a checkpoint directory
+    max_restarts: int = 0               # mfds launch: restarts after a dead or frozen worker (parallel/restart.py)
     nan_policy: str = "stop"            # stop | skip
     freeze: List[str] = field(default_factory=list)   # name patterns, e.g. ["*.mlp.gate.*", "model.embed_tokens.*"]
     exact_match_samples: int = 0        # held-out samples scored by greedy generation (demo task)

@@ -101,11 +101,14 @@ def test_pruning_never_lets_newer_bad_checkpoints_crowd_out_the_good_ones(tmp_pa
     assert manager.resume_checkpoint(root, "auto") == manager.step_dir(root, 3)
 
 
-def _train(out, *sets):
+def _train(out, *sets, file_limit=None):
+    """`mfds train` of the tiny demo; `file_limit`: the largest file it may write (`ulimit -f`)."""
+    import resource
     args = [sys.executable, "-m", "mindformers_ds", "train", "--config", DEMO, "--set", f"train.output_dir={out}"]
     for s in [*SETS, "train.max_steps=6", *sets]:
         args += ["--set", s]
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))) if file_limit else None
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=limit)
 
 
 def _weights(ck):
@@ -137,3 +140,15 @@ def test_a_run_resumed_past_a_damaged_checkpoint_equals_the_uninterrupted_run(tm
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: {opt}: ")
     assert "were written (truncated or appended to)" in r.stderr
+    # a save that cannot be written (`ulimit -f` below the optimizer file's size): resumed from step
+    # 3 (step 6 is bad), the save of step 6 fails in one line naming the file; step 3 still verifies
+    model_size, opt_size = (os.path.getsize(os.path.join(str(tmp_path / "six"), f))
+                            for f in ("model.safetensors", "optimizer.safetensors"))
+    assert model_size < opt_size
+    r = _train(out, file_limit=(model_size + opt_size) // 2)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (f"error: {opt}: cannot be written (File too large); step 6 is not "
+                                                 "saved and the checkpoints before it are untouched")
+    three = manager.step_dir(ckroot, 3)
+    assert integrity.verify(three) is None and manager.resume_checkpoint(ckroot, "auto") == three
+    assert not [n for n in os.listdir(ckroot) if n.startswith(".")]   # no partial checkpoint left

@@ -205,7 +205,12 @@ def test_two_nodes_on_one_host_match_the_single_launch(reference, tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_a_dead_worker_fails_the_launch_naming_the_rank(tmp_path):
+@pytest.mark.parametrize("sig,words,within", [(signal.SIGKILL, "died without finishing", 60),
+                                              (signal.SIGSTOP, "stopped responding", 90)], ids=["killed", "frozen"])
+def test_a_dead_or_frozen_worker_fails_the_launch_naming_the_rank(sig, words, within, tmp_path):
+    """A worker SIGKILLed, or frozen whole with SIGSTOP (msrun gives up on its heartbeat and kills
+    the others first), ends the launch non-zero naming rank 1 and what happened to it; no worker
+    outlives the launch (they run in process groups of their own)."""
     # no --master-port: the launcher picks a free one
     cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--cluster-timeout", "60", "--", "train",
            "--config", CFG, *sets(str(tmp_path / "run"), dp=2, steps=200)]
@@ -216,15 +221,46 @@ def test_a_dead_worker_fails_the_launch_naming_the_rank(tmp_path):
             os.path.join(str(tmp_path / "run"), "metrics.jsonl")):
         assert p.poll() is None and time.time() - t0 < 300
         time.sleep(0.5)
-    os.kill(int(open(os.path.join(status, "rank_1.pid")).read()), signal.SIGKILL)
-    t_kill = time.time()
-    out, err = p.communicate(timeout=120)
+    victim = int(open(os.path.join(status, "rank_1.pid")).read())
+    os.kill(victim, sig)
+    t_signal = time.time()
+    out, err = p.communicate(timeout=180)
     assert p.returncode != 0
-    assert "worker rank 1" in err and "died" in err
-    assert time.time() - t_kill < 60   # well within msrun's cluster timeout
-    # and no worker outlives the launch (they run in process groups of their own)
-    survivor = int(open(os.path.join(status, "rank_0.pid")).read())
-    assert not os.path.exists(f"/proc/{survivor}") or open(f"/proc/{survivor}/stat").read().split(")")[-1].split()[0] == "Z"
+    assert f"worker rank 1 (pid {victim}) {words}" in err, err[-2000:]
+    assert time.time() - t_signal < within   # msrun's heartbeat timeout for a frozen one (~30 s)
+    for rank in (0, 1):
+        pid = int(open(os.path.join(status, f"rank_{rank}.pid")).read())
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
+
+
+@pytest.mark.timeout(900)
+def test_a_killed_then_a_frozen_worker_restart_the_job_which_ends_as_the_uninterrupted_run(reference, tmp_path):
+    """`--max-restarts 2`: rank 1 SIGKILLed after step 1, then the restarted job's rank 1 frozen
+    (SIGSTOP) as it starts: each time every worker is stopped and the job resumes from its newest
+    checkpoint (saved every step here); it exits 0 and equals the uninterrupted single process."""
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--cluster-timeout", "60",
+           "--max-restarts", "2", "--", "train", "--config", CFG,
+           *sets(out, dp=2, extra=("--set", "checkpoint.save_every=1", "--set", "checkpoint.keep_last=4"))]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status = os.path.join(out, "logs", "status")
+
+    def wait(pred):
+        t0 = time.time()
+        while not pred():
+            assert p.poll() is None and time.time() - t0 < 300
+            time.sleep(0.2)
+    wait(lambda: manager.complete_steps(os.path.join(out, "checkpoints")))   # step 1 is saved
+    first = int(open(os.path.join(status, "rank_1.pid")).read())
+    os.kill(first, signal.SIGKILL)
+    pid_file = os.path.join(status, "rank_1.pid")
+    wait(lambda: os.path.isfile(pid_file) and (open(pid_file).read().strip() or str(first)) != str(first))
+    os.kill(int(open(pid_file).read()), signal.SIGSTOP)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    assert "launch: restart 1 of 2: worker rank 1 died; resuming from its newest checkpoint" in err
+    assert "launch: restart 2 of 2: worker rank 1 stopped responding; resuming from its newest checkpoint" in err
+    assert_same_run(out, reference, str(tmp_path))
 
 
 def test_a_taken_master_port_is_refused_in_one_line_before_anything_starts(tmp_path):

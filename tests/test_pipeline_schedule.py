@@ -105,6 +105,10 @@ def test_sequence_parallel_layouts_are_checked_in_one_line(tmp_path, caplog):
         ExplicitExecutor().check(cfg, 2)
     lines = [r.getMessage() for r in caplog.records if "sequence_parallel" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("--set: parallel.sequence_parallel=true with parallel.tp=1 is a no-op")
+    generating = config_mod.load(CFG, overrides=["parallel.tp=2", "parallel.sequence_parallel=true",
+                                                 "train.exact_match_samples=4", f"train.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"^--set: train.exact_match_samples=4 with parallel.sequence_parallel: "):
+        ExplicitExecutor().check(generating, 2)
 
 
 def test_zero_rows_are_one_more_split_of_the_layout_table():

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..utils.io import atomic_write_json, fsync_dir, normal_mode, read_json
-from .integrity import write_manifest
+from .integrity import MANIFEST, write_manifest
 from .safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -55,20 +55,30 @@ def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequenc
     final = step_dir(root, step)
     tmp = tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root)
     os.chmod(tmp, normal_mode(0o777))   # mkdtemp makes 0700; a checkpoint is a normal directory others may read
+    writing = [final]   # the file being written, as it will be named, for the error
+
+    def into(name: str) -> str:
+        writing[0] = os.path.join(final, name)
+        return os.path.join(tmp, name)
     try:
-        write_safetensors(os.path.join(tmp, model_file), _arrays(model_params), {"layout": "mindspore"})
+        write_safetensors(into(model_file), _arrays(model_params), {"layout": "mindspore"})
         _fault_injection(step)
         if optimizer_params:
-            write_safetensors(os.path.join(tmp, "optimizer.safetensors"), _arrays(optimizer_params))
-        copy_side_files(tmp, side_files)
-        atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
-        atomic_write_json(os.path.join(tmp, STATE_FILE), dict(state, step=step))
+            write_safetensors(into("optimizer.safetensors"), _arrays(optimizer_params))
+        for name, src in (side_files or {}).items():
+            shutil.copyfile(src, into(name))
+        atomic_write_json(into("config.json"), hf_config)
+        atomic_write_json(into(STATE_FILE), dict(state, step=step))
+        into(MANIFEST)
         write_manifest(tmp)
         fsync_dir(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(root)
+    except OSError as e:   # disk full (ENOSPC), a file size limit (EFBIG), permissions
+        raise CheckpointError(f"{writing[0]}: cannot be written ({e.strerror or e}); step {step} is not saved and "
+                              f"the checkpoints before it are untouched") from None
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,7 @@ import os
 import shutil
 
 from ..checkpoint import manager
+from ..checkpoint.integrity import write_manifest
 from ..checkpoint.safetensors_io import CheckpointError
 from ..utils.io import atomic_write_json, fsync_dir
 from .ascend import STRATEGY_DIR
@@ -43,6 +44,7 @@ def save_distributed(step_cell, req, env, output_dir: str) -> str:
         atomic_write_json(os.path.join(tmp, "config.json"), req.hf_config)
         manager.copy_side_files(tmp, req.side_files)
         atomic_write_json(os.path.join(tmp, manager.STATE_FILE), dict(req.state, step=req.step, format=FORMAT))
+        write_manifest(tmp)   # every device's slices are complete (the barrier above)
         fsync_dir(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)

@@ -87,6 +87,11 @@ class ExplicitExecutor:
             log.warning("%s: parallel.optimizer_shard=true with parallel.dp=1 is a no-op: there is no data-parallel "
                         "group to shard the optimizer state over; it stays whole on every rank",
                         cfg.origin("parallel.optimizer_shard"))
+        if par.sequence_parallel and par.tp > 1 and cfg.train.exact_match_samples:
+            raise ConfigError(cfg.origin("train.exact_match_samples"), "train.exact_match_samples",
+                              f"train.exact_match_samples={cfg.train.exact_match_samples} with "
+                              "parallel.sequence_parallel: generation (prompts of any length) does not run "
+                              "sequence-parallel; set 0 and run `mfds eval` on the checkpoint")
         if par.sequence_parallel and par.tp == 1:
             log.warning("%s: parallel.sequence_parallel=true with parallel.tp=1 is a no-op: the sequence is split "
                         "over tensor-parallel ranks and there is one", cfg.origin("parallel.sequence_parallel"))

@@ -26,6 +26,7 @@ import time
 from typing import List, Optional
 
 from ..utils.device import device_target
+from .restart import check_restarts, restart_from, wait_free
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -40,6 +41,15 @@ def _train_config(train_args: List[str]):
     return config.load(path, sets)
 
 
+def _state(pid: int) -> str:
+    """The process state letter of /proc/PID/stat (R, S, D, T: stopped, Z: zombie), "" when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "r") as f:
+            return f.read().split(")")[-1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -47,15 +57,13 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie (exited, not yet reaped by msrun) counts as dead
-        with open(f"/proc/{pid}/stat", "r") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+    return _state(pid) not in ("Z", "")   # a zombie (exited, not yet reaped by msrun) counts as dead
 
 
 def _watch_workers(proc: subprocess.Popen, local_ranks, status_dir: str, poll: float):
-    """Wait for msrun to end; return (rank, pid) of the first worker that exits without its done file.
+    """Wait for msrun to end; return (rank, pid, how) of the worker that ended the job: the first
+    that exits without its done file ("died"), or one seen stopped before that ("stopped": frozen
+    by SIGSTOP, msrun gives up on its heartbeat and kills the others first).
 
     Exits are observed through pidfds (the workers are msrun's children, not ours), which wake
     us the moment a worker dies. Polling alone is racy: msrun SIGKILLs the survivors within its
@@ -65,8 +73,18 @@ def _watch_workers(proc: subprocess.Popen, local_ranks, status_dir: str, poll: f
     poller = select.poll()
     watched = {}  # pidfd -> (rank, pid)
     seen = set()
+    stopped = {}  # rank -> pid, of workers seen in state T
+
+    def blame(r, pid):
+        if stopped and r not in stopped:
+            r = min(stopped)
+            return r, stopped[r], "stopped"
+        return r, pid, "stopped" if r in stopped else "died"
     try:
         while proc.poll() is None:
+            for r, pid in watched.values():
+                if _state(pid) == "T":
+                    stopped[r] = pid
             for r in local_ranks:
                 pid_file = os.path.join(status_dir, f"rank_{r}.pid")
                 if r in seen or not os.path.isfile(pid_file):
@@ -82,17 +100,17 @@ def _watch_workers(proc: subprocess.Popen, local_ranks, status_dir: str, poll: f
                     fd = os.pidfd_open(pid)
                 except ProcessLookupError:
                     if not os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")):
-                        return r, pid
+                        return blame(r, pid)
                     continue
                 watched[fd] = (r, pid)
                 poller.register(fd, select.POLLIN)
                 if not _alive(pid) and not os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")):
-                    return r, pid  # already a zombie when we started watching
+                    return blame(r, pid)  # already a zombie when we started watching
             for fd, _ in poller.poll(int(poll * 1000)):
                 r, pid = watched[fd]
                 poller.unregister(fd)
                 if not os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")):
-                    return r, pid
+                    return blame(r, pid)
     finally:
         for fd in watched:
             os.close(fd)
@@ -142,9 +160,11 @@ def _stop_workers(status_dir: str, ranks) -> None:
 
 def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
            master_port: Optional[int] = None, log_dir: Optional[str] = None, cluster_timeout: int = 120,
-           poll: float = 0.5) -> int:
+           poll: float = 0.5, max_restarts: Optional[int] = None) -> int:
+    """Check, then run the job; a worker that dies or freezes ends it, or (up to `max_restarts`
+    times, default the run config's `train.max_restarts`) restarts it from its newest checkpoint."""
     world = nproc * nnodes
-    master_port = master_port_for(master_port, nnodes, node_rank)
+    port = master_port_for(master_port, nnodes, node_rank)
     cfg = _train_config(train_args)
     if cfg is not None:
         from .executors import executor_for
@@ -157,7 +177,21 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
         # files would overwrite each other (scheduler.log, rank status)
         node_logs = os.path.join("logs", f"node_{node_rank}") if nnodes > 1 else "logs"
         log_dir = log_dir or os.path.join(cfg.train.output_dir, node_logs)
+    restarts = check_restarts(max_restarts, cfg, nnodes)
     log_dir = os.path.abspath(log_dir or "msrun_logs")
+    for attempt in range(restarts + 1):
+        code, dead = _run_job(nproc, world, train_args, node_rank, master_addr, port, log_dir, cluster_timeout, poll)
+        if dead is None or attempt == restarts:
+            return code
+        print(f"launch: restart {attempt + 1} of {restarts}: {restart_from(cfg, dead)}", file=sys.stderr, flush=True)
+        train_args = [*train_args, "--set", "train.resume=auto"]   # the later --set wins
+        port = master_port_for(master_port, nnodes, node_rank) if master_port is None else wait_free(port)
+    return 1
+
+
+def _run_job(nproc: int, world: int, train_args: List[str], node_rank: int, master_addr: str, master_port: int,
+             log_dir: str, cluster_timeout: int, poll: float):
+    """One msrun of the job: (exit code, (rank, pid, how) of the worker that ended it or None)."""
     status_dir = os.path.join(log_dir, "status")
     os.makedirs(status_dir, exist_ok=True)
     for f in os.listdir(status_dir):
@@ -182,9 +216,9 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         _stop_workers(status_dir, local_ranks)
-        print(f"error: worker rank {dead[0]} (pid {dead[1]}) died without finishing; stopped the job "
+        print(f"error: worker rank {dead[0]} (pid {dead[1]}) {_what(dead)}; stopped the job "
               f"(its log: {os.path.join(log_dir, f'worker_{dead[0]}.log')})", file=sys.stderr, flush=True)
-        return 1
+        return 1, dead
     code = proc.returncode
     _stop_workers(status_dir, local_ranks)   # none should be left; an orphan would hold memory and ports
     status = {r: _exit_status(status_dir, r) for r in local_ranks}   # None: the worker wrote none
@@ -196,14 +230,19 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
         # the job ran on the master's scheduler: the workers' own exit status is the answer
         print(f"launch: node {node_rank}: every local worker finished (msrun status {code}: its second "
               f"scheduler could not start, as when --master-addr is this host)", flush=True)
-        return 0
+        return 0, None
     if code != 0 or failed:
         which = f" (rank {', '.join(map(str, failed))} exited with an error)" if failed else ""
         for line in _worker_errors(log_dir, failed or local_ranks):
             print(line, file=sys.stderr, flush=True)
         print(f"error: distributed job failed with status {code}{which}; see {log_dir}", file=sys.stderr, flush=True)
-        return code or 1
-    return 0
+        return code or 1, None   # an error the job reports itself (a config error...) is not retried
+    return 0, None
+
+
+def _what(dead) -> str:
+    return ("stopped responding (its process was stopped, state T: SIGSTOP or a job-control stop)"
+            if dead[2] == "stopped" else "died without finishing")
 
 
 def _exit_status(status_dir: str, rank: int) -> Optional[str]:

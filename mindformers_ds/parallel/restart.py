@@ -1,0 +1,77 @@
+"""Automatic restart of a launched job (`mfds launch --max-restarts N`, or `train.max_restarts`).
+
+When a worker dies (SIGKILL, OOM) or freezes (its process stopped), the launcher stops every
+worker of the job (launch.py), and, while restarts remain, starts the job again with
+`train.resume=auto`: it continues from the newest checkpoint that verifies
+(checkpoint/integrity.py), redoing the steps after it. A job that fails by itself (an error it
+reports: a bad config, a bad checkpoint named in one line) is not retried: it would fail again.
+
+One node only, for now: restarting every node's launcher together needs them to agree on the
+restart (e.g. through the shared run directory); `--max-restarts` with `--nnodes > 1` is
+refused in one line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Optional
+
+
+def check_restarts(cli_value: Optional[int], cfg, nnodes: int) -> int:
+    """The number of restarts allowed: the command line's, else the run config's."""
+    from ..errors import ConfigError
+    value = cli_value if cli_value is not None else (cfg.train.max_restarts if cfg is not None else 0)
+    origin = "--max-restarts" if cli_value is not None else (cfg.origin("train.max_restarts") if cfg else "")
+    if value < 0:
+        raise ConfigError(origin, "train.max_restarts", f"max_restarts={value} must be >= 0")
+    if value and nnodes > 1:
+        raise ConfigError(origin, "train.max_restarts", f"max_restarts={value} with --nnodes {nnodes}: automatic "
+                          "restart is single-node for now; restart the nodes' launchers yourself")
+    if value and cfg is None:
+        raise ConfigError(origin, "train.max_restarts", "max_restarts needs a `train --config ...` job to resume")
+    return value
+
+
+def _last_logged_step(output_dir: str) -> int:
+    last = 0
+    try:
+        with open(os.path.join(output_dir, "metrics.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue   # a line torn by the kill
+                if "loss" in rec:
+                    last = max(last, int(rec.get("step", 0)))
+    except OSError:
+        pass
+    return last
+
+
+def restart_from(cfg, dead) -> str:
+    """What a restart does, in one line: which rank, why, from which checkpoint, what is redone."""
+    from ..checkpoint import manager
+    rank, _, how = dead
+    newest = manager.latest(os.path.join(cfg.train.output_dir, "checkpoints"))
+    step = int(os.path.basename(newest).split("_")[1]) if newest else 0
+    last = _last_logged_step(cfg.train.output_dir)
+    why = "stopped responding" if how == "stopped" else "died"
+    where = f"its newest checkpoint {newest} (step {step}, verified on load)" if newest else "step 0 (no checkpoint)"
+    redo = f"; steps {step + 1}-{last} are redone" if last > step else ""
+    return f"worker rank {rank} {why}; resuming from {where}{redo}"
+
+
+def wait_free(port: int, timeout: float = 60.0) -> int:
+    """Wait until `port` can be bound again (the stopped job's scheduler released it)."""
+    t0 = time.time()
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+                return port
+            except OSError:
+                if time.time() - t0 > timeout:
+                    return port   # msrun will name it if it is still taken
+        time.sleep(0.5)
