@@ -18,6 +18,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+from tools.bench.machine import describe_cpu  # noqa: E402
 KEYS = ("tokens_per_sec", "first_step_s", "peak_rss_mb")
 
 
@@ -29,6 +31,7 @@ def run(tree: str, args) -> dict:
 
 
 def main() -> None:
+    print(describe_cpu(), flush=True)   # every figure names its machine
     ap = argparse.ArgumentParser()
     ap.add_argument("--commit", required=True)
     ap.add_argument("--rounds", type=int, default=2)

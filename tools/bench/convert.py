@@ -23,6 +23,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+from tools.bench.machine import describe_cpu  # noqa: E402
 
 
 def make_checkpoint(path: str, gb: float) -> None:
@@ -112,6 +113,7 @@ def largest_layer(path: str) -> int:
 
 
 def main() -> None:
+    print(describe_cpu(), flush=True)   # every figure names its machine
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gb", type=float, default=2.5)
     ap.add_argument("--workdir", default="/tmp/mfds_convert_bench")

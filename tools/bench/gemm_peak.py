@@ -12,6 +12,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+from tools.bench.machine import describe_cpu  # noqa: E402
 
 
 def measure_peak_tflops(n: int = 1024, repeat: int = 10) -> float:
@@ -25,5 +26,6 @@ if __name__ == "__main__":
     ap.add_argument("--repeat", type=int, default=10)
     a = ap.parse_args()
     os.environ.setdefault("GLOG_v", "3")
+    print(describe_cpu(), flush=True)   # every figure names its machine
     t = measure_peak_tflops(a.n, a.repeat)
     print(f"fp32 MatMul {a.n}^3: {t * 1000:.1f} GFLOP/s")

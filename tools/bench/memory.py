@@ -25,6 +25,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+from tools.bench.machine import describe_cpu  # noqa: E402
 from mindformers_ds import config  # noqa: E402
 from mindformers_ds.train.preflight import estimated_stage_peaks  # noqa: E402
 CFG = os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml")
@@ -75,6 +76,7 @@ def _opt_mb(out: str, rank: int, nproc: int) -> float:
 
 
 def main() -> None:
+    print(describe_cpu(), flush=True)   # every figure names its machine
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--only", choices=("zero", "recompute", "sequence"))

@@ -19,6 +19,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+from tools.bench.machine import describe_cpu  # noqa: E402
 
 import mindspore as ms  # noqa: E402
 from mindspore import nn, ops, Tensor  # noqa: E402
@@ -179,6 +180,7 @@ def fp8_block_dequant_row(repeat: int) -> None:
 
 
 def main() -> None:
+    print(describe_cpu(), flush=True)   # every figure names its machine
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--step", action="store_true", help="also time a whole training step, fused on vs off")

@@ -20,6 +20,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+from tools.bench.machine import describe_cpu  # noqa: E402
 from mindformers_ds.parallel.pipeline_schedule import theory_bubble_1f1b, theory_bubble_interleaved  # noqa: E402
 
 CFG = os.path.join(ROOT, "configs/deepseek_v3/parallel_tiny.yaml")
@@ -45,6 +46,7 @@ def run(micro: int, virtual: int, steps: int, port: int) -> list:
 
 
 def main() -> None:
+    print(describe_cpu(), flush=True)   # every figure names its machine
     ap = argparse.ArgumentParser()
     ap.add_argument("--micro", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--steps", type=int, default=4)

@@ -16,6 +16,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+from tools.bench.machine import describe_cpu  # noqa: E402
 WORKER = os.path.join(ROOT, "tools", "bench", "scaling_worker.py")
 CFG = os.path.join(ROOT, "configs", "deepseek_v3", "parallel_tiny.yaml")
 
@@ -37,6 +39,7 @@ def run(out: str, dp: int, steps: int, global_batch: int, port: int) -> dict:
 
 
 def main() -> None:
+    print(describe_cpu(), flush=True)   # every figure names its machine
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=2)

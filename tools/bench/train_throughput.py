@@ -23,6 +23,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+from tools.bench.machine import describe_cpu  # noqa: E402
 
 
 from mindformers_ds.models.deepseek.config import FUSED_OPS  # noqa: E402  (every fused op)
@@ -54,6 +55,7 @@ def gemm_peaks(n: int = 1024, repeat: int = 10) -> dict:
 
 
 def main() -> int:
+    print(describe_cpu(), flush=True)   # every figure names its machine
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/deepseek_v3/bench_512.yaml")
     ap.add_argument("--steps", type=int, default=10)
@@ -83,7 +85,7 @@ def main() -> int:
                   f"{res['tokens_per_sec']:.0f} tok/s, first step {res['first_step_s']:.1f} s, "
                   f"peak RSS {res['peak_rss_mb']:.0f} MB"), flush=True)
             runs[name].append(res)
-    summary = {"gemm_peak_tflops": peak, "gemm_peaks": peaks, "config": a.config, "stacks": {}}
+    summary = {"machine": describe_cpu(), "gemm_peak_tflops": peak, "gemm_peaks": peaks, "config": a.config, "stacks": {}}
     print(f"\n{'stack':16s} {'tok/s':>8s} {'tok/CPU-s':>10s} {'MFU':>6s} {'peak RSS MB':>12s} {'first step s':>13s}")
     for name, rs in runs.items():
         ok = [x for x in rs if "error" not in x]
