@@ -141,6 +141,7 @@ class CheckpointConfig:
     keep_last: int = 2
     format: str = "safetensors"         # safetensors | ckpt
     save_final: bool = True
+    async_save: bool = False            # write in a background thread after a host snapshot (checkpoint/async_save.py)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,22 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_an_explicit_one_is_refu
         manager.read_state(newest)
 
 
+def test_a_background_write_that_fails_raises_its_error_at_the_next_wait(tmp_path):
+    from mindformers_ds.checkpoint.async_save import BackgroundWriter
+    writer = BackgroundWriter()
+    root = str(tmp_path / "checkpoints")
+    arrays = manager.snapshot(_params([3.0]))
+    writer.submit(lambda: manager.write(root, 5, arrays, [], {}, {}, 2))
+    assert writer.wait() >= 0 and integrity.verify(manager.step_dir(root, 5)) is None
+    gone = str(tmp_path / "tokenizer.json")   # a side file that vanished before the write
+    writer.submit(lambda: manager.write(root, 6, arrays, [], {}, {}, 2, side_files={"tokenizer.json": gone}))
+    with pytest.raises(CheckpointError) as e:
+        writer.wait()
+    assert str(e.value) == (f"{manager.step_dir(root, 6)}/tokenizer.json: cannot be written (No such file or "
+                            "directory); step 6 is not saved and the checkpoints before it are untouched")
+    assert manager.complete_steps(root) == [5] and not [n for n in os.listdir(root) if n.startswith(".")]
+
+
 def test_pruning_never_lets_newer_bad_checkpoints_crowd_out_the_good_ones(tmp_path):
     """The fault probe's data loss: a damaged newest checkpoint was loaded and the next save pruned
     the last good one. After a fall back to step 2 (step 4 is bad), saving step 3 with keep_last=2

@@ -135,8 +135,8 @@ def test_split_and_merge_round_trip(finished_run, tmp_path):
                        "parallel.dp=2", "parallel.tp=2", "parallel.ep=2"])
     split_checkpoint(src, str(tmp_path / "shards"), run)
     # the checkpoint's tokenizer and run config travel with the shards
-    assert sorted(os.listdir(tmp_path / "shards")) == ["config.json", "layout.json", "rank_0", "rank_1", "rank_2",
-                                                         "rank_3", "run_config.yaml", "tokenizer.json",
+    assert sorted(os.listdir(tmp_path / "shards")) == ["config.json", "layout.json", "manifest.json", "rank_0", "rank_1",
+                                                         "rank_2", "rank_3", "run_config.yaml", "tokenizer.json",
                                                          "trainer_state.json"]
     merge_checkpoint(str(tmp_path / "shards"), str(tmp_path / "merged"))
     for fname in ("model.safetensors", "optimizer.safetensors"):

@@ -112,8 +112,10 @@ def test_two_workers_match_a_single_process(layout, reference, tmp_path):
     out = str(tmp_path / "run")
     train(out, **layout)
     ck = manager.latest(os.path.join(out, "checkpoints"))
-    assert sorted(os.listdir(ck)) == ["config.json", "layout.json", "rank_0", "rank_1", "run_config.yaml",
-                                      "tokenizer.json", "trainer_state.json"]   # the tokenizer and run config travel along
+    assert sorted(os.listdir(ck)) == ["config.json", "layout.json", "manifest.json", "rank_0", "rank_1",
+                                      "run_config.yaml", "tokenizer.json", "trainer_state.json"]   # the tokenizer and run config travel along
+    from mindformers_ds.checkpoint.integrity import verify
+    assert verify(ck) is None   # the manifest covers every rank's files
     if "tp" in layout:  # each rank holds half of the heads' projections
         with SafetensorsFile(os.path.join(ck, "rank_1", "model.safetensors")) as f:
             assert f.info("model.layers.0.self_attn.kv_b_proj.weight")[1][0] == 4 * (32 + 32) // 2

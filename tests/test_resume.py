@@ -1,5 +1,7 @@
 """Exact resume: a run killed with SIGKILL (once in the middle of a checkpoint save, once between
-saves) and resumed with `train.resume: auto` reproduces the uninterrupted run's losses and weights."""
+saves) and resumed with `train.resume: auto` reproduces the uninterrupted run's losses and weights.
+The killed run saves asynchronously (`checkpoint.async_save`: a background thread writes while
+training goes on), the uninterrupted one synchronously: the checkpoints are the same."""
 from __future__ import annotations
 
 import os
@@ -23,9 +25,9 @@ SETS = ["train.max_steps=12", "train.micro_batch_size=4", "train.grad_accum_step
         "model.intermediate_size=128", "model.moe_intermediate_size=32", "lr_schedule.warmup_steps=4"]
 
 
-def start(out, env=None):
+def start(out, env=None, extra=()):
     args = [sys.executable, "-m", "mindformers_ds", "train", "--config", DEMO, "--set", f"train.output_dir={out}"]
-    for s in SETS:
+    for s in [*SETS, *extra]:
         args += ["--set", s]
     return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -53,8 +55,10 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path):
     ref_out, out = str(tmp_path / "ref"), str(tmp_path / "killed")
     ref = start(ref_out)
 
-    # 1) SIGKILL in the middle of saving step 6: the model file is written, the rest is not
-    p = start(out, {"MFDS_FAULT_SAVE_PAUSE": "6:60"})
+    # 1) SIGKILL in the middle of saving step 6 (in the background writer, training going on): the
+    # model file is written, the rest is not
+    asynchronous = ("checkpoint.async_save=true",)
+    p = start(out, {"MFDS_FAULT_SAVE_PAUSE": "6:60"}, asynchronous)
     ckroot = os.path.join(out, "checkpoints")
     wait_for(lambda: os.path.isdir(ckroot) and any(n.startswith(".step_00000006") for n in os.listdir(ckroot)) and
              any(os.path.isfile(os.path.join(ckroot, n, "model.safetensors")) for n in os.listdir(ckroot)
@@ -64,14 +68,14 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path):
     assert manager.complete_steps(ckroot) == [3]            # the half-written step 6 is not a checkpoint
 
     # 2) resume, then SIGKILL between saves, after step 8 has been logged
-    p = start(out)
+    p = start(out, extra=asynchronous)
     wait_for(lambda: os.path.isfile(os.path.join(out, "metrics.jsonl")) and max(losses(out), default=0) >= 8, p)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert manager.complete_steps(ckroot)[-1] == 6
 
-    # 3) resume to the end
-    p = start(out)
+    # 3) resume to the end (which waits for the last background write)
+    p = start(out, extra=asynchronous)
     assert p.wait(timeout=600) == 0, p.stderr.read()
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
 
@@ -84,6 +88,8 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path):
         np.testing.assert_allclose(wb[name], wa[name], rtol=1e-6, atol=1e-7, err_msg=name)
     with SafetensorsFile(os.path.join(manager.latest(ckroot), "optimizer.safetensors")) as f:
         assert f.get_f32("optimizer.step") == 12
+    saves = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if r.get("type") == "save"]
+    assert saves and all(r["async"] for r in saves) and all(r["blocked_s"] >= 0 for r in saves)
     # the tokens seen are part of the training state: counted across the two resumes as without them
     ref_state = manager.read_state(manager.latest(os.path.join(ref_out, "checkpoints")))
     assert manager.read_state(manager.latest(ckroot))["tokens_seen"] == ref_state["tokens_seen"] > 0

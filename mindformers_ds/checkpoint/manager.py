@@ -36,8 +36,9 @@ def step_dir(root: str, step: int) -> str:
     return os.path.join(root, f"step_{step:08d}")
 
 
-def _arrays(params) -> List[Tuple[str, str, np.ndarray]]:
-    # np.array keeps 0-d tensors 0-d (np.ascontiguousarray would make the optimizer step [1])
+def snapshot(params) -> List[Tuple[str, str, np.ndarray]]:
+    """(name, tag, host copy) of each parameter: what a checkpoint writes, which later steps cannot change."""
+    # np.array copies, and keeps 0-d tensors 0-d (np.ascontiguousarray would make the optimizer step [1])
     return [(p.name, "F32", np.array(p.asnumpy(), np.float32, order="C")) for p in params]
 
 
@@ -51,20 +52,29 @@ def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequenc
          hf_config: Dict, keep_last: int, model_file: str = "model.safetensors",
          side_files: Optional[Dict[str, str]] = None) -> str:
     """`side_files`: the tokenizer and the run config, so the checkpoint is usable on its own."""
-    os.makedirs(root, exist_ok=True)
+    return write(root, step, snapshot(model_params), snapshot(optimizer_params), state, hf_config, keep_last,
+                 model_file, side_files)
+
+
+def write(root: str, step: int, model_arrays: Sequence, optimizer_arrays: Sequence, state: Dict,
+          hf_config: Dict, keep_last: int, model_file: str = "model.safetensors",
+          side_files: Optional[Dict[str, str]] = None) -> str:
+    """Write a checkpoint from `snapshot`s (safe in a background thread: async_save.py)."""
     final = step_dir(root, step)
-    tmp = tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root)
-    os.chmod(tmp, normal_mode(0o777))   # mkdtemp makes 0700; a checkpoint is a normal directory others may read
     writing = [final]   # the file being written, as it will be named, for the error
+    tmp = ""
 
     def into(name: str) -> str:
         writing[0] = os.path.join(final, name)
         return os.path.join(tmp, name)
     try:
-        write_safetensors(into(model_file), _arrays(model_params), {"layout": "mindspore"})
+        os.makedirs(root, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root)
+        os.chmod(tmp, normal_mode(0o777))   # mkdtemp makes 0700; a checkpoint is a normal directory others may read
+        write_safetensors(into(model_file), model_arrays, {"layout": "mindspore"})
         _fault_injection(step)
-        if optimizer_params:
-            write_safetensors(into("optimizer.safetensors"), _arrays(optimizer_params))
+        if optimizer_arrays:
+            write_safetensors(into("optimizer.safetensors"), optimizer_arrays)
         for name, src in (side_files or {}).items():
             shutil.copyfile(src, into(name))
         atomic_write_json(into("config.json"), hf_config)
@@ -80,7 +90,7 @@ def save(root: str, step: int, model_params: Sequence, optimizer_params: Sequenc
         raise CheckpointError(f"{writing[0]}: cannot be written ({e.strerror or e}); step {step} is not saved and "
                               f"the checkpoints before it are untouched") from None
     finally:
-        if os.path.isdir(tmp):
+        if tmp and os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     prune(root, keep_last, keep=step)
     return final

@@ -66,9 +66,8 @@ def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: 
         shutil.rmtree(tmp)  # leftovers of an interrupted save
     barrier()
     os.makedirs(mine, exist_ok=True)
-    arrays = lambda ps: [(p.name, "F32", np.array(p.asnumpy(), np.float32, order="C")) for p in ps]
-    write_safetensors(os.path.join(mine, "model.safetensors"), arrays(model_params), {"layout": "sharded"})
-    write_safetensors(os.path.join(mine, "optimizer.safetensors"), arrays(opt_params))
+    write_safetensors(os.path.join(mine, "model.safetensors"), manager.snapshot(model_params), {"layout": "sharded"})
+    write_safetensors(os.path.join(mine, "optimizer.safetensors"), manager.snapshot(opt_params))
     barrier()
     final = manager.step_dir(root, step)
     if ctx.rank == 0:

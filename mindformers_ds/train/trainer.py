@@ -11,7 +11,6 @@ Ctrl-C stops with one line naming the step, the newest checkpoint and how to res
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -40,8 +39,9 @@ from .interrupt import interruptible
 from .lora import adapter_parameters, apply_lora
 from .preflight import preflight
 from .run_data import build_run_data
+from .saving import CheckpointSaver
 from .schedule import learning_rate
-from ..parallel.executors import SaveRequest, executor_for
+from ..parallel.executors import executor_for
 from .setup import DistEnv, apply_freeze
 from .step import (AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters,
                    router_bias_rows)
@@ -189,6 +189,7 @@ class Trainer:
         self.data = build_run_data(cfg, self.tok, self.env.dp, self.env.dp_rank)
         self.loader, self.eval_rows = self.data.loader, self.data.eval_rows
         self._setup_model()
+        self.saver = CheckpointSaver(self)
         start = self._resume()
         metrics = MetricsWriter(os.path.join(self.out, "metrics.jsonl" if self.env.is_main else
                                              f"metrics_rank{self.env.rank}.jsonl"),
@@ -202,6 +203,7 @@ class Trainer:
                 log.info("held-out exact match before training: %.3f", summary["exact_match_before"])
                 metrics.write({"type": "eval", "step": 0, "exact_match": summary["exact_match_before"]})
             losses = self._loop(start, metrics, summary)
+            self.saver.finish()   # the last background write, if any (its error is raised here)
             summary["final_loss"] = losses[-1] if losses else None
             summary["first_loss"] = losses[0] if losses else None
             self._finish(summary, metrics)
@@ -228,6 +230,7 @@ class Trainer:
             with interruptible():
                 self._steps(start, metrics, timer, profile, state)
         except KeyboardInterrupt:
+            self.saver.finish()   # a background write completes: the message names it
             raise TrainingInterrupted(self._interrupted(state["done"])) from None
         finally:
             if state["bar"] is not None:
@@ -302,7 +305,7 @@ class Trainer:
         if t.eval_every and done_steps % t.eval_every == 0 and not done and self.eval_rows is not None:
             metrics.write({"type": "eval", "step": done_steps, **self._eval_loss()})
         if (ck.save_every and done_steps % ck.save_every == 0) or (done and ck.save_final):
-            self._save(done_steps, tokens_seen)
+            metrics.write(self.saver.save(done_steps, tokens_seen))
         return paused + time.perf_counter() - p0
 
     def _interrupted(self, done: int) -> str:
@@ -332,38 +335,6 @@ class Trainer:
         bar = desc if (self.cfg.logging.progress_bar and self.env.is_main) else None
         return exact_match(self._generator(), self.tok, recs, self.cfg.train.max_new_tokens, progress=bar)
 
-    def _side_files(self) -> Dict[str, str]:
-        """Files every checkpoint carries so it is usable alone: the tokenizer and the run config."""
-        files = {"tokenizer.json": self.tok.path, "run_config.yaml": os.path.join(self.out, "config.yaml")}
-        tok_cfg = os.path.join(os.path.dirname(self.tok.path), "tokenizer_config.json")
-        if os.path.isfile(tok_cfg):
-            files["tokenizer_config.json"] = tok_cfg
-        return {name: src for name, src in files.items() if os.path.isfile(src)}
-
-    def _save(self, step: int, tokens_seen: int) -> None:
-        state = {"tokens_seen": tokens_seen, "config": self.cfg.source}
-        request = SaveRequest(self.ckpt_root, step, list(self.model.get_parameters()), self.optimizer.state_parameters(),
-                              state, self.model.config.to_hf_dict(), self.cfg.checkpoint.keep_last, self._side_files(),
-                              self.opt_table)
-        path = self.executor.save_shards(request, self.env, self.table)   # None: one process, saved below
-        if path is not None:
-            self.last_checkpoint = path
-            log.info("saved checkpoint %s (rank %d of %d)", path, self.env.rank, self.env.world)
-            return
-        if not self.env.is_main:
-            return
-        if self.lora:
-            state["lora"] = {"base": self.cfg.model.pretrained, "seed": self.cfg.train.seed,
-                             **dataclasses.asdict(self.cfg.lora)}
-            params, filename = adapter_parameters(self.model), "adapter.safetensors"
-        else:
-            params, filename = list(self.model.get_parameters()), "model.safetensors"
-        path = ckpt.save(self.ckpt_root, step, params, self.optimizer.state_parameters(), state,
-                         self.model.config.to_hf_dict(), self.cfg.checkpoint.keep_last, model_file=filename,
-                         side_files=self._side_files())
-        self.last_checkpoint = path
-        log.info("saved checkpoint %s", path)
-
     def _finish(self, summary: Dict, metrics: MetricsWriter) -> None:
         last = self.cfg.train.max_steps
         if getattr(self, "profile_top_ops", None) is not None:
@@ -381,6 +352,6 @@ class Trainer:
             summary["examples"] = em["examples"]
             metrics.write({"type": "eval", "step": last, "exact_match": em["exact_match"]})
             log.info("held-out exact match after training: %.3f", em["exact_match"])
-        summary["checkpoint"] = getattr(self, "last_checkpoint", None) or ckpt.latest(self.ckpt_root)
+        summary["checkpoint"] = self.saver.last or ckpt.latest(self.ckpt_root)
         if self.env.is_main:
             atomic_write_json(os.path.join(self.out, "summary.json"), summary)

@@ -1,0 +1,89 @@
+"""The trainer's checkpoint saves: what a checkpoint holds (weights or LoRA adapters, AdamW's
+state, the training state, the HF config, the tokenizer and run config), who writes it (one
+process: the single-file format, checkpoint/manager.py; several: the executor's shards), and
+when (synchronously, or with `checkpoint.async_save` in a background thread after a host
+snapshot: checkpoint/async_save.py).
+
+Each save is reported as a metrics record {"type": "save", "step", "blocked_s", "async"}:
+`blocked_s` is the time the training loop waited (the whole write when synchronous; the
+snapshot and the wait for the previous write when asynchronous).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Dict, Optional
+
+from ..checkpoint import manager as ckpt
+from ..checkpoint.async_save import BackgroundWriter
+from ..parallel.executors import SaveRequest
+from .lora import adapter_parameters
+
+log = logging.getLogger("mindformers_ds.train")
+
+
+class CheckpointSaver:
+    def __init__(self, trainer):
+        self.t = trainer
+        cfg = trainer.cfg
+        self.asynchronous = cfg.checkpoint.async_save and trainer.env.world == 1
+        if cfg.checkpoint.async_save and trainer.env.world > 1:
+            log.warning("%s: checkpoint.async_save=true under %d workers saves synchronously: the sharded save "
+                        "synchronises the ranks (asynchronous saving is single-process for now)",
+                        cfg.origin("checkpoint.async_save"), trainer.env.world)
+        self.writer = BackgroundWriter()
+        self.last: Optional[str] = None
+
+    def side_files(self) -> Dict[str, str]:
+        """Files every checkpoint carries so it is usable alone: the tokenizer and the run config."""
+        t = self.t
+        files = {"tokenizer.json": t.tok.path, "run_config.yaml": os.path.join(t.out, "config.yaml")}
+        tok_cfg = os.path.join(os.path.dirname(t.tok.path), "tokenizer_config.json")
+        if os.path.isfile(tok_cfg):
+            files["tokenizer_config.json"] = tok_cfg
+        return {name: src for name, src in files.items() if os.path.isfile(src)}
+
+    def save(self, step: int, tokens_seen: int) -> Dict:
+        """Save the checkpoint of `step`; returns its metrics record."""
+        t0 = time.perf_counter()
+        t = self.t
+        state = {"tokens_seen": tokens_seen, "config": t.cfg.source}
+        request = SaveRequest(t.ckpt_root, step, list(t.model.get_parameters()), t.optimizer.state_parameters(),
+                              state, t.model.config.to_hf_dict(), t.cfg.checkpoint.keep_last, self.side_files(),
+                              t.opt_table)
+        path = t.executor.save_shards(request, t.env, t.table)   # None: one process, saved below
+        if path is not None:
+            self.last = path
+            log.info("saved checkpoint %s (rank %d of %d)", path, t.env.rank, t.env.world)
+        elif t.env.is_main:
+            self._save_single(step, state)
+        return {"type": "save", "step": step, "blocked_s": round(time.perf_counter() - t0, 4),
+                "async": self.asynchronous}
+
+    def _save_single(self, step: int, state: Dict) -> None:
+        t = self.t
+        if t.lora:
+            state["lora"] = {"base": t.cfg.model.pretrained, "seed": t.cfg.train.seed,
+                             **dataclasses.asdict(t.cfg.lora)}
+            params, filename = adapter_parameters(t.model), "adapter.safetensors"
+        else:
+            params, filename = list(t.model.get_parameters()), "model.safetensors"
+        args = (t.ckpt_root, step, ckpt.snapshot(params), ckpt.snapshot(t.optimizer.state_parameters()), state,
+                t.model.config.to_hf_dict(), t.cfg.checkpoint.keep_last, filename, self.side_files())
+        if not self.asynchronous:
+            self.last = ckpt.write(*args)
+            log.info("saved checkpoint %s", self.last)
+            return
+
+        def write_in_background() -> str:
+            path = ckpt.write(*args)
+            self.last = path
+            log.info("saved checkpoint %s (written in the background)", path)
+            return path
+        self.writer.submit(write_in_background)
+
+    def finish(self) -> float:
+        """Wait for the last background write (raising its error); the seconds waited."""
+        return self.writer.wait()
