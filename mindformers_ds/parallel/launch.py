@@ -26,7 +26,7 @@ import time
 from typing import List, Optional
 
 from ..utils.device import device_target
-from .restart import check_restarts, restart_from, wait_free
+from .restart import check_restarts, restart_from
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -48,6 +48,15 @@ def _state(pid: int) -> str:
             return f.read().split(")")[-1].split()[0]
     except (OSError, IndexError):
         return ""
+
+
+def _worker_pid(status_dir: str, rank: int) -> int:
+    """The pid a worker wrote to its status file (worker.py), 0 before it has."""
+    try:
+        with open(os.path.join(status_dir, f"rank_{rank}.pid")) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _alive(pid: int) -> bool:
@@ -86,13 +95,7 @@ def _watch_workers(proc: subprocess.Popen, local_ranks, status_dir: str, poll: f
                 if _state(pid) == "T":
                     stopped[r] = pid
             for r in local_ranks:
-                pid_file = os.path.join(status_dir, f"rank_{r}.pid")
-                if r in seen or not os.path.isfile(pid_file):
-                    continue
-                try:
-                    pid = int(open(pid_file).read().strip() or 0)
-                except (OSError, ValueError):
-                    continue
+                pid = 0 if r in seen else _worker_pid(status_dir, r)
                 if not pid:
                     continue
                 seen.add(r)
@@ -129,32 +132,43 @@ def master_port_for(master_port: Optional[int], nnodes: int, node_rank: int) -> 
             s.bind(("", 0))
             return s.getsockname()[1]
     port = MULTI_NODE_PORT if master_port is None else master_port
-    if node_rank == 0:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("", port))
-            except OSError as e:
-                raise ConfigError("--master-port", "master_port", f"port {port} is taken on this host ({e.strerror}): "
-                                  "another job's scheduler? choose another --master-port"
-                                  + (", or leave it out to get a free one" if nnodes == 1 else "")) from None
+    taken = _bind_error(port) if node_rank == 0 else None
+    if taken is not None:
+        raise ConfigError("--master-port", "master_port", f"port {port} is taken on this host ({taken.strerror}): "
+                          "another job's scheduler? choose another --master-port"
+                          + (", or leave it out to get a free one" if nnodes == 1 else ""))
+    return port
+
+
+def _bind_error(port: int) -> Optional[OSError]:
+    """Why `port` cannot be bound on this host, or None when it is free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            return e
+    return None
+
+
+def wait_free(port: int, timeout: float = 60.0) -> int:
+    """Wait until `port` can be bound again (a stopped job's scheduler released it); msrun names
+    it if it is still taken after `timeout`."""
+    t0 = time.time()
+    while _bind_error(port) is not None and time.time() - t0 < timeout:
+        time.sleep(0.5)
     return port
 
 
 def _stop_workers(status_dir: str, ranks) -> None:
     """SIGKILL every worker of `ranks` still alive (their pids are in the status files)."""
-    pids = []
-    for r in ranks:
-        try:
-            pids.append(int(open(os.path.join(status_dir, f"rank_{r}.pid")).read().strip() or 0))
-        except (OSError, ValueError):
-            continue
-    for pid in [p for p in pids if p and _alive(p)]:
+    pids = [p for p in (_worker_pid(status_dir, r) for r in ranks) if p]
+    for pid in [p for p in pids if _alive(p)]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     t0 = time.time()
-    while any(p and _alive(p) for p in pids) and time.time() - t0 < 10:
+    while any(_alive(p) for p in pids) and time.time() - t0 < 10:
         time.sleep(0.1)
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 from typing import Optional
 
 
@@ -61,17 +59,3 @@ def restart_from(cfg, dead) -> str:
     where = f"its newest checkpoint {newest} (step {step}, verified on load)" if newest else "step 0 (no checkpoint)"
     redo = f"; steps {step + 1}-{last} are redone" if last > step else ""
     return f"worker rank {rank} {why}; resuming from {where}{redo}"
-
-
-def wait_free(port: int, timeout: float = 60.0) -> int:
-    """Wait until `port` can be bound again (the stopped job's scheduler released it)."""
-    t0 = time.time()
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("", port))
-                return port
-            except OSError:
-                if time.time() - t0 > timeout:
-                    return port   # msrun will name it if it is still taken
-        time.sleep(0.5)
