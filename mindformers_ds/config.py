@@ -92,6 +92,8 @@ class TrainConfig:
     max_restarts: int = 0               # mfds launch: restarts after a dead or frozen worker (parallel/restart.py)
     nan_policy: str = "stop"            # stop | skip
     freeze: List[str] = field(default_factory=list)   # name patterns, e.g. ["*.mlp.gate.*", "model.embed_tokens.*"]
+    indexer_stage: str = "frozen"       # frozen | dense_warmup | sparse: V3.2/V4 indexer training (indexer_loss.py)
+    indexer_loss_weight: float = 1.0    # the indexers' KL in the loss (dense_warmup and sparse)
     exact_match_samples: int = 0        # held-out samples scored by greedy generation (demo task)
     check_memory: bool = True           # refuse a CPU run whose estimated peak exceeds this machine's memory
     max_new_tokens: int = 16
@@ -222,6 +224,16 @@ def _validate(cfg: RunConfig, origins: Origins, check_paths: bool = True) -> Non
     need(t.grad_accum_steps > 0, "train.grad_accum_steps", f"train.grad_accum_steps={t.grad_accum_steps} must be > 0")
     need(t.max_grad_norm >= 0, "train.max_grad_norm", f"train.max_grad_norm={t.max_grad_norm} must be >= 0")
     _choice(t.nan_policy, ("stop", "skip"), "train.nan_policy", o)
+    _choice(t.indexer_stage, ("frozen", "dense_warmup", "sparse"), "train.indexer_stage", o)
+    has_indexer = cfg.model.index_topk > 0 and (not cfg.model.is_v4 or
+                                                "compressed_sparse_attention" in cfg.model.layer_types)
+    need(t.indexer_stage == "frozen" or has_indexer, "train.indexer_stage",
+         f"train.indexer_stage={t.indexer_stage!r} trains a Lightning Indexer, but model.model_type="
+         f"{cfg.model.model_type!r} has none (deepseek_v32, or deepseek_v4 with CSA layers)")
+    need(t.indexer_loss_weight > 0, "train.indexer_loss_weight",
+         f"train.indexer_loss_weight={t.indexer_loss_weight} must be > 0")
+    need(t.indexer_stage == "frozen" or not cfg.lora.enabled, "train.indexer_stage",
+         f"train.indexer_stage={t.indexer_stage!r} trains the indexers' own weights; it cannot run with lora.enabled")
     pr = t.profile
     need(pr.start_step >= 0 and pr.steps >= 0, "train.profile",
          f"train.profile start_step={pr.start_step} and steps={pr.steps} must be >= 0")

@@ -13,6 +13,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from .models.deepseek import results as R
+
 
 class _Prefill(nn.Cell):
     def __init__(self, model):
@@ -26,7 +28,8 @@ class _Prefill(nn.Cell):
         b, s = input_ids.shape
         h = m.first_hidden(input_ids)
         write = ops.ones((b, s, 1), h.dtype)
-        h, _, _, caches = m.run_layers(h, m.layer_inputs(input_ids), m.empty_caches(b, s, h.dtype), write)
+        run = m.run_layers(h, m.layer_inputs(input_ids), m.empty_caches(b, s, h.dtype), write)
+        h, caches = run[R.HIDDEN], run[R.CACHES]
         logits = m.head(m.last_hidden(h))
         idx = last.reshape(-1, 1, 1).broadcast_to((b, 1, logits.shape[2]))
         return ops.gather_elements(logits, 1, idx).squeeze(1), caches
@@ -43,7 +46,8 @@ class _Decode(nn.Cell):
         b = token.shape[0]
         inputs, write = m.decode_inputs(pos, caches[0].shape[1])
         h = m.first_hidden(token.reshape(b, 1))
-        h, _, _, new = m.run_layers(h, inputs, caches, write.astype(h.dtype))
+        run = m.run_layers(h, inputs, caches, write.astype(h.dtype))
+        h, new = run[R.HIDDEN], run[R.CACHES]
         return m.head(m.last_hidden(h)).squeeze(1), new
 
 

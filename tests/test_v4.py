@@ -101,7 +101,7 @@ class _Indexer(ms.nn.Cell):
 
     def construct(self, x, q_resid, positions):
         cos, sin = self.rotary(positions)[1]
-        return self.indexer(x, q_resid, cos, sin, positions)
+        return self.indexer(x, q_resid, cos, sin, positions)[:2]
 
 
 def test_parameters_are_the_shape_table_and_transformers_names(hf_v4):

@@ -1,5 +1,6 @@
 """What a training step's metrics record holds beyond the losses: throughput, model FLOPs and
-MFU, the time split, peak memory, and the experts' load, imbalance and router bias.
+MFU, the time split, peak memory, the experts' load, imbalance and router bias, and the trained
+indexers' KL and recall.
 
 Time split of a step (wall time from the end of the previous step's compute to the end of
 this one's, saves and evaluations excluded):
@@ -74,6 +75,17 @@ def expert_stats(load: np.ndarray, biases: List[np.ndarray]) -> Dict:
     if biases:
         rec["router_bias"] = [np.round(b.astype(np.float64), 6).tolist() for b in biases]
     return rec
+
+
+def indexer_stats(table: np.ndarray) -> Dict:
+    """The trained indexers' telemetry of a step (models/deepseek/indexer_loss.py): per layer with
+    an indexer, the mean KL(attention || indexer) and the recall@k of dense attention mass."""
+    rows = {i: (float(kl / n), float(recall / n))
+            for i, (kl, recall, n) in enumerate(table.reshape(-1, 3) if table.size else []) if n > 0}
+    if not rows:
+        return {}
+    return {"indexer_layers": list(rows), "indexer_kl": [round(kl, 6) for kl, _ in rows.values()],
+            "indexer_recall": [round(r, 6) for _, r in rows.values()]}
 
 
 def steady_state(records: List[Dict]) -> Dict:

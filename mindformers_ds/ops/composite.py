@@ -62,18 +62,22 @@ class MlaAttentionCore(nn.Cell):
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul()
 
-    def construct(self, q, q_pe, kv, k_pe, bias, scale):
+    def scores(self, q, q_pe, kv, k_pe):
+        """The unscaled scores q_nope k_nope^T + q_pe k_pe^T [B, H, Sq, Sk] (float32)."""
         b, sq, h, dq = q.shape
         dr = q_pe.shape[-1]
         dn, sk = dq - dr, kv.shape[1]
         q_nope = q[..., :dn].transpose(0, 2, 1, 3)
-        kv = kv.transpose(0, 2, 1, 3)
-        k_nope, v = kv[..., :dn], kv[..., dn:]
+        k_nope = kv[..., :dn].transpose(0, 2, 1, 3)
         scores = self.bmm_nt(q_nope, k_nope)
         # the shared rotary key: one [B, H*Sq, Dr] x [B, Sk, Dr]^T product instead of H copies of k_pe
         scores_pe = self.bmm_nt(q_pe.reshape(b, h * sq, dr), k_pe).reshape(b, h, sq, sk)
-        scores = (scores + scores_pe).astype(ms.float32) * scale + bias
-        probs = ops.softmax(scores, -1).astype(v.dtype)
+        return (scores + scores_pe).astype(ms.float32)
+
+    def construct(self, q, q_pe, kv, k_pe, bias, scale):
+        dn = q.shape[-1] - q_pe.shape[-1]
+        v = kv[..., dn:].transpose(0, 2, 1, 3)
+        probs = ops.softmax(self.scores(q, q_pe, kv, k_pe) * scale + bias, -1).astype(v.dtype)
         return self.bmm(probs, v).transpose(0, 2, 1, 3)
 
 

@@ -15,6 +15,8 @@ facts state, models/deepseek/facts/), never from the cell:
     any other parameter split      a zero parameter of its slice's shape (V4's per-head sinks)
     SharedAcrossHeads              f over tp, in a block whose linears are split over tp (MLA's
                                    k_pe, V4's shared-KV keys feed only this rank's heads)
+    SummedOverHeads                g over tp in such a block (the indexer's training target sums
+                                   the probabilities of every head)
 
 Parameters keep their names (utils/cells.replace_cell) and are zeros: values come afterwards
 from `init_weights` / loading with the table's slicer, so it is applied to a freshly built model.
@@ -26,7 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Dict
 
-from ..models.deepseek.layers import Linear, SharedAcrossHeads, zeros_param
+from ..models.deepseek.layers import Linear, SharedAcrossHeads, SummedOverHeads, zeros_param
 from ..models.deepseek.moe import Experts
 from ..models.deepseek.v4_attention import GroupedLinear
 from ..utils.cells import find_cells, replace_cell
@@ -78,11 +80,13 @@ def parallelize(model, table: Dict[str, ParamLayout], ctx) -> Dict[str, int]:
             done["grouped linear by head groups"] += 1
             tp_split_blocks.append(name.rpartition(".")[0] + ".")
     done.update(_split_remaining_parameters(model, table, ctx))
-    for name in sorted(find_cells(model, lambda n, c: isinstance(c, SharedAcrossHeads))):
-        block = name.rpartition(".")[0] + "."
-        if any(linear.startswith(block) for linear in tp_split_blocks):
-            replace_cell(model, name, ctx.collective("copy_to", "tp"))
-            done["shared activation of split heads"] += 1
+    for mark, collective, what in ((SharedAcrossHeads, "copy_to", "shared activation of split heads"),
+                                   (SummedOverHeads, "reduce_from", "sum over split heads")):
+        for name in sorted(find_cells(model, lambda n, c: isinstance(c, mark))):
+            block = name.rpartition(".")[0] + "."
+            if any(linear.startswith(block) for linear in tp_split_blocks):
+                replace_cell(model, name, ctx.collective(collective, "tp"))
+                done[what] += 1
     return dict(done)
 
 

@@ -53,7 +53,9 @@ class PipelineRunner:
 
     def run(self, micro: List[List[ms.Tensor]], scales: List[ms.Tensor]):
         """`micro`: per micro-batch [input_ids, labels, position_ids, segment_ids] -> (grads, parts)."""
-        grads, sums = None, np.zeros(len(R.STEP_PARTS) - 1, np.float64)
+        scalars = [k for k in R.STEP_PARTS if k != R.LOAD and k not in R.SUMMED_TENSORS]
+        grads, sums = None, np.zeros(len(scalars), np.float64)
+        tensors = {}   # results.SUMMED_TENSORS: every stage's rows, zeros where another stage's
         load = np.zeros((self.num_rows, self.experts), np.float64)
         held, dhs = {}, {}                      # (mb, vs) -> input activation / incoming gradient
         dummy = ms.Tensor(np.zeros((1,), np.float32))
@@ -75,7 +77,9 @@ class PipelineRunner:
                 outs, dh_in, g = self.backward[op.virtual](held.pop(key), *micro[op.micro], dh, *scales)
                 grads = g if grads is None else self.accumulate(grads, g)
                 parts = R.named(outs)
-                sums += np.array([float(parts[k].asnumpy()) for k in R.STEP_PARTS if k != R.LOAD])
+                sums += np.array([float(parts[k].asnumpy()) for k in scalars])
+                for k in R.SUMMED_TENSORS:
+                    tensors[k] = tensors.get(k, 0) + parts[k].asnumpy().astype(np.float64)
                 if self.rows[op.virtual]:
                     load[self.rows[op.virtual]] += parts[R.LOAD].asnumpy()
                 if op.virtual > 0:
@@ -87,10 +91,14 @@ class PipelineRunner:
             self._exchange(row, micro, sent_act, sent_grad, held, dhs)
         total = time.perf_counter() - t_start
         self.stats = {"busy": busy, "total": total, "idle_fraction": 1.0 - busy / max(total, 1e-9)}
-        summed = self.sum(ms.Tensor(np.concatenate([sums, load.reshape(-1)]).astype(np.float32))).asnumpy()
-        names = [k for k in R.STEP_PARTS if k != R.LOAD]
-        parts = dict(zip(names, summed[:len(names)]))
-        parts[R.LOAD] = summed[len(names):].reshape(load.shape) if self.num_rows else np.zeros((0,), np.float32)
+        extra = [np.asarray(tensors.get(k, np.zeros((0,)))) for k in R.SUMMED_TENSORS]
+        flat = np.concatenate([sums, load.reshape(-1)] + [t.reshape(-1) for t in extra]).astype(np.float32)
+        summed = self.sum(ms.Tensor(flat)).asnumpy()
+        parts = dict(zip(scalars, summed[:len(scalars)]))
+        at = len(scalars) + load.size
+        parts[R.LOAD] = summed[len(scalars):at].reshape(load.shape) if self.num_rows else np.zeros((0,), np.float32)
+        for k, t in zip(R.SUMMED_TENSORS, extra):
+            parts[k], at = summed[at:at + t.size].reshape(t.shape), at + t.size
         return grads, parts
 
     def whole_model_biases(self, biases: List[np.ndarray], rows: List[int]) -> List[np.ndarray]:

@@ -8,10 +8,10 @@ both copies stay equal. Every other cell is replaced by a parameter-free `Droppe
 
 Per virtual stage vs with layers [a, b):
     forward   h_out = layers_a..b-1(h_in)              (h_in = the embedding on vs 0)
-    backward  value_and_grad of  sum(h_out * dh_out) + aux * aux_scale  w.r.t. (h_in, weights):
-              exactly the vector-Jacobian product the incoming gradient dh_out asks for, plus the
-              stage's balance-loss term; on the last virtual stage the scalar is the scaled loss
-              itself (train/step.scaled_loss).
+    backward  value_and_grad of  sum(h_out * dh_out) + (aux + w * index_kl) * aux_scale  w.r.t.
+              (h_in, weights): exactly the vector-Jacobian product the incoming gradient dh_out
+              asks for, plus the stage's balance-loss and indexer-KL terms; on the last virtual
+              stage the scalar is the scaled loss itself (train/step.scaled_loss).
 MindSpore's graph mode keeps no tape between two graph calls, so the backward graph runs the
 stage's forward again: the pipeline's backward is a stage-level recompute (what is kept between
 a forward and its backward is the stage's input only).
@@ -24,6 +24,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ..models.deepseek import results as R
+from ..models.deepseek.indexer_loss import index_loss
 from ..train.step import scaled_loss
 from ..utils.cells import replace_cell
 
@@ -60,11 +61,12 @@ class StageChunk(nn.Cell):
         inputs = self.model.layer_inputs(input_ids, position_ids, segment_ids)
         if self.first:
             h = self.model.residual_input(input_ids)
-        h, loads, aux, _ = self.model.run_layers(h, inputs, None, None, self.start, self.stop)
+        run = self.model.run_layers(h, inputs, None, None, self.start, self.stop)
         if self.last:
-            return self.model.train_heads(h, inputs, loads, aux, input_ids, labels, segment_ids)
+            return self.model.train_heads(run, inputs, input_ids, labels, segment_ids)
+        loads = run[R.LOADS]
         load = ops.stack(loads).astype(ms.float32) if loads else ops.zeros((0,), ms.float32)
-        return {R.HIDDEN: h, R.LOAD: load, R.AUX: aux}
+        return {R.HIDDEN: run[R.HIDDEN], R.LOAD: load, R.AUX: run[R.AUX], R.INDEX_STATS: run[R.INDEX_STATS]}
 
 
 class ChunkForward(nn.Cell):
@@ -90,11 +92,13 @@ class ChunkObjective(nn.Cell):
                   aux_scale):
         out = self.chunk(h, input_ids, labels, position_ids, segment_ids)
         if self.chunk.last:
-            return scaled_loss(out, inv_lm_tokens, inv_mtp_tokens, aux_scale, self.has_mtp, self.mtp_factor)
+            return scaled_loss(out, inv_lm_tokens, inv_mtp_tokens, aux_scale, self.has_mtp, self.mtp_factor,
+                               self.chunk.model.index_weight)
         zero = ops.zeros((), ms.float32)
-        own = out[R.AUX] * aux_scale
+        index_kl = index_loss(out[R.INDEX_STATS], self.chunk.model.index_stage)
+        own = (out[R.AUX] + self.chunk.model.index_weight * index_kl) * aux_scale
         parts = {R.LOSS: own, R.LM_SUM: zero, R.LM_COUNT: zero, R.MTP_SUM: zero, R.MTP_COUNT: zero,
-                 R.AUX: out[R.AUX], R.LOAD: out[R.LOAD]}
+                 R.AUX: out[R.AUX], R.INDEX_KL: index_kl, R.LOAD: out[R.LOAD], R.INDEX_STATS: out[R.INDEX_STATS]}
         return (out[R.HIDDEN] * dh).sum() + own, parts
 
 

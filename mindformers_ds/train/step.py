@@ -72,13 +72,16 @@ class LossCell(nn.Cell):
 
     def construct(self, input_ids, labels, position_ids, segment_ids, inv_lm_tokens, inv_mtp_tokens, aux_scale):
         parts = self.model.forward_train(input_ids, labels, position_ids, segment_ids)
-        return scaled_loss(parts, inv_lm_tokens, inv_mtp_tokens, aux_scale, self.has_mtp, self.mtp_factor)
+        return scaled_loss(parts, inv_lm_tokens, inv_mtp_tokens, aux_scale, self.has_mtp, self.mtp_factor,
+                           self.model.index_weight)
 
 
-def scaled_loss(parts, inv_lm_tokens, inv_mtp_tokens, aux_scale, has_mtp: bool, mtp_factor: float):
+def scaled_loss(parts, inv_lm_tokens, inv_mtp_tokens, aux_scale, has_mtp: bool, mtp_factor: float,
+                index_weight: float = 0.0):
     """The loss one micro-batch contributes to the global token-mean (graph code; a pipeline's
-    last stage uses it too): (loss, parts with LOSS added)."""
-    loss = parts[R.LM_SUM] * inv_lm_tokens + parts[R.AUX] * aux_scale
+    last stage uses it too): (loss, parts with LOSS added). The balance loss and the indexers'
+    KL (a mean per micro-batch) enter as the mean over the global batch's micro-batches."""
+    loss = parts[R.LM_SUM] * inv_lm_tokens + (parts[R.AUX] + index_weight * parts[R.INDEX_KL]) * aux_scale
     if has_mtp:
         loss = loss + mtp_factor * parts[R.MTP_SUM] * inv_mtp_tokens
     parts[R.LOSS] = loss

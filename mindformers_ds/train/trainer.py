@@ -31,7 +31,7 @@ from ..generation import Generator
 from ..models.deepseek import results as R
 from ..observe.peak import peak_tflops
 from ..observe.profiling import ProfileWindow
-from ..observe.step_metrics import StepMetrics, expert_stats, steady_state
+from ..observe.step_metrics import StepMetrics, expert_stats, indexer_stats, steady_state
 from ..utils.io import atomic_write_json
 from ..utils.logging import MetricsWriter, setup_logging
 from .evaluation import EvalSums, eval_loss, exact_match
@@ -42,6 +42,8 @@ from .run_data import build_run_data
 from .saving import CheckpointSaver
 from .schedule import learning_rate
 from ..parallel.executors import executor_for
+from .indexer_training import (apply_indexer_stage, fresh_optimizer_note, optimizer_state_matches,
+                               saved_tensor_names)
 from .setup import DistEnv, apply_freeze
 from .step import (AccumulateGrads, ApplyStep, GradStep, LossCell, TrainStep, router_bias_parameters,
                    router_bias_rows)
@@ -69,6 +71,7 @@ class Trainer:
                  self.env.world, "s" if self.env.world > 1 else "")
         self.table = self.executor.layout(cfg, self.env)
         self.model = self.executor.build(cfg, self.env, self.table)
+        self.indexer_names = apply_indexer_stage(self.model, cfg.train.indexer_stage, cfg.train.indexer_loss_weight)
         frozen = apply_freeze(self.model, cfg.train.freeze)
         self.lora = cfg.lora.enabled
         if self.lora:
@@ -88,13 +91,15 @@ class Trainer:
         log.info("optimizer state on rank %d: %.2f MB (%s)", self.env.rank, self.opt_state_mb,
                  f"ZeRO-1: {len(self.optimizer.zero_axes)} tensors sharded" if self.optimizer.zero_axes else "whole")
         grad_step = GradStep(LossCell(self.model), trainable)
-        # LoRA keeps the whole base model fixed, router correction biases included
-        biases = [] if self.lora else router_bias_parameters(self.model)
+        # LoRA and the indexers' dense warm-up keep the whole base model fixed, router correction
+        # biases included
+        fixed = self.lora or cfg.train.indexer_stage == "dense_warmup"
+        biases = [] if fixed else router_bias_parameters(self.model)
         reducer, global_norm, self.sum_parts = self.executor.collectives(trainable, self.table, self.env, cfg,
                                                                              self.optimizer)
         self.pipeline = self.executor.pipeline(self.model, trainable, cfg, self.env)  # None: no pipeline stages
         apply_step = ApplyStep(self.optimizer, biases, cfg.model.bias_update_rate, cfg.train.max_grad_norm,
-                               reducer, global_norm, [] if self.lora else router_bias_rows(self.model),
+                               reducer, global_norm, [] if fixed else router_bias_rows(self.model),
                                fused_ops=cfg.model.fused_ops)
         self.grad_step, self.apply_step = grad_step, apply_step
         self.fused_step = self.executor.wrap(TrainStep(grad_step, apply_step), cfg)
@@ -112,8 +117,11 @@ class Trainer:
         else:
             # any layout: a single-process checkpoint, or the shards of another parallel layout
             self.executor.load(path, "model.safetensors", list(self.model.get_parameters()), self.table, self.env)
-            self.executor.load(path, "optimizer.safetensors", self.optimizer.state_parameters(), self.opt_table,
-                               self.env)
+            state, saved = self.optimizer.state_parameters(), saved_tensor_names(path, "optimizer.safetensors")
+            if optimizer_state_matches(saved, state):
+                self.executor.load(path, "optimizer.safetensors", state, self.opt_table, self.env)
+            else:   # another indexer stage (or freeze list) trained other parameters
+                log.warning(fresh_optimizer_note(path, saved, state))
         saved = ckpt.read_state(path)
         step, self.resumed_tokens = int(saved["step"]), int(saved.get("tokens_seen", 0))   # part of the state
         log.info("resumed from %s at step %d", path, step)
@@ -168,6 +176,9 @@ class Trainer:
             summed = self.sum_parts(ms.Tensor(np.array([parts[k] for k in R.LOSS_SUMS], np.float32))).asnumpy()
             parts.update(zip(R.LOSS_SUMS, summed))
             parts[R.LOAD] = self.sum_parts(ms.Tensor(parts[R.LOAD])).asnumpy()
+            for k in R.SUMMED_TENSORS:
+                if parts[k].size:
+                    parts[k] = self.sum_parts(ms.Tensor(parts[k].astype(np.float32))).asnumpy()
         return batch, parts, float(norm.asnumpy()), bool(finite.asnumpy()), float(lr.asnumpy())
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -288,6 +299,7 @@ class Trainer:
                 if self.pipeline is not None:   # every stage's biases (a collective: every rank logs here)
                     values = self.pipeline.whole_model_biases(values, router_bias_rows(self.model))
                 rec.update(expert_stats(parts[R.LOAD], values))
+                rec.update(indexer_stats(parts[R.INDEX_STATS]))
                 metrics.write(rec)
                 log.info("step %d loss %.4f lr %.2e grad_norm %.3f %.0f tok/s mfu %.1f%%", step + 1, lm_loss, lr,
                          norm, rec["tokens_per_sec"], 100 * rec["mfu"])

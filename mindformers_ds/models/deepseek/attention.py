@@ -16,7 +16,8 @@ from mindspore import nn, ops, Tensor
 
 from ...ops import choice, composite
 from .config import DeepseekConfig, RopeScaling, yarn_mscale
-from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads
+from .indexer_loss import head_target, index_stats
+from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads, SummedOverHeads
 
 MASK_VALUE = -1e30  # added to masked scores in float32; exp() of it is exactly 0
 
@@ -97,9 +98,12 @@ class MLAttention(nn.Cell):
         self.core = choice.operator("mla_attention", c.fused_ops, scale=self.scale, dtype=dt)
         self.compute_dtype = dt
         self.has_indexer = c.index_topk > 0  # V3.2: DeepSeek Sparse Attention
+        self.index_stage, self.reports_index = "frozen", False   # set by CausalLM.set_indexer_stage
         if self.has_indexer:
             from .indexer import LightningIndexer
             self.indexer = LightningIndexer(c)
+            self.probs = MlaProbabilities()
+            self.heads_summed = SummedOverHeads()
 
     def project_kv_latent(self, x, cos, sin):
         """The per-token cache of MLA: normalised latent c_kv [B, S, r] and rotated k_pe [B, S, d_rope]."""
@@ -120,11 +124,14 @@ class MLAttention(nn.Cell):
         q_pe = q[..., self.nope_dim:].transpose(0, 2, 1, 3)
         return q, self.rope(q_pe, cos, sin, self.interleave), q_resid
 
-    def attend(self, q, q_pe, c_kv, k_pe, mask):
-        """Attention of queries (project_q's layouts) over latent keys [B, Sk, *]; mask [B|1, 1, Sq, Sk] (bool)."""
+    def expand_kv(self, c_kv):
+        """[k_nope, v] per head [B, Sk, H, Dn+Dv] from the latents [B, Sk, r]."""
+        return self.kv_b_proj(c_kv).reshape(c_kv.shape[0], c_kv.shape[1], -1, self.nope_dim + self.v_dim)
+
+    def attend(self, q, q_pe, kv, k_pe, mask):
+        """Attention of queries (project_q's layouts) over keys [B, Sk, *] (expand_kv's layout and
+        k_pe); mask [B|1, 1, Sq, Sk] (bool)."""
         b, sq = q.shape[0], q.shape[1]
-        sk = c_kv.shape[1]
-        kv = self.kv_b_proj(c_kv).reshape(b, sk, -1, self.nope_dim + self.v_dim)
         # The mask enters as an additive [B|1, 1, Sq, Sk] bias (0 or MASK_VALUE, exact in float32),
         # shared by the heads: a `where` against a full-size fill kept two more [B, H, Sq, Sk]
         # tensors per layer alive for the backward.
@@ -133,11 +140,24 @@ class MLAttention(nn.Cell):
         return self.o_proj(out.reshape(b, sq, -1))
 
     def construct(self, x, cos, sin, mask):
+        """-> out [B, S, hidden]; with an indexer in a training stage (out, its stats row:
+        indexer_loss.index_stats)."""
         q, q_pe, q_resid = self.project_q(x, cos, sin)
         c_kv, k_pe = self.project_kv_latent(x, cos, sin)
-        if self.has_indexer:  # each query attends only to the keys the indexer picks
-            mask = self.indexer(x, q_resid, cos, sin, mask)[0]
-        return self.attend(q, q_pe, c_kv, k_pe, mask)
+        kv = self.expand_kv(c_kv)
+        if not self.has_indexer:
+            return self.attend(q, q_pe, kv, k_pe, mask)
+        sparse_mask, _, index = self.indexer(x, q_resid, cos, sin, mask)
+        if not self.reports_index:  # each query attends only to the keys the indexer picks
+            return self.attend(q, q_pe, kv, k_pe, sparse_mask)
+        dense = ops.broadcast_to(mask, sparse_mask.shape)
+        attended = dense if self.index_stage == "dense_warmup" else sparse_mask
+        out = self.attend(q, q_pe, kv, k_pe, attended)
+        dense_p, attended_p = self.probs(q, q_pe, kv, k_pe, dense, attended, self.scale)
+        chosen = sparse_mask[:, 0]
+        dense_target, _ = head_target(self.heads_summed(dense_p.sum(1)), dense[:, 0])
+        target, valid = head_target(self.heads_summed(attended_p.sum(1)), attended[:, 0])
+        return out, index_stats(index, target, valid, attended[:, 0], dense_target, chosen)
 
     def forward_cached(self, x, cos, sin, mask, cache_c, cache_k, write):
         """Attention through a latent cache [B, L, *]: the new tokens' latents are blended in where
@@ -147,4 +167,21 @@ class MLAttention(nn.Cell):
         c_new, k_new = self.project_kv_latent(x, cos, sin)
         cache_c = cache_c * (1.0 - write) + c_new * write
         cache_k = cache_k * (1.0 - write) + k_new * write
-        return self.attend(q, q_pe, cache_c, cache_k, mask), cache_c, cache_k
+        return self.attend(q, q_pe, self.expand_kv(cache_c), cache_k, mask), cache_c, cache_k
+
+
+class MlaProbabilities(nn.Cell):
+    """The attention probabilities the indexer's training reads, under the dense mask and under
+    the mask attention used (the same in the dense warm-up), [B, H, S, T] each. Detached: a
+    target, never a path for gradients. Its own composite scores, whichever core attention runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.core = composite.MlaAttentionCore()
+
+    def construct(self, q, q_pe, kv, k_pe, dense, attended, scale):
+        raw = self.core.scores(ops.stop_gradient(q), ops.stop_gradient(q_pe), ops.stop_gradient(kv),
+                               ops.stop_gradient(k_pe)) * scale
+        dense_p = ops.softmax(raw + (1.0 - dense.astype(ms.float32)) * MASK_VALUE, -1)
+        attended_p = ops.softmax(raw + (1.0 - attended.astype(ms.float32)) * MASK_VALUE, -1)
+        return dense_p, attended_p

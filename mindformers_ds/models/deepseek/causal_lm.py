@@ -19,6 +19,7 @@ from mindspore import nn, ops
 from ...ops import choice
 from . import results as R
 from .config import DeepseekConfig
+from .indexer_loss import index_loss, stats_row
 from .layers import DTYPES, Linear, SequenceGather, SequenceShard
 
 IGNORE_INDEX = -100
@@ -71,6 +72,9 @@ class CausalLM(nn.Cell):
         self.generators = {}  # (batch, length, cache) -> the compiled decoder `generate` reuses
         # the residual stream's ends (sequence parallelism splits what lies between: layers.py)
         self.sequence_in, self.sequence_out = SequenceShard(), SequenceGather()
+        # the indexers' training (indexer_loss.py): frozen unless set_indexer_stage says otherwise
+        self.index_stage, self.index_weight = "frozen", 0.0
+        self.index_rows = c.num_hidden_layers + c.mtp_depth   # rows of INDEX_STATS
 
     # ---- what a family provides ---------------------------------------------------------
     @staticmethod
@@ -101,29 +105,56 @@ class CausalLM(nn.Cell):
 
     def run_layers(self, h, inputs, caches=None, write=None, start=0, stop=None):
         """The decoder layers start..stop-1 (default: all) over h with the bundle `inputs`:
-        training and recompute (caches None) -> (h, expert loads of the MoE layers, balance loss,
-        ()); prefill and decode through the MLA latent caches (c_0, k_0, c_1, k_1, ...;
-        kv_cache.py) -> (h, (), 0, new caches). A pipeline stage runs its own range."""
+        training and recompute (caches None) -> {HIDDEN, LOADS (the MoE layers' expert loads),
+        AUX (balance loss), INDEX_STATS (the indexers' rows, indexer_loss.py), CACHES ()}; prefill
+        and decode through the MLA latent caches (c_0, k_0, c_1, k_1, ...; kv_cache.py) ->
+        the same with CACHES the new caches. A pipeline stage runs its own range."""
         loads, new = (), ()
         aux = ops.zeros((), ms.float32)
+        index = self.empty_index_stats()
         for i in range(start, self.num_layers if stop is None else stop):
             layer = self.model.layers[i]
             if caches is None:
-                h, counts, layer_aux = layer(h, inputs)
+                h, counts, layer_aux, stats = layer(h, inputs)
                 if counts is not None:
                     loads = loads + (counts,)
                 aux = aux + layer_aux
+                if stats is not None:
+                    index = index + stats_row(stats, i, self.index_rows)
             else:
                 h, cache_c, cache_k = layer.forward_cached(h, inputs, caches[2 * (i - start)],
                                                           caches[2 * (i - start) + 1], write)
                 new = new + (cache_c, cache_k)
-        return h, loads, aux, new
+        return {R.HIDDEN: h, R.LOADS: loads, R.AUX: aux, R.INDEX_STATS: index, R.CACHES: new}
+
+    def empty_index_stats(self):
+        """The zero INDEX_STATS table: [layers + MTP, 3] when an indexer trains, else 0-size."""
+        if self.index_stage == "frozen":
+            return ops.zeros((0,), ms.float32)
+        return ops.zeros((self.index_rows, 3), ms.float32)
+
+    def set_indexer_stage(self, stage: str, weight: float = 1.0) -> list:
+        """Before the first compile: the indexers' training stage (indexer_loss.STAGES) on every
+        layer with an indexer, and the KL's weight in the loss; -> the indexers' parameters, which
+        train in every stage but `frozen` (train/indexer_training.py freezes the rest in
+        `dense_warmup`)."""
+        self.index_stage, self.index_weight = stage, float(weight) if stage != "frozen" else 0.0
+        params = []
+        for layer in self.model.layers:
+            attn = getattr(layer, "self_attn", None)
+            if attn is None or not getattr(attn, "has_indexer", False):
+                continue
+            attn.index_stage, attn.reports_index = stage, stage != "frozen"
+            layer.reports_index = stage != "frozen"
+            params += [p for name, p in attn.parameters_and_names() if ".indexer." in f".{name}"]
+        return params
 
     def backbone(self, input_ids, position_ids=None, segment_ids=None):
         """-> {HIDDEN, LAYER_INPUTS, LOADS, AUX} (results.py)"""
         inputs = self.layer_inputs(input_ids, position_ids, segment_ids)
-        h, loads, aux, _ = self.run_layers(self.residual_input(input_ids), inputs)
-        return {R.HIDDEN: self.last_hidden(self.sequence_out(h)), R.LAYER_INPUTS: inputs, R.LOADS: loads, R.AUX: aux}
+        run = self.run_layers(self.residual_input(input_ids), inputs)
+        return {R.HIDDEN: self.last_hidden(self.sequence_out(run[R.HIDDEN])), R.LAYER_INPUTS: inputs,
+                R.LOADS: run[R.LOADS], R.AUX: run[R.AUX]}
 
     # ---- pieces ------------------------------------------------------------------------
     def head(self, h):
@@ -143,16 +174,18 @@ class CausalLM(nn.Cell):
 
     # ---- entry points --------------------------------------------------------------------
     def forward_train(self, input_ids, labels, position_ids=None, segment_ids=None):
-        """-> {LM_SUM, LM_COUNT, MTP_SUM (mean over depths), MTP_COUNT, AUX, LOAD} (results.py)"""
+        """-> {LM_SUM, LM_COUNT, MTP_SUM (mean over depths), MTP_COUNT, AUX, INDEX_KL, LOAD, INDEX_STATS}
+        (results.py)"""
         inputs = self.layer_inputs(input_ids, position_ids, segment_ids)
-        h, loads, aux, _ = self.run_layers(self.residual_input(input_ids), inputs)
-        return self.train_heads(h, inputs, loads, aux, input_ids, labels, segment_ids)
+        run = self.run_layers(self.residual_input(input_ids), inputs)
+        return self.train_heads(run, inputs, input_ids, labels, segment_ids)
 
-    def train_heads(self, h, inputs, loads, aux, input_ids, labels, segment_ids=None):
+    def train_heads(self, run, inputs, input_ids, labels, segment_ids=None):
         """What follows the last decoder layer in training: the final norm, the head's loss and
-        the MTP modules over the last layer's output h and the bundle `inputs`; `loads` and `aux`
-        are those of the layers before (the pipeline's last stage calls this for its layers)."""
-        hidden = self.last_hidden(self.sequence_out(h))
+        the MTP modules over `run` (run_layers' results: the last layer's output and what the
+        layers before reported) and the bundle `inputs`; the pipeline's last stage calls this."""
+        loads, aux, index = run[R.LOADS], run[R.AUX], run[R.INDEX_STATS]
+        hidden = self.last_hidden(self.sequence_out(run[R.HIDDEN]))
         lm_sum, lm_count = self.head_loss(hidden, shifted_targets(labels, 1, segment_ids))
         mtp_sum = ops.zeros((), ms.float32)
         mtp_count = ops.zeros((), ms.float32)
@@ -160,22 +193,24 @@ class CausalLM(nn.Cell):
         for d in range(self.mtp_depth):
             layer = self.model.layers[self.num_layers + d]
             emb = self.model.embed_tokens(shift_left(input_ids, d + 1, 0))
-            h_prev, counts, layer_aux = layer.mtp_forward(emb, h_prev, inputs)
+            h_prev, counts, layer_aux, stats = layer.mtp_forward(emb, h_prev, inputs)
             if counts is not None:
                 loads = loads + (counts,)
             aux = aux + layer_aux
+            if stats is not None:
+                index = index + stats_row(stats, self.num_layers + d, self.index_rows)
             d_sum, d_count = self.head_loss(layer.shared_head(h_prev), shifted_targets(labels, d + 2, segment_ids))
             mtp_sum = mtp_sum + d_sum / self.mtp_depth
             mtp_count = mtp_count + d_count / self.mtp_depth
         load = ops.stack(loads).astype(ms.float32) if loads else ops.zeros((0,), ms.float32)
         return {R.LM_SUM: lm_sum, R.LM_COUNT: lm_count, R.MTP_SUM: mtp_sum, R.MTP_COUNT: mtp_count,
-                R.AUX: aux, R.LOAD: load}
+                R.AUX: aux, R.INDEX_KL: index_loss(index, self.index_stage), R.LOAD: load, R.INDEX_STATS: index}
 
     def construct(self, input_ids, labels=None, position_ids=None, segment_ids=None):
         if labels is None:
             return self.head(self.backbone(input_ids, position_ids, segment_ids)[R.HIDDEN])
         out = self.forward_train(input_ids, labels, position_ids, segment_ids)
-        loss = out[R.LM_SUM] / ops.maximum(out[R.LM_COUNT], 1.0) + out[R.AUX]
+        loss = out[R.LM_SUM] / ops.maximum(out[R.LM_COUNT], 1.0) + out[R.AUX] + self.index_weight * out[R.INDEX_KL]
         if self.mtp_depth > 0:
             loss = loss + self.mtp_factor * out[R.MTP_SUM] / ops.maximum(out[R.MTP_COUNT], 1.0)
         return loss

@@ -9,9 +9,10 @@
                      w = weights_proj(x) / sqrt(Hi)
 then the causal (and packing) mask, and top-k over t. This is transformers' bf16 reading of the
 release (the Hadamard rotation it skips preserves dot products; FP8 scoring is a kernel
-detail). As in the reference, nothing flows back through the indexer: its selection is a
-mask, and its parameters are frozen (`requires_grad=False`), so a training step leaves them
-untouched exactly as torch's AdamW does for parameters that have no gradient.
+detail). Its input is detached: nothing flows back from the indexer into the main model, and
+its selection is a mask, so the LM loss gives it no gradient either. By default (`frozen`, as in
+the reference) its parameters do not train; the training stages (indexer_loss.py,
+`train.indexer_stage`) train them through the KL of their scores against the main attention.
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ class LightningIndexer(nn.Cell):
         return ops.where(mask[:, 0], index, ops.full_like(index, NEG_INF))
 
     def construct(self, x, q_resid, cos, sin, mask):
-        """The attention mask restricted to each query's top-k keys: mask [B|1, 1, S, T] bool."""
+        """For the attention mask [B|1, 1, S, T] bool -> (the mask restricted to each query's top-k
+        keys [B, 1, S, T], the chosen key indices [B, S, k], the index scores [B, S, T])."""
         x, q_resid = ops.stop_gradient(x), ops.stop_gradient(q_resid)
         b, s, _ = x.shape
         mask = ops.broadcast_to(mask, (b, 1, s, s))
@@ -83,4 +85,4 @@ class LightningIndexer(nn.Cell):
         chosen = ops.topk(index, k)[1]                                          # [B, S, k]
         picked = ops.zeros((b, s, s), ms.float32)
         picked = ops.tensor_scatter_elements(picked, chosen, ops.ones((b, s, k), ms.float32), axis=-1)
-        return ops.logical_and(mask, (picked > 0).expand_dims(1)), chosen
+        return ops.logical_and(mask, (picked > 0).expand_dims(1)), chosen, index

@@ -25,6 +25,12 @@ class SharedAcrossHeads(Identity):
     here, so the activation's gradient sums the heads of every rank."""
 
 
+class SummedOverHeads(Identity):
+    """Marks a sum over a layer's attention heads (the indexer's training target,
+    indexer_loss.py). When an executor splits the heads over ranks it becomes the all-reduce of
+    the ranks' partial sums (forward only: the target is detached)."""
+
+
 class SequenceGather(Identity):
     """Marks where the residual stream enters a block that reads the whole sequence (attention,
     the feed-forward block, the head). The model computes everything whole; under sequence

@@ -37,6 +37,7 @@ class DecoderLayer(nn.Cell):
         c = config
         kind = attention_type(c, layer_idx)
         self.self_attn = cell_class(kind)(c)
+        self.reports_index = False   # its attention returns indexer stats (CausalLM.set_indexer_stage)
         self.is_moe = c.is_moe_layer(layer_idx)
         self.reuse_key = ("moe" if self.is_moe else "dense", kind)  # what makes two layers' graphs differ (reuse.py)
         self.mlp = MoE(c, layer_idx) if self.is_moe else MLP(c.hidden_size, c.intermediate_size,
@@ -49,11 +50,16 @@ class DecoderLayer(nn.Cell):
 
     def construct(self, h, inputs):
         """h [B, S, H], the per-layer bundle (results.py: ROPE, MASK) -> (hidden, tokens per expert
-        [E] or None, balance loss)"""
+        [E] or None, balance loss, the indexer's stats row or None)"""
         cos, sin = inputs[R.ROPE]
         x = self.attn_in(self.input_layernorm(h))
-        h = h + self.attn_out(self.self_attn(x, cos, sin, inputs[R.MASK])).astype(h.dtype)
-        return self.feed_forward(h)
+        out = self.self_attn(x, cos, sin, inputs[R.MASK])
+        stats = None
+        if self.reports_index:   # V3.2's indexer in a training stage (indexer_loss.py)
+            out, stats = out
+        h = h + self.attn_out(out).astype(h.dtype)
+        h, counts, aux = self.feed_forward(h)
+        return h, counts, aux, stats
 
     def forward_cached(self, h, inputs, cache_c, cache_k, write):
         """Inference through the MLA latent cache (see MLAttention.forward_cached)."""
@@ -98,8 +104,8 @@ class MTPLayer(DecoderLayer):
     def mtp_forward(self, emb, h_prev, layer_inputs):
         """`layer_inputs`: the backbone's per-layer bundle (results.py)."""
         x = self.eh_proj(ops.concat((self.enorm(emb), self.hnorm(h_prev)), -1))
-        h, counts, aux = self.construct(self.mtp_in(x), layer_inputs)
-        return self.mtp_out(h), counts, aux
+        h, counts, aux, stats = self.construct(self.mtp_in(x), layer_inputs)
+        return self.mtp_out(h), counts, aux, stats
 
 
 class DeepseekModel(nn.Cell):

@@ -56,6 +56,7 @@ class V4DecoderLayer(nn.Cell):
         super().__init__()
         self.is_moe = True
         self.self_attn = cell_class(attention_type(c, layer_idx))(c, layer_idx)
+        self.reports_index = False   # its attention returns indexer stats (CausalLM.set_indexer_stage)
         self.mlp = MoE(c, layer_idx)
         # what makes two layers' graphs differ (reuse.py): the attention type, hash or learned routing
         self.reuse_key = (self.self_attn.layer_type, "hash" if self.mlp.gate.is_hash else "learned")
@@ -68,14 +69,18 @@ class V4DecoderLayer(nn.Cell):
 
     def construct(self, streams, inputs):
         """streams [B, S, n, H], the per-layer bundle (results.py: ROPE_MAIN, ROPE_COMPRESS, POSITIONS,
-        MASK, TOKEN_IDS, SEGMENT_IDS) -> (streams, tokens per expert [E], balance loss)"""
+        MASK, TOKEN_IDS, SEGMENT_IDS) -> (streams, tokens per expert [E], balance loss, the indexer's
+        stats row or None)"""
         post, comb, x = self.attn_hc(streams)
         out = self.self_attn(self.attn_in(self.input_layernorm(x)), inputs[R.ROPE_MAIN], inputs[R.ROPE_COMPRESS],
                              inputs[R.POSITIONS], inputs[R.MASK], inputs[R.SEGMENT_IDS])
+        stats = None
+        if self.reports_index:   # a CSA indexer in a training stage (indexer_loss.py)
+            out, stats = out
         streams = merge_streams(streams, self.attn_out(out), post, comb)
         post, comb, x = self.ffn_hc(streams)
         out, counts, aux = self.mlp(self.ffn_in(self.post_attention_layernorm(x)), inputs[R.TOKEN_IDS])
-        return merge_streams(streams, self.ffn_out(out), post, comb), counts, aux
+        return merge_streams(streams, self.ffn_out(out), post, comb), counts, aux, stats
 
 
 class DeepseekV4Model(nn.Cell):

@@ -17,8 +17,14 @@ LM_COUNT = "lm_count"      # number of those targets
 MTP_SUM = "mtp_sum"        # the same for the MTP heads (mean over depths)
 MTP_COUNT = "mtp_count"
 AUX = "aux"                # the sequence-wise balance loss, summed over MoE layers
+INDEX_KL = "index_kl"      # the indexers' distillation loss: per layer, the mean over queries of
+                           # KL(attention || indexer), summed over layers (0 when frozen); indexer_loss.py
 LOAD = "load"              # tokens per expert [MoE layers, E] (float32), or a 0-size tensor
-LOSS_SUMS = (LM_SUM, LM_COUNT, MTP_SUM, MTP_COUNT, AUX)   # summed over micro-batches and dp ranks
+INDEX_STATS = "index_stats"  # per decoder layer (MTP included) [L, 3]: (KL summed over queries, the dense
+                           # attention mass the indexer's top-k holds summed over queries, queries);
+                           # zero rows for layers without an indexer; 0-size when the indexers are frozen
+LOSS_SUMS = (LM_SUM, LM_COUNT, MTP_SUM, MTP_COUNT, AUX, INDEX_KL)   # summed over micro-batches and dp ranks
+SUMMED_TENSORS = (INDEX_STATS,)   # tensor parts summed elementwise over micro-batches, ranks and stages
 # the loss cell adds the scaled loss it differentiates
 LOSS = "loss"
 
@@ -26,6 +32,7 @@ LOSS = "loss"
 HIDDEN = "hidden"          # final normed hidden [B, S, H]
 LAYER_INPUTS = "layer_inputs"  # the bundle every layer of the backbone read (below); MTP layers read it too
 LOADS = "loads"            # tuple of per-MoE-layer expert counts
+CACHES = "caches"          # run_layers with caches: the updated MLA latent caches (kv_cache.py)
 
 # the per-layer inputs: one dict, built once per forward by the family's `layer_inputs` (or
 # `decode_inputs`), read by name by every layer of the one layer loop (CausalLM.run_layers)
@@ -38,13 +45,14 @@ TOKEN_IDS = "token_ids"    # V4: the input ids (hash-routed MoE layers read them
 SEGMENT_IDS = "segment_ids"  # V4: packed-sample ids [B, S] or None
 
 # the step graph's outputs, in this order (TrainStep / GradStep); `named` reads them back
-STEP_PARTS = (LOSS, LM_SUM, LM_COUNT, MTP_SUM, MTP_COUNT, AUX, LOAD)
+STEP_PARTS = (LOSS, LM_SUM, LM_COUNT, MTP_SUM, MTP_COUNT, AUX, INDEX_KL, LOAD, INDEX_STATS)
 AT = {name: i for i, name in enumerate(STEP_PARTS)}   # for graph code that must index the tuple
 
 
 def step_tuple(parts):
     """The step parts of a dict as the graph's output tuple (graph code; STEP_PARTS order)."""
-    return (parts[LOSS], parts[LM_SUM], parts[LM_COUNT], parts[MTP_SUM], parts[MTP_COUNT], parts[AUX], parts[LOAD])
+    return (parts[LOSS], parts[LM_SUM], parts[LM_COUNT], parts[MTP_SUM], parts[MTP_COUNT], parts[AUX],
+            parts[INDEX_KL], parts[LOAD], parts[INDEX_STATS])
 
 
 def named(outputs) -> dict:

@@ -20,7 +20,8 @@ from mindspore import nn, ops
 
 from .config import DeepseekConfig
 from .hyper_connection import unit_rms_norm
-from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads, zeros_param
+from .indexer_loss import head_target, index_stats
+from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads, SummedOverHeads, zeros_param
 from .v4_compressor import MASK_VALUE, CSACompressor, HCACompressor, rope_tail
 
 COMPRESSORS = {"compressed_sparse_attention": CSACompressor, "heavily_compressed_attention": HCACompressor}
@@ -72,6 +73,9 @@ class V4Attention(nn.Cell):
         self.o_b_proj = Linear(c.o_groups * c.o_lora_rank, c.hidden_size, False, dt)
         self.sinks = zeros_param((c.num_attention_heads,), "sinks")
         self.has_compressor = self.layer_type in COMPRESSORS
+        self.has_indexer = self.layer_type == "compressed_sparse_attention"
+        self.index_stage, self.reports_index = "frozen", False   # CausalLM.set_indexer_stage
+        self.heads_summed = SummedOverHeads()
         if self.has_compressor:
             self.compressor = COMPRESSORS[self.layer_type](c)
         self.scale = c.head_dim ** -0.5
@@ -82,7 +86,8 @@ class V4Attention(nn.Cell):
 
     def construct(self, x, rope_main, rope_compress, positions, mask_bias, segment_ids=None):
         """x [B, S, H]; rope_* = (cos, sin) [B, 1, S, r/2]; positions [B, S]; mask_bias [B|1, 1, S, S];
-        segment_ids [B, S] of packed samples or None."""
+        segment_ids [B, S] of packed samples or None. -> out [B, S, H]; a CSA layer whose indexer
+        trains (`index_stage`, indexer_loss.py) -> (out, its stats row)."""
         b, s, _ = x.shape
         d = self.head_dim
         cos, sin = rope_compress if self.uses_compress_rope else rope_main
@@ -92,19 +97,46 @@ class V4Attention(nn.Cell):
         h = q.shape[1]
         q = rope_tail(q, cos, sin)                                                   # [B, H, S, D]
         kv = rope_tail(self.kv_norm(self.kv_proj(x)).reshape(b, 1, s, d), cos, sin)  # [B, 1, S, D]
-        bias = ops.broadcast_to(mask_bias, (b, 1, s, s))
-        if self.has_compressor:
+        window = ops.broadcast_to(mask_bias, (b, 1, s, s))
+        bias = window
+        entries, visible, chosen, index, causal = None, None, None, None, None
+        if self.reports_index:   # dense warm-up: every closed window; sparse: the indexer's top-k
+            entries, chosen, index, causal = self.compressor.with_index(x, q_resid, rope_compress[0],
+                                                                        rope_compress[1], positions, segment_ids)
+            visible = causal if self.index_stage == "dense_warmup" else chosen
+        elif self.has_compressor:
             entries, visible = self.compressor(x, q_resid, rope_compress[0], rope_compress[1], positions,
                                                segment_ids)
-            if entries is not None:
-                kv = ops.concat((kv, entries), 2)
-                extra = ops.stop_gradient((1.0 - visible.astype(ms.float32)) * MASK_VALUE).expand_dims(1)
-                bias = ops.concat((bias, extra), -1)
+        if entries is not None:
+            kv = ops.concat((kv, entries), 2)
+            bias = ops.concat((window, entry_bias(visible)), -1)
         keys = self.shared_keys(kv.reshape(b, -1, d))
-        scores = self.bmm_nt(q.reshape(b, h * s, d), keys).reshape(b, h, s, -1) * self.scale + bias
-        sinks = self.add_sinks(ops.zeros((b, h, s, 1), scores.dtype), self.sinks.reshape(1, h, 1, 1))
-        probs = ops.softmax(ops.concat((scores, sinks), -1), -1)[..., :-1]
+        raw = self.bmm_nt(q.reshape(b, h * s, d), keys).reshape(b, h, s, -1) * self.scale
+        sinks = self.add_sinks(ops.zeros((b, h, s, 1), raw.dtype), self.sinks.reshape(1, h, 1, 1))
+        probs = joint_softmax(raw + bias, sinks)
         out = self.bmm(probs.reshape(b, h * s, -1), keys).reshape(b, h, s, d)
         out = rope_tail(out, cos, -sin).transpose(0, 2, 1, 3)                         # [B, S, H, D]
         grouped = self.o_a_proj(out.reshape(b, s, -1, self.o_a_proj.in_per_group))
-        return self.o_b_proj(grouped)
+        out = self.o_b_proj(grouped)
+        if not self.reports_index:
+            return out
+        if entries is None:   # no window has closed: nothing to rank
+            return out, ops.zeros((3,), ms.float32)
+        # the target is what the layer computes: each entry's share of the joint softmax over
+        # window, entries and sink (indexer_loss.py); the dense one for recall
+        probs = ops.stop_gradient(probs)   # a target only
+        dense_p = probs if self.index_stage == "dense_warmup" else joint_softmax(
+            ops.stop_gradient(raw) + ops.concat((window, entry_bias(causal)), -1), ops.stop_gradient(sinks))
+        dense_target, _ = head_target(self.heads_summed(dense_p[..., s:].sum(1)), causal)
+        target, valid = head_target(self.heads_summed(probs[..., s:].sum(1)), visible)
+        return out, index_stats(index, target, valid, visible, dense_target, chosen)
+
+
+def entry_bias(visible):
+    """The compressed entries' additive mask [B, 1, S, T] from visible [B, S, T] bool."""
+    return ops.stop_gradient((1.0 - visible.astype(ms.float32)) * MASK_VALUE).expand_dims(1)
+
+
+def joint_softmax(scores, sinks):
+    """softmax over [keys..., sink] per query, the sink's column dropped: [B, H, S, K]."""
+    return ops.softmax(ops.concat((scores, sinks), -1), -1)[..., :-1]

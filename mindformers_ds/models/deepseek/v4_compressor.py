@@ -11,7 +11,8 @@ half of window w over 2m slots (window 0's missing half gets weight 0). HCA's do
 The V4 Lightning Indexer runs its own, narrower CSA-style compressor (index_head_dim) and scores
   score[t, w] = sum_h weights_proj(x)[t, h] / sqrt(Hi) * relu(q_i[t, h] . key_w) / sqrt(Di)
 with q_i = q_b_proj(MLA-style q latent), keeping the top `index_topk` complete entries per query.
-Its choice is discrete, so, as in the reference, nothing flows back into it: it is frozen.
+Its input is detached and its choice discrete: the LM loss gives it no gradient. As in the
+reference it is frozen by default; the training stages (indexer_loss.py) train it by its KL.
 Inputs are whole sequences (training and the recompute generation path); shapes are static.
 """
 from __future__ import annotations
@@ -30,11 +31,13 @@ def rope_tail(x, cos, sin):
     (2i, 2i+1), in place (the layout is kept: V4 reads the rotated value back out)."""
     half = cos.shape[-1]
     d = x.shape[-1]
-    nope, rot = x[..., :d - 2 * half], x[..., d - 2 * half:]
+    rot = x[..., d - 2 * half:] if d > 2 * half else x
     pairs = rot.reshape(rot.shape[:-1] + (half, 2))
     x1, x2 = pairs[..., 0], pairs[..., 1]
     out = ops.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1).reshape(rot.shape)
-    return ops.concat((nope, out), -1)
+    if d == 2 * half:   # every channel rotates (the tiny V4's indexer): an empty slice's gradient
+        return out      # fails in MindSpore 2.10 on CPU (StridedSliceGrad "out of bounds")
+    return ops.concat((x[..., :d - 2 * half], out), -1)
 
 
 def window_visible(num_entries: int, positions, rate: int, segment_ids=None, overlap: bool = False):
@@ -98,7 +101,8 @@ class V4Indexer(WindowCompressor):
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
 
     def construct(self, x, q_resid, cos, sin, positions, segment_ids=None):
-        """-> visible [B, S, T] bool: the chosen entries that query t may see, and chosen [B, S, k]."""
+        """-> (visible [B, S, T] bool: the chosen entries that query t may see, chosen [B, S, k],
+        the index scores [B, S, T] (-inf where not visible), causal [B, S, T]: every entry t may see)."""
         x, q_resid = ops.stop_gradient(x), ops.stop_gradient(q_resid)
         b, s, _ = x.shape
         keys = self.compress(x, cos, sin)                                         # [B, 1, T, Di]
@@ -114,7 +118,7 @@ class V4Indexer(WindowCompressor):
         chosen = ops.topk(index, k)[1]
         picked = ops.tensor_scatter_elements(ops.zeros((b, s, t), ms.float32), chosen,
                                              ops.ones((b, s, k), ms.float32), axis=-1)
-        return ops.logical_and(picked > 0, causal), chosen
+        return ops.logical_and(picked > 0, causal), chosen, index, causal
 
 
 class IndexScorer(nn.Cell):
@@ -153,3 +157,12 @@ class CSACompressor(WindowCompressor):
         if entries is None:
             return None, None
         return entries, self.indexer(x, q_resid, cos, sin, positions, segment_ids)[0]
+
+    def with_index(self, x, q_resid, cos, sin, positions, segment_ids=None):
+        """The training stages' view (indexer_loss.py): (entries, the indexer's choice, its scores,
+        every entry each query may see), or four Nones when no window has closed."""
+        entries = self.compress(x, cos, sin)
+        if entries is None:
+            return None, None, None, None
+        visible, _, index, causal = self.indexer(x, q_resid, cos, sin, positions, segment_ids)
+        return entries, visible, index, causal

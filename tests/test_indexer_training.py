@@ -1,0 +1,115 @@
+"""`train.indexer_stage` (train/indexer_training.py, models/deepseek/indexer_loss.py): the sparse
+stage's detachment, the dense warm-up's freezing, and the curriculum on the tiny V3.2 demo
+fine-tune: a base run, the warm-up resumed from it (recall rises), the sparse stage resumed
+across the stage boundary (fresh optimizer, the log says so)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import mindspore as ms
+
+from conftest import ROOT
+from mindformers_ds import config
+from mindformers_ds.checkpoint.safetensors_io import SafetensorsFile
+from mindformers_ds.config import ConfigError
+from mindformers_ds.models.deepseek import build_model
+from mindformers_ds.train.indexer_training import apply_indexer_stage
+from mindformers_ds.train.trainer import Trainer
+from test_train_step import make_step, step_inputs
+
+DEMO = os.path.join(ROOT, "configs/deepseek_v32/finetune_tiny.yaml")
+# top-4 of the keys: packed demo samples let a query see up to ~30, so the choice matters
+COMMON = ["model.index_topk=4", "train.eval_every=0", "train.exact_match_samples=0", "logging.log_every=1"]
+
+
+def _grads(family: str, weight: float):
+    cfg = config.load(os.path.join(ROOT, f"configs/{family}/tiny.yaml"), check_paths=False)
+    model = build_model(cfg.model.model_config())
+    model.init_weights(7)
+    indexer = set(apply_indexer_stage(model, "sparse", 1.0))
+    model.index_weight = weight   # 0: the same step with the indexers' KL term removed
+    _, grad_step, _, _ = make_step(model)
+    ids = np.random.default_rng(4).integers(0, model.config.vocab_size, (2, 48)).astype(np.int32)
+    _, grads = grad_step(*step_inputs(ids, ids.copy()))
+    names = [p.name for p in model.trainable_params()]
+    return {n: g.asnumpy() for n, g in zip(names, grads)}, indexer
+
+
+@pytest.mark.parametrize("family", ["deepseek_v32", "deepseek_v4"])
+def test_sparse_stage_main_gradients_ignore_the_kl_and_the_indexer_learns_only_from_it(family):
+    with_kl, indexer = _grads(family, 1.0)
+    without, _ = _grads(family, 0.0)
+    assert indexer and set(with_kl) > indexer
+    for name, g in with_kl.items():
+        if name in indexer:
+            assert not without[name].any(), f"{name}: a gradient from the LM loss"
+        else:
+            np.testing.assert_array_equal(g, without[name], err_msg=f"{name}: the KL reached the main model")
+    assert sum(float(np.abs(with_kl[n]).sum()) for n in indexer) > 0
+
+
+def test_a_stage_needs_an_indexer_and_lora_off(tmp_path):
+    with pytest.raises(ConfigError, match="train.indexer_stage='sparse' trains a Lightning Indexer, but "
+                                          "model.model_type='deepseek_v3'"):
+        config.load(os.path.join(ROOT, "configs/deepseek_v3/finetune_tiny.yaml"), ["train.indexer_stage=sparse"])
+    with pytest.raises(ConfigError, match=r"train.indexer_stage='warm' must be one of \['frozen'"):
+        config.load(DEMO, ["train.indexer_stage=warm"])
+
+
+def _run(out, extra):
+    cfg = config.load(DEMO, COMMON + [f"train.output_dir={out}"] + extra)
+    summary = Trainer(cfg).run()
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    return summary, [r for r in records if "loss" in r and "type" not in r]
+
+
+def _weights(step_dir):
+    with SafetensorsFile(os.path.join(step_dir, "model.safetensors")) as f:
+        return {n: f.get_f32(n) for n in f.keys()}
+
+
+@pytest.fixture(scope="module")
+def curriculum(tmp_path_factory):
+    root = tmp_path_factory.mktemp("curriculum")
+    base, warm, sparse = (str(root / n) for n in ("base", "warm", "sparse"))
+    _run(base, ["train.max_steps=60", "checkpoint.save_every=60"])
+    base_ckpt = os.path.join(base, "checkpoints", "step_00000060")
+    stage = ["lr_schedule.type=constant", "lr_schedule.warmup_steps=0"]
+    _, warm_steps = _run(warm, stage + [f"train.resume={base_ckpt}", "train.max_steps=70", "checkpoint.save_every=10",
+                                        "train.indexer_stage=dense_warmup", "optimizer.lr=1e-3"])
+    warm_ckpt = os.path.join(warm, "checkpoints", "step_00000070")
+    summary, sparse_steps = _run(sparse, stage + [f"train.resume={warm_ckpt}", "train.max_steps=75",
+                                                  "checkpoint.save_every=5", "train.indexer_stage=sparse",
+                                                  "optimizer.lr=3e-4", "train.exact_match_samples=16"])
+    return {"base": base_ckpt, "warm": warm_ckpt, "warm_steps": warm_steps, "sparse_dir": sparse,
+            "sparse_steps": sparse_steps, "summary": summary,
+            "sparse_ckpt": os.path.join(sparse, "checkpoints", "step_00000075")}
+
+
+def test_dense_warmup_trains_the_indexers_alone_and_their_recall_rises(curriculum):
+    before, after = _weights(curriculum["base"]), _weights(curriculum["warm"])
+    moved = {n for n in before if not np.array_equal(before[n], after[n])}
+    assert moved and all(".indexer." in n for n in moved), sorted(moved)[:3]   # the rest bit-identical
+    indexers = [n for n in before if ".indexer." in n and not n.endswith("bias")]
+    assert set(indexers) <= moved
+    steps = curriculum["warm_steps"]
+    first, last = np.array(steps[0]["indexer_recall"]), np.mean([s["indexer_recall"] for s in steps[-3:]], 0)
+    print("dense warm-up recall@4 per sparse layer, first step -> last three:", first.round(3), last.round(3))
+    assert steps[0]["indexer_layers"] == list(range(len(first)))   # every layer and the MTP layer report
+    assert (last > first).all() and (last - first).mean() > 0.05
+    assert np.mean(steps[-1]["indexer_kl"]) < np.mean(steps[0]["indexer_kl"])
+
+
+def test_sparse_stage_resumes_the_warmup_with_a_fresh_optimizer_and_trains_everything(curriculum):
+    log = open(os.path.join(curriculum["sparse_dir"], "train.log")).read()
+    assert "its optimizer state covers other trainable parameters" in log and "starts fresh" in log
+    steps = curriculum["sparse_steps"]
+    assert steps[0]["step"] == 71 and steps[-1]["step"] == 75
+    assert all(np.isfinite(s["loss"]) and s["indexer_kl"] for s in steps)
+    before, after = _weights(curriculum["warm"]), _weights(curriculum["sparse_ckpt"])
+    moved = {n for n in before if not np.array_equal(before[n], after[n])}
+    assert any(".indexer." in n for n in moved) and any(".indexer." not in n for n in moved)
+    assert "exact_match" in curriculum["summary"]
