@@ -71,7 +71,7 @@ class Trainer:
                  self.env.world, "s" if self.env.world > 1 else "")
         self.table = self.executor.layout(cfg, self.env)
         self.model = self.executor.build(cfg, self.env, self.table)
-        self.indexer_names = apply_indexer_stage(self.model, cfg.train.indexer_stage, cfg.train.indexer_loss_weight)
+        apply_indexer_stage(self.model, cfg.train.indexer_stage, cfg.train.indexer_loss_weight)
         frozen = apply_freeze(self.model, cfg.train.freeze)
         self.lora = cfg.lora.enabled
         if self.lora:

@@ -16,7 +16,7 @@ from mindspore import nn, ops, Tensor
 
 from ...ops import choice, composite
 from .config import DeepseekConfig, RopeScaling, yarn_mscale
-from .indexer_loss import head_target, index_stats
+from .indexer_loss import index_stats
 from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads, SummedOverHeads
 
 MASK_VALUE = -1e30  # added to masked scores in float32; exp() of it is exactly 0
@@ -153,11 +153,11 @@ class MLAttention(nn.Cell):
         dense = ops.broadcast_to(mask, sparse_mask.shape)
         attended = dense if self.index_stage == "dense_warmup" else sparse_mask
         out = self.attend(q, q_pe, kv, k_pe, attended)
-        dense_p, attended_p = self.probs(q, q_pe, kv, k_pe, dense, attended, self.scale)
-        chosen = sparse_mask[:, 0]
-        dense_target, _ = head_target(self.heads_summed(dense_p.sum(1)), dense[:, 0])
-        target, valid = head_target(self.heads_summed(attended_p.sum(1)), attended[:, 0])
-        return out, index_stats(index, target, valid, attended[:, 0], dense_target, chosen)
+        raw = self.probs(q, q_pe, kv, k_pe, self.scale)
+        dense_sum = self.heads_summed(masked_softmax(raw, dense).sum(1))
+        attended_sum = dense_sum if self.index_stage == "dense_warmup" else self.heads_summed(
+            masked_softmax(raw, attended).sum(1))
+        return out, index_stats(index, attended_sum, attended[:, 0], dense_sum, dense[:, 0], sparse_mask[:, 0])
 
     def forward_cached(self, x, cos, sin, mask, cache_c, cache_k, write):
         """Attention through a latent cache [B, L, *]: the new tokens' latents are blended in where
@@ -171,17 +171,19 @@ class MLAttention(nn.Cell):
 
 
 class MlaProbabilities(nn.Cell):
-    """The attention probabilities the indexer's training reads, under the dense mask and under
-    the mask attention used (the same in the dense warm-up), [B, H, S, T] each. Detached: a
-    target, never a path for gradients. Its own composite scores, whichever core attention runs."""
+    """The scaled attention scores [B, H, S, T] the indexer's training turns into its target
+    (masked_softmax). Detached: a target, never a path for gradients. Its own composite scores,
+    whichever core attention runs."""
 
     def __init__(self):
         super().__init__()
         self.core = composite.MlaAttentionCore()
 
-    def construct(self, q, q_pe, kv, k_pe, dense, attended, scale):
-        raw = self.core.scores(ops.stop_gradient(q), ops.stop_gradient(q_pe), ops.stop_gradient(kv),
-                               ops.stop_gradient(k_pe)) * scale
-        dense_p = ops.softmax(raw + (1.0 - dense.astype(ms.float32)) * MASK_VALUE, -1)
-        attended_p = ops.softmax(raw + (1.0 - attended.astype(ms.float32)) * MASK_VALUE, -1)
-        return dense_p, attended_p
+    def construct(self, q, q_pe, kv, k_pe, scale):
+        return self.core.scores(ops.stop_gradient(q), ops.stop_gradient(q_pe), ops.stop_gradient(kv),
+                                ops.stop_gradient(k_pe)) * scale
+
+
+def masked_softmax(scores, mask):
+    """softmax over the keys `mask` [B, 1, S, T] allows."""
+    return ops.softmax(scores + (1.0 - mask.astype(ms.float32)) * MASK_VALUE, -1)

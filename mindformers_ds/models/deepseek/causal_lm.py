@@ -134,7 +134,7 @@ class CausalLM(nn.Cell):
         return ops.zeros((self.index_rows, 3), ms.float32)
 
     def set_indexer_stage(self, stage: str, weight: float = 1.0) -> list:
-        """Before the first compile: the indexers' training stage (indexer_loss.STAGES) on every
+        """Before the first compile: the indexers' training stage (frozen | dense_warmup | sparse) on every
         layer with an indexer, and the KL's weight in the loss; -> the indexers' parameters, which
         train in every stage but `frozen` (train/indexer_training.py freezes the rest in
         `dense_warmup`)."""

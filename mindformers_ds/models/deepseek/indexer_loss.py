@@ -24,7 +24,6 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import ops
 
-STAGES = ("frozen", "dense_warmup", "sparse")
 _MASK = -1e30   # finite: log_softmax over a row with no support stays finite (and is unused)
 
 
@@ -38,9 +37,13 @@ def head_target(head_sum, support):
     return mass / ops.maximum(total, 1e-30), valid.squeeze(-1)
 
 
-def index_stats(index, target, valid, support, dense_target, chosen):
-    """The layer's row of results.INDEX_STATS: [KL summed over valid queries (differentiable in
-    `index` [B, S, T]), recall summed over valid queries, valid queries]."""
+def index_stats(index, attended_sum, support, dense_sum, dense_support, chosen):
+    """The layer's row of results.INDEX_STATS from the index scores [B, S, T] and the attention
+    probabilities summed over heads, as attention ran (over `support`) and dense (over
+    `dense_support`; the same tensors in the dense warm-up): [KL summed over valid queries
+    (differentiable in `index`), recall of the `chosen` keys summed over valid queries, valid queries]."""
+    target, valid = head_target(attended_sum, support)
+    dense_target, _ = head_target(dense_sum, dense_support)
     logq = ops.log_softmax(ops.where(support, index.astype(ms.float32), ops.full_like(index, _MASK)), -1)
     log_target = ops.log(ops.maximum(target, 1e-30))
     kl = (ops.where(target > 0, target * (log_target - logq), ops.zeros_like(target))).sum(-1)   # [B, S]

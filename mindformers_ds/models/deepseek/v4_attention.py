@@ -20,7 +20,7 @@ from mindspore import nn, ops
 
 from .config import DeepseekConfig
 from .hyper_connection import unit_rms_norm
-from .indexer_loss import head_target, index_stats
+from .indexer_loss import index_stats
 from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads, SummedOverHeads, zeros_param
 from .v4_compressor import MASK_VALUE, CSACompressor, HCACompressor, rope_tail
 
@@ -124,12 +124,13 @@ class V4Attention(nn.Cell):
             return out, ops.zeros((3,), ms.float32)
         # the target is what the layer computes: each entry's share of the joint softmax over
         # window, entries and sink (indexer_loss.py); the dense one for recall
-        probs = ops.stop_gradient(probs)   # a target only
-        dense_p = probs if self.index_stage == "dense_warmup" else joint_softmax(
-            ops.stop_gradient(raw) + ops.concat((window, entry_bias(causal)), -1), ops.stop_gradient(sinks))
-        dense_target, _ = head_target(self.heads_summed(dense_p[..., s:].sum(1)), causal)
-        target, valid = head_target(self.heads_summed(probs[..., s:].sum(1)), visible)
-        return out, index_stats(index, target, valid, visible, dense_target, chosen)
+        attended_sum = self.heads_summed(ops.stop_gradient(probs)[..., s:].sum(1))   # a target only
+        dense_sum = attended_sum
+        if self.index_stage != "dense_warmup":   # attention ran over the top-k: the dense one for recall
+            dense_p = joint_softmax(ops.stop_gradient(raw) + ops.concat((window, entry_bias(causal)), -1),
+                                    ops.stop_gradient(sinks))
+            dense_sum = self.heads_summed(dense_p[..., s:].sum(1))
+        return out, index_stats(index, attended_sum, visible, dense_sum, causal, chosen)
 
 
 def entry_bias(visible):
