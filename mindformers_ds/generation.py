@@ -4,8 +4,9 @@ Two decoders share the sampling code:
 * `recompute`: every step runs the whole fixed-shape [B, L] sequence through one compiled
   graph and reads the logits at each row's last position (right padding cannot affect
   earlier positions under the causal mask). Simple, always correct, O(L) work per token.
-* `cache`: a prefill graph fills a per-layer cache of MLA latents (c_kv, k_pe), then a
-  one-token decode graph reuses it (see `kv_cache.py`).
+* `cache`: a prefill graph fills every layer's decoding caches (MLA latents, V3.2's indexer
+  keys, V4's window ring and compressor state), then a one-token decode graph reuses them
+  (see `kv_cache.py`).
 """
 from __future__ import annotations
 
@@ -59,8 +60,7 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float
 class Generator:
     def __init__(self, model, max_length: int, batch_size: int = 8, use_cache: bool = False):
         self.model, self.max_length, self.batch_size = model, max_length, batch_size
-        # attention without a cached path (V3.2's indexer, V4's compressors, ...) would need caches
-        # of its own; until then those models recompute the prefix (exact, slower)
+        # an attention type registered without a cached path recomputes the prefix (exact, slower)
         c = model.config
         kinds = {attention_type(c, i) for i in range(c.num_hidden_layers)}
         uncached = sorted(k for k in kinds if not REGISTRY[k].cached_decoding(c))

@@ -61,7 +61,7 @@ class StageChunk(nn.Cell):
         inputs = self.model.layer_inputs(input_ids, position_ids, segment_ids)
         if self.first:
             h = self.model.residual_input(input_ids)
-        run = self.model.run_layers(h, inputs, None, None, self.start, self.stop)
+        run = self.model.run_layers(h, inputs, None, False, self.start, self.stop)
         if self.last:
             return self.model.train_heads(run, inputs, input_ids, labels, segment_ids)
         loads = run[R.LOADS]

@@ -159,15 +159,32 @@ class MLAttention(nn.Cell):
             masked_softmax(raw, attended).sum(1))
         return out, index_stats(index, attended_sum, attended[:, 0], dense_sum, dense[:, 0], sparse_mask[:, 0])
 
-    def forward_cached(self, x, cos, sin, mask, cache_c, cache_k, write):
-        """Attention through a latent cache [B, L, *]: the new tokens' latents are blended in where
-        `write` [B, L, 1] is 1 (all positions for a prefill of L tokens, one per row for a decode
-        step), then the queries attend over the cache under `mask`."""
-        q, q_pe, _ = self.project_q(x, cos, sin)
+    @property
+    def cache_count(self) -> int:
+        """Its decoding caches: the latents c_kv and k_pe, and with V3.2's indexer its keys."""
+        return 3 if self.has_indexer else 2
+
+    def empty_cache(self, batch: int, length: int, dtype):
+        caches = (ops.zeros((batch, length, self.kv_lora_rank), dtype), ops.zeros((batch, length, self.rope_dim), dtype))
+        if self.has_indexer:
+            caches = caches + (ops.zeros((batch, length, self.indexer.head_dim), dtype),)
+        return caches
+
+    def forward_cached(self, x, cos, sin, mask, caches, write):
+        """Attention through the caches [B, L, *] (c_kv, k_pe and V3.2's indexer keys): the new
+        tokens' entries are blended in where `write` [B, L, 1] is 1 (all slots for a prefill of L
+        tokens, one per row for a decode step), then the queries attend over the cache under
+        `mask` (with V3.2's indexer: over the top-k of the cached keys it scores) -> (out, caches)."""
+        q, q_pe, q_resid = self.project_q(x, cos, sin)
         c_new, k_new = self.project_kv_latent(x, cos, sin)
-        cache_c = cache_c * (1.0 - write) + c_new * write
-        cache_k = cache_k * (1.0 - write) + k_new * write
-        return self.attend(q, q_pe, self.expand_kv(cache_c), cache_k, mask), cache_c, cache_k
+        cache_c = caches[0] * (1.0 - write) + c_new * write
+        cache_k = caches[1] * (1.0 - write) + k_new * write
+        kv = self.expand_kv(cache_c)
+        if not self.has_indexer:
+            return self.attend(q, q_pe, kv, cache_k, mask), (cache_c, cache_k)
+        cache_i = caches[2] * (1.0 - write) + self.indexer.keys(x, cos, sin) * write
+        sparse_mask = self.indexer.select(x, q_resid, cos, sin, cache_i, mask)[0]
+        return self.attend(q, q_pe, kv, cache_k, sparse_mask), (cache_c, cache_k, cache_i)
 
 
 class MlaProbabilities(nn.Cell):

@@ -4,8 +4,8 @@ An attention type is registered once with
 * `facts(config, prefix, layer)`: its parameters (names, shapes, parallel roles), FLOPs and
   activation bytes (facts/base.py), which the converter, layout table, planner and FLOP
   counter read;
-* `cached_decoding(config)`: whether kv_cache.py can decode it (MLA can, except with V3.2's
-  indexer, whose keys would need a cache of their own); otherwise generation recomputes;
+* `cached_decoding(config)`: whether kv_cache.py can decode it (its cell has `cache_count`,
+  `empty_cache` and `forward_cached`); otherwise generation recomputes;
 * `cell`: the MindSpore cell, `"module:Class"` (imported when a model is built, so this
   registry stays MindSpore-free) or the class itself; built as `cell(config)` for V2/V3
   layers (called as `cell(x, cos, sin, mask)`), `cell(config, layer)` for V4's;
@@ -88,6 +88,7 @@ def attention_problems(c, prefix: str) -> List[Tuple[str, str]]:
 
 register(AttentionType("mla", lambda c, prefix, layer: MlaFacts(c, prefix),
                        "mindformers_ds.models.deepseek.attention:MLAttention", "v3",
-                       cached_decoding=lambda c: c.index_topk == 0))
+                       cached_decoding=lambda c: True))
 for _kind in (SLIDING, CSA, HCA):
-    register(AttentionType(_kind, V4AttentionFacts, "mindformers_ds.models.deepseek.v4_attention:V4Attention", "v4"))
+    register(AttentionType(_kind, V4AttentionFacts, "mindformers_ds.models.deepseek.v4_attention:V4Attention", "v4",
+                           cached_decoding=lambda c: True))

@@ -85,6 +85,15 @@ class CausalLM(nn.Cell):
         """The per-layer inputs of a forward over input_ids [B, S] (a dict keyed as in results.py)."""
         raise NotImplementedError
 
+    def prefill_inputs(self, input_ids, last):
+        """The bundle of a cached prefill of the padded prompts input_ids [B, L] whose last real
+        positions are `last` [B] (kv_cache.py)."""
+        raise NotImplementedError
+
+    def decode_inputs(self, token, pos, length: int):
+        """The bundle of one decode step: token [B] at positions pos [B], caches of `length` slots."""
+        raise NotImplementedError
+
     def first_hidden(self, input_ids):
         """What the first layer reads: V3's embeddings [B, S, H], V4's residual streams [B, S, n, H]."""
         raise NotImplementedError
@@ -103,15 +112,18 @@ class CausalLM(nn.Cell):
         """What the first decoder layer reads, as the residual stream between layers holds it."""
         return self.sequence_in(self.first_hidden(input_ids))
 
-    def run_layers(self, h, inputs, caches=None, write=None, start=0, stop=None):
+    def run_layers(self, h, inputs, caches=None, prefill=False, start=0, stop=None):
         """The decoder layers start..stop-1 (default: all) over h with the bundle `inputs`:
         training and recompute (caches None) -> {HIDDEN, LOADS (the MoE layers' expert loads),
-        AUX (balance loss), INDEX_STATS (the indexers' rows, indexer_loss.py), CACHES ()}; prefill
-        and decode through the MLA latent caches (c_0, k_0, c_1, k_1, ...; kv_cache.py) ->
-        the same with CACHES the new caches. A pipeline stage runs its own range."""
+        AUX (balance loss), INDEX_STATS (the indexers' rows, indexer_loss.py), CACHES ()};
+        cached decoding (kv_cache.py): `caches` is the flat tuple of the layers' caches (each
+        layer's attention holds `cache_count` of them), `prefill` says whether the bundle is a
+        prompt's (prefill_inputs) or one token's (decode_inputs) -> the same with CACHES the new
+        caches. A pipeline stage runs its own range."""
         loads, new = (), ()
         aux = ops.zeros((), ms.float32)
         index = self.empty_index_stats()
+        offset = 0
         for i in range(start, self.num_layers if stop is None else stop):
             layer = self.model.layers[i]
             if caches is None:
@@ -122,10 +134,18 @@ class CausalLM(nn.Cell):
                 if stats is not None:
                     index = index + stats_row(stats, i, self.index_rows)
             else:
-                h, cache_c, cache_k = layer.forward_cached(h, inputs, caches[2 * (i - start)],
-                                                          caches[2 * (i - start) + 1], write)
-                new = new + (cache_c, cache_k)
+                count = layer.self_attn.cache_count
+                h, mine = layer.forward_cached(h, inputs, caches[offset:offset + count], prefill)
+                new = new + mine
+                offset += count
         return {R.HIDDEN: h, R.LOADS: loads, R.AUX: aux, R.INDEX_STATS: index, R.CACHES: new}
+
+    def empty_caches(self, batch: int, length: int, dtype):
+        """Every decoder layer's caches for `length` slots, before a prefill writes them."""
+        caches = ()
+        for i in range(self.num_layers):
+            caches = caches + self.model.layers[i].self_attn.empty_cache(batch, length, dtype)
+        return caches
 
     def empty_index_stats(self):
         """The zero INDEX_STATS table: [layers + MTP, 3] when an indexer trains, else 0-size."""
@@ -218,7 +238,7 @@ class CausalLM(nn.Cell):
     def generate(self, input_ids, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, eos_token_id=None, pad_token_id=None, attention_mask=None,
                  seed: int = 0, use_cache: bool = True):
-        """transformers-style generation (KV cache for V2/V3): ids [B, S] -> ms.Tensor int32
+        """transformers-style generation (decoding caches for every family): ids [B, S] -> ms.Tensor int32
         [B, S + new], prompt then new tokens, padded with `pad_token_id`; see generation.generate_ids."""
         from ...generation import generate_ids
         out = generate_ids(self, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id,

@@ -63,26 +63,38 @@ class LightningIndexer(nn.Cell):
         rot = composite.apply_rope(x[..., :self.rope_dim], cos, sin, False)
         return ops.concat((rot, x[..., self.rope_dim:]), -1)
 
-    def scores(self, x, q_resid, cos, sin, mask):
-        """Index scores [B, S, T] (masked entries -inf) for queries over all T = S keys."""
+    def keys(self, x, cos, sin):
+        """The index keys [B, T, Di] of tokens x [B, T, H] (what a decoding cache keeps)."""
+        b, t, _ = x.shape
+        return self._rope(self.k_norm(self.wk(x)).reshape(b, 1, t, self.head_dim), cos, sin).reshape(b, t, -1)
+
+    def scores(self, x, q_resid, cos, sin, keys, mask):
+        """Index scores [B, S, T] (masked entries -inf) of the queries x [B, S, H] over keys [B, T, Di]."""
         b, s, _ = x.shape
+        t = keys.shape[1]
         q = self.wq_b(q_resid).reshape(b, s, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
         q = self._rope(q, cos, sin)                                            # [B, Hi, S, Di]
-        k = self._rope(self.k_norm(self.wk(x)).reshape(b, 1, s, self.head_dim), cos, sin)  # [B, 1, T, Di]
-        logits = ops.relu(self.bmm_nt(q, ops.broadcast_to(k, (b, self.n_heads, s, self.head_dim))) * self.scale)
+        k = ops.broadcast_to(keys.expand_dims(1), (b, self.n_heads, t, self.head_dim))
+        logits = ops.relu(self.bmm_nt(q, k) * self.scale)
         w = self.weights_proj(x).transpose(0, 2, 1).expand_dims(-1) * self.head_weight  # [B, Hi, S, 1]
         index = (logits * w).sum(1)                                             # [B, S, T]
         return ops.where(mask[:, 0], index, ops.full_like(index, NEG_INF))
 
-    def construct(self, x, q_resid, cos, sin, mask):
-        """For the attention mask [B|1, 1, S, T] bool -> (the mask restricted to each query's top-k
-        keys [B, 1, S, T], the chosen key indices [B, S, k], the index scores [B, S, T])."""
+    def select(self, x, q_resid, cos, sin, keys, mask):
+        """For the attention mask [B|1, 1, S, T] bool over keys [B, T, Di] -> (the mask restricted
+        to each query's top-k keys [B, 1, S, T], the chosen key indices [B, S, k], the index
+        scores [B, S, T])."""
         x, q_resid = ops.stop_gradient(x), ops.stop_gradient(q_resid)
         b, s, _ = x.shape
-        mask = ops.broadcast_to(mask, (b, 1, s, s))
-        index = self.scores(x, q_resid, cos, sin, mask)
-        k = min(self.topk, s)
+        t = keys.shape[1]
+        mask = ops.broadcast_to(mask, (b, 1, s, t))
+        index = self.scores(x, q_resid, cos, sin, keys, mask)
+        k = min(self.topk, t)
         chosen = ops.topk(index, k)[1]                                          # [B, S, k]
-        picked = ops.zeros((b, s, s), ms.float32)
+        picked = ops.zeros((b, s, t), ms.float32)
         picked = ops.tensor_scatter_elements(picked, chosen, ops.ones((b, s, k), ms.float32), axis=-1)
         return ops.logical_and(mask, (picked > 0).expand_dims(1)), chosen, index
+
+    def construct(self, x, q_resid, cos, sin, mask):
+        """select() over the keys of the same tokens x [B, S, H] (training and recompute)."""
+        return self.select(x, q_resid, cos, sin, self.keys(ops.stop_gradient(x), cos, sin), mask)

@@ -61,12 +61,12 @@ class DecoderLayer(nn.Cell):
         h, counts, aux = self.feed_forward(h)
         return h, counts, aux, stats
 
-    def forward_cached(self, h, inputs, cache_c, cache_k, write):
-        """Inference through the MLA latent cache (see MLAttention.forward_cached)."""
+    def forward_cached(self, h, inputs, caches, prefill):
+        """Inference through the attention's caches (MLAttention.forward_cached) -> (h, caches)."""
         cos, sin = inputs[R.ROPE]
-        out, cache_c, cache_k = self.self_attn.forward_cached(self.input_layernorm(h), cos, sin, inputs[R.MASK],
-                                                              cache_c, cache_k, write)
-        return self.feed_forward(h + out.astype(h.dtype))[0], cache_c, cache_k
+        out, caches = self.self_attn.forward_cached(self.input_layernorm(h), cos, sin, inputs[R.MASK], caches,
+                                                    inputs[R.CACHE_WRITE])
+        return self.feed_forward(h + out.astype(h.dtype))[0], caches
 
     def feed_forward(self, h):
         x = self.ffn_in(self.post_attention_layernorm(h))
@@ -121,7 +121,6 @@ class DeepseekModel(nn.Cell):
         self.layers = nn.CellList(layers)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.fused_ops)
         self.rotary_emb = RotaryEmbedding(c)
-        self.latent_dims = (c.kv_lora_rank, c.qk_rope_head_dim)  # what one token leaves in the MLA cache
 
 
 class DeepseekForCausalLM(CausalLM):
@@ -145,22 +144,20 @@ class DeepseekForCausalLM(CausalLM):
             position_ids = ops.broadcast_to(ops.arange(s, dtype=ms.int32).expand_dims(0), (b, s))
         return {R.ROPE: self.model.rotary_emb(position_ids), R.MASK: attention_mask(b, s, segment_ids)}
 
-    def decode_inputs(self, pos, length: int):
-        """The bundle of one decode step at positions pos [B] over a cache of `length` slots, and
-        where the new token's latents are written ([B, L, 1]): kv_cache.py."""
+    def prefill_inputs(self, input_ids, last):
+        """layer_inputs, every cache slot written (kv_cache.py)."""
+        b, s = input_ids.shape
+        inputs = self.layer_inputs(input_ids)
+        return {R.ROPE: inputs[R.ROPE], R.MASK: inputs[R.MASK], R.CACHE_WRITE: ops.ones((b, s, 1), ms.float32)}
+
+    def decode_inputs(self, token, pos, length: int):
+        """The bundle of one decode step at positions pos [B] over caches of `length` slots: the
+        token sees slots <= pos, and its own latents are written at slot pos (kv_cache.py)."""
         b = pos.shape[0]
         slots = ops.arange(length, dtype=ms.int32).expand_dims(0)
         mask = (slots <= pos.reshape(b, 1)).reshape(b, 1, 1, length)
         write = (slots == pos.reshape(b, 1)).astype(ms.float32).reshape(b, length, 1)
-        return {R.ROPE: self.model.rotary_emb(pos.reshape(b, 1)), R.MASK: mask}, write
-
-    def empty_caches(self, batch: int, length: int, dtype):
-        """Zero MLA latent caches (c_0, k_0, c_1, k_1, ...) of `length` slots."""
-        latent, rope = self.model.latent_dims
-        caches = ()
-        for _ in range(self.num_layers):
-            caches = caches + (ops.zeros((batch, length, latent), dtype), ops.zeros((batch, length, rope), dtype))
-        return caches
+        return {R.ROPE: self.model.rotary_emb(pos.reshape(b, 1)), R.MASK: mask, R.CACHE_WRITE: write}
 
     def first_hidden(self, input_ids):
         return self.model.embed_tokens(input_ids)

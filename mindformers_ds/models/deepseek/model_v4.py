@@ -26,6 +26,7 @@ from .moe import MoE
 from .reuse import layer_class
 from .attention_types import attention_type, cell_class
 from .v4_attention import sliding_window_bias
+from .v4_compressor import MASK_VALUE
 
 
 class V4Rotary(nn.Cell):
@@ -77,16 +78,26 @@ class V4DecoderLayer(nn.Cell):
         stats = None
         if self.reports_index:   # a CSA indexer in a training stage (indexer_loss.py)
             out, stats = out
-        streams = merge_streams(streams, self.attn_out(out), post, comb)
+        streams, counts, aux = self.feed_forward(merge_streams(streams, self.attn_out(out), post, comb), inputs)
+        return streams, counts, aux, stats
+
+    def forward_cached(self, streams, inputs, caches, prefill):
+        """Inference through the attention's caches (V4Attention.forward_cached) -> (streams, caches)."""
+        post, comb, x = self.attn_hc(streams)
+        out, caches = self.self_attn.forward_cached(self.input_layernorm(x), inputs, caches, prefill)
+        return self.feed_forward(merge_streams(streams, out, post, comb), inputs)[0], caches
+
+    def feed_forward(self, streams, inputs):
         post, comb, x = self.ffn_hc(streams)
         out, counts, aux = self.mlp(self.ffn_in(self.post_attention_layernorm(x)), inputs[R.TOKEN_IDS])
-        return merge_streams(streams, self.ffn_out(out), post, comb), counts, aux, stats
+        return merge_streams(streams, self.ffn_out(out), post, comb), counts, aux
 
 
 class DeepseekV4Model(nn.Cell):
     def __init__(self, c: DeepseekConfig):
         super().__init__()
         self.hc_mult, self.window = c.hc_mult, c.sliding_window
+        self.compress_rates = (c.compress_rate_csa, c.compress_rate_hca)   # graph code reads plain ints
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
         layer = layer_class(V4DecoderLayer, c)
         self.layers = nn.CellList([layer(c, i) for i in range(c.num_hidden_layers)])
@@ -117,6 +128,29 @@ class DeepseekV4ForCausalLM(CausalLM):
         return {R.ROPE_MAIN: rope_main, R.ROPE_COMPRESS: rope_compress, R.POSITIONS: positions,
                 R.MASK: sliding_window_bias(s, self.model.window, segment_ids), R.TOKEN_IDS: input_ids,
                 R.SEGMENT_IDS: segment_ids}
+
+    def prefill_inputs(self, input_ids, last):
+        """layer_inputs, and each row's last prompt position (what the ring caches keep)."""
+        inputs = self.layer_inputs(input_ids)
+        return {R.ROPE_MAIN: inputs[R.ROPE_MAIN], R.ROPE_COMPRESS: inputs[R.ROPE_COMPRESS],
+                R.POSITIONS: inputs[R.POSITIONS], R.MASK: inputs[R.MASK], R.TOKEN_IDS: input_ids,
+                R.SEGMENT_IDS: None, R.LAST: last}
+
+    def decode_inputs(self, token, pos, length: int):
+        """One token [B] per row at positions pos [B]: the ropes at pos, the window ring's mask (the
+        slots filled so far: all once pos reaches the window) and the compress rope at the first
+        position of each compressor's current window (kv_cache.py)."""
+        b = pos.shape[0]
+        positions = pos.reshape(b, 1)
+        rope_main, rope_compress = self.model.rotary_emb(positions)
+        slots = min(self.model.window, length)
+        filled = ops.arange(slots, dtype=ms.int32).reshape(1, slots) <= positions
+        mask = ops.stop_gradient((1.0 - filled.astype(ms.float32)) * MASK_VALUE).reshape(b, 1, 1, slots)
+        csa, hca = self.model.compress_rates
+        return {R.ROPE_MAIN: rope_main, R.ROPE_COMPRESS: rope_compress, R.POSITIONS: positions, R.MASK: mask,
+                R.TOKEN_IDS: token.reshape(b, 1), R.SEGMENT_IDS: None,
+                R.entry_rope(csa): self.model.rotary_emb(positions // csa * csa)[1],
+                R.entry_rope(hca): self.model.rotary_emb(positions // hca * hca)[1]}
 
     def first_hidden(self, input_ids):
         """hc_mult copies of the embeddings: the residual streams [B, S, n, H]."""

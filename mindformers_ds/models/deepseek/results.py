@@ -32,7 +32,8 @@ LOSS = "loss"
 HIDDEN = "hidden"          # final normed hidden [B, S, H]
 LAYER_INPUTS = "layer_inputs"  # the bundle every layer of the backbone read (below); MTP layers read it too
 LOADS = "loads"            # tuple of per-MoE-layer expert counts
-CACHES = "caches"          # run_layers with caches: the updated MLA latent caches (kv_cache.py)
+CACHES = "caches"          # run_layers with caches: every layer's updated decoding caches, one flat tuple
+                           # (each attention's `cache_count` of them, in layer order; kv_cache.py)
 
 # the per-layer inputs: one dict, built once per forward by the family's `layer_inputs` (or
 # `decode_inputs`), read by name by every layer of the one layer loop (CausalLM.run_layers)
@@ -43,6 +44,15 @@ POSITIONS = "positions"    # V4: token index of every position [B, S]
 MASK = "mask"              # V2/V3: bool [B|1, 1, Sq, Sk]; V4: the additive sliding-window bias
 TOKEN_IDS = "token_ids"    # V4: the input ids (hash-routed MoE layers read them)
 SEGMENT_IDS = "segment_ids"  # V4: packed-sample ids [B, S] or None
+# ... and what the cached decoders (kv_cache.py) add to it
+CACHE_WRITE = "cache_write"  # V2/V3/V3.2: [B, L, 1] float, 1 where this forward writes the cache's slot
+LAST = "last"              # V4 prefill: each row's last prompt position [B] (what its ring caches keep)
+
+
+def entry_rope(rate: int) -> str:
+    """V4 decode: the compress rope (cos, sin) [B, 1, 1, r/2] at the first position of the window
+    of `rate` tokens the decoded token is in (where a compressor's new entry is rotated)."""
+    return f"entry_rope_{rate}"
 
 # the step graph's outputs, in this order (TrainStep / GradStep); `named` reads them back
 STEP_PARTS = (LOSS, LM_SUM, LM_COUNT, MTP_SUM, MTP_COUNT, AUX, INDEX_KL, LOAD, INDEX_STATS)

@@ -21,7 +21,9 @@ from mindspore import nn, ops
 from .config import DeepseekConfig
 from .hyper_connection import unit_rms_norm
 from .indexer_loss import index_stats
+from . import results as R
 from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads, SummedOverHeads, zeros_param
+from .ring_cache import blend_rows, one_hot_rows, ring_from_sequence
 from .v4_compressor import MASK_VALUE, CSACompressor, HCACompressor, rope_tail
 
 COMPRESSORS = {"compressed_sparse_attention": CSACompressor, "heavily_compressed_attention": HCACompressor}
@@ -62,7 +64,7 @@ class V4Attention(nn.Cell):
         dt = DTYPES[c.compute_dtype]
         self.layer_type = c.layer_types[layer_idx]
         self.uses_compress_rope = self.layer_type != "sliding_attention"
-        self.head_dim, self.eps = c.head_dim, c.rms_norm_eps
+        self.head_dim, self.eps, self.window = c.head_dim, c.rms_norm_eps, c.sliding_window
         self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank, False, dt)
         self.q_a_norm = RMSNorm(c.q_lora_rank, c.rms_norm_eps, c.fused_ops)
         self.q_b_proj = Linear(c.q_lora_rank, c.num_attention_heads * c.head_dim, False, dt)
@@ -88,17 +90,39 @@ class V4Attention(nn.Cell):
         """x [B, S, H]; rope_* = (cos, sin) [B, 1, S, r/2]; positions [B, S]; mask_bias [B|1, 1, S, S];
         segment_ids [B, S] of packed samples or None. -> out [B, S, H]; a CSA layer whose indexer
         trains (`index_stage`, indexer_loss.py) -> (out, its stats row)."""
+        return self.over_sequence(x, rope_main, rope_compress, positions, mask_bias, segment_ids)[0]
+
+    def project(self, x, cos, sin):
+        """-> (q [B, H, S, D] and the shared key-value kv [B, 1, S, D], both rotated; the q latent)"""
         b, s, _ = x.shape
         d = self.head_dim
-        cos, sin = rope_compress if self.uses_compress_rope else rope_main
         q_resid = self.q_a_norm(self.q_a_proj(x))
         # heads read off q_b's shape: a rank holding whole output groups of heads runs this unchanged
         q = unit_rms_norm(self.q_b_proj(q_resid).reshape(b, s, -1, d), self.eps).transpose(0, 2, 1, 3)
-        h = q.shape[1]
-        q = rope_tail(q, cos, sin)                                                   # [B, H, S, D]
-        kv = rope_tail(self.kv_norm(self.kv_proj(x)).reshape(b, 1, s, d), cos, sin)  # [B, 1, S, D]
+        q = rope_tail(q, cos, sin)
+        kv = rope_tail(self.kv_norm(self.kv_proj(x)).reshape(b, 1, s, d), cos, sin)
+        return q, kv, q_resid
+
+    def attend(self, q, kv, bias, cos, sin):
+        """q [B, H, S, D] over the shared keys kv [B, 1, K, D] under the additive bias [B, 1, S, K]
+        -> (out [B, S, hidden], the joint probabilities [B, H, S, K], the scaled scores, the sinks)."""
+        b, h, s, d = q.shape
+        keys = self.shared_keys(kv.reshape(b, -1, d))
+        raw = self.bmm_nt(q.reshape(b, h * s, d), keys).reshape(b, h, s, -1) * self.scale
+        sinks = self.add_sinks(ops.zeros((b, h, s, 1), raw.dtype), self.sinks.reshape(1, h, 1, 1))
+        probs = joint_softmax(raw + bias, sinks)
+        out = self.bmm(probs.reshape(b, h * s, -1), keys).reshape(b, h, s, d)
+        out = rope_tail(out, cos, -sin).transpose(0, 2, 1, 3)                         # [B, S, H, D]
+        grouped = self.o_a_proj(out.reshape(b, s, -1, self.o_a_proj.in_per_group))
+        return self.o_b_proj(grouped), probs, raw, sinks
+
+    def over_sequence(self, x, rope_main, rope_compress, positions, mask_bias, segment_ids=None):
+        """construct()'s result over a whole sequence, and the rotated kv [B, 1, S, D] (a prefill keeps it)."""
+        b, s, _ = x.shape
+        cos, sin = rope_compress if self.uses_compress_rope else rope_main
+        q, kv, q_resid = self.project(x, cos, sin)
         window = ops.broadcast_to(mask_bias, (b, 1, s, s))
-        bias = window
+        bias, keys = window, kv
         entries, visible, chosen, index, causal = None, None, None, None, None
         if self.reports_index:   # dense warm-up: every closed window; sparse: the indexer's top-k
             entries, chosen, index, causal = self.compressor.with_index(x, q_resid, rope_compress[0],
@@ -108,20 +132,13 @@ class V4Attention(nn.Cell):
             entries, visible = self.compressor(x, q_resid, rope_compress[0], rope_compress[1], positions,
                                                segment_ids)
         if entries is not None:
-            kv = ops.concat((kv, entries), 2)
+            keys = ops.concat((kv, entries), 2)
             bias = ops.concat((window, entry_bias(visible)), -1)
-        keys = self.shared_keys(kv.reshape(b, -1, d))
-        raw = self.bmm_nt(q.reshape(b, h * s, d), keys).reshape(b, h, s, -1) * self.scale
-        sinks = self.add_sinks(ops.zeros((b, h, s, 1), raw.dtype), self.sinks.reshape(1, h, 1, 1))
-        probs = joint_softmax(raw + bias, sinks)
-        out = self.bmm(probs.reshape(b, h * s, -1), keys).reshape(b, h, s, d)
-        out = rope_tail(out, cos, -sin).transpose(0, 2, 1, 3)                         # [B, S, H, D]
-        grouped = self.o_a_proj(out.reshape(b, s, -1, self.o_a_proj.in_per_group))
-        out = self.o_b_proj(grouped)
+        out, probs, raw, sinks = self.attend(q, keys, bias, cos, sin)
         if not self.reports_index:
-            return out
+            return out, kv
         if entries is None:   # no window has closed: nothing to rank
-            return out, ops.zeros((3,), ms.float32)
+            return (out, ops.zeros((3,), ms.float32)), kv
         # the target is what the layer computes: each entry's share of the joint softmax over
         # window, entries and sink (indexer_loss.py); the dense one for recall
         attended_sum = self.heads_summed(ops.stop_gradient(probs)[..., s:].sum(1))   # a target only
@@ -130,7 +147,50 @@ class V4Attention(nn.Cell):
             dense_p = joint_softmax(ops.stop_gradient(raw) + ops.concat((window, entry_bias(causal)), -1),
                                     ops.stop_gradient(sinks))
             dense_sum = self.heads_summed(dense_p[..., s:].sum(1))
-        return out, index_stats(index, attended_sum, visible, dense_sum, causal, chosen)
+        return (out, index_stats(index, attended_sum, visible, dense_sum, causal, chosen)), kv
+
+    # ---- cached decoding (kv_cache.py) ---------------------------------------------------------
+    @property
+    def cache_count(self) -> int:
+        """The sliding window's ring, then the compressor's caches (v4_compressor.py)."""
+        return 1 + (self.compressor.cache_count if self.has_compressor else 0)
+
+    def empty_cache(self, batch: int, length: int, dtype):
+        ring = (ops.zeros((batch, min(self.window, length), self.head_dim), dtype),)
+        return ring + (self.compressor.empty_cache(batch, length, dtype) if self.has_compressor else ())
+
+    def forward_cached(self, x, inputs, caches, prefill):
+        """Attention through the caches -> (out, caches). A prefill runs the whole padded prompts
+        (over_sequence) and keeps, as of each row's last prompt position, the window's last keys and
+        the compressors' state; a decode step attends from its token over the window's ring (slots
+        it has filled) and the compressed entries whose windows have closed."""
+        rope_main, rope_compress = inputs[R.ROPE_MAIN], inputs[R.ROPE_COMPRESS]
+        cos, sin = rope_compress if self.uses_compress_rope else rope_main
+        slots = caches[0].shape[1]
+        if prefill:
+            out, kv = self.over_sequence(x, rope_main, rope_compress, inputs[R.POSITIONS], inputs[R.MASK])
+            if self.reports_index:
+                out = out[0]
+            last = inputs[R.LAST]
+            new = (ring_from_sequence(kv[:, 0], last, slots, 0.0),)
+            if self.has_compressor:
+                new = new + self.compressor.prefill_cache(x, rope_compress[0], rope_compress[1], inputs[R.POSITIONS],
+                                                          last)
+            return out, new
+        b = x.shape[0]
+        pos = inputs[R.POSITIONS].reshape(b)
+        q, kv, q_resid = self.project(x, cos, sin)
+        ring = blend_rows(caches[0], kv.reshape(b, 1, self.head_dim), one_hot_rows(pos % slots, slots))
+        keys, bias, new = ring.expand_dims(1), inputs[R.MASK], (ring,)
+        if self.has_compressor:
+            entry_cos, entry_sin = inputs[R.entry_rope(self.compressor.rate)]
+            entries, visible, state = self.compressor.decode(x, q_resid, rope_compress[0], rope_compress[1], pos,
+                                                             entry_cos, entry_sin, caches[1:],
+                                                             self.index_stage == "dense_warmup")
+            keys = ops.concat((keys, entries), 2)
+            bias = ops.concat((bias, entry_bias(visible)), -1)
+            new = new + state
+        return self.attend(q, keys, bias, cos, sin)[0], new
 
 
 def entry_bias(visible):

@@ -13,7 +13,10 @@ The V4 Lightning Indexer runs its own, narrower CSA-style compressor (index_head
 with q_i = q_b_proj(MLA-style q latent), keeping the top `index_topk` complete entries per query.
 Its input is detached and its choice discrete: the LM loss gives it no gradient. As in the
 reference it is frozen by default; the training stages (indexer_loss.py) train it by its KL.
-Inputs are whole sequences (training and the recompute generation path); shapes are static.
+Over whole sequences (training, recompute, a prefill) the windows are reshaped out of the
+sequence; in cached decoding (kv_cache.py) each compressor keeps its closed entries [B, T, dim]
+and its open windows' token rows in a ring (ring_cache.py; m slots, 2m for CSA's overlap), and
+pools a window's entry in the step its last token arrives. Shapes are static.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from mindspore import nn, ops
 
 from .config import DeepseekConfig
 from .layers import Linear, RMSNorm, zeros_param
+from .ring_cache import blend_rows, one_hot_rows, ring_from_sequence
 
 MASK_VALUE = -1e30  # additive mask; exp() of it is exactly 0 in float32
 
@@ -81,10 +85,67 @@ class WindowCompressor(nn.Cell):
             prev_gate = ops.concat((ops.full((b, 1, m, d), MASK_VALUE, dtype=gate.dtype), gate[:, :n - 1, :, :d]), 1)
             kv = ops.concat((prev_kv, kv[..., d:]), 2)
             gate = ops.concat((prev_gate, gate[..., d:]), 2)
-        pooled = self.kv_norm((kv * ops.softmax(gate.astype(ms.float32), 2).astype(kv.dtype)).sum(2))
         starts = ops.arange(n, dtype=ms.int32) * m
         cos_w, sin_w = ops.gather(cos, starts, 2), ops.gather(sin, starts, 2)      # [B, 1, n, half]
-        return rope_tail(pooled.expand_dims(1), cos_w, sin_w)
+        return rope_tail(self.pool(kv, gate).expand_dims(1), cos_w, sin_w)
+
+    def pool(self, kv, gate):
+        """Windows' rows kv, gate [B, n, slots, dim] -> normed entries [B, n, dim]."""
+        return self.kv_norm((kv * ops.softmax(gate.astype(ms.float32), 2).astype(kv.dtype)).sum(2))
+
+    # ---- cached decoding -------------------------------------------------------------------
+    @property
+    def ring_slots(self) -> int:
+        """The open windows a decoding cache keeps: CSA's entry pools the previous window too."""
+        return 2 * self.rate if self.overlap else self.rate
+
+    def entry_count(self, length: int) -> int:
+        """Entries a cache of `length` positions holds; one that never becomes visible when no
+        window closes (so every shape stays non-empty)."""
+        return max(length // self.rate, 1)
+
+    def empty_window_cache(self, batch: int, length: int, dtype):
+        """(entries [B, T, dim], ring of kv rows, ring of gate rows [B, P, width])."""
+        width = self.kv_proj.out_features
+        return (ops.zeros((batch, self.entry_count(length), self.dim), dtype),
+                ops.zeros((batch, self.ring_slots, width), dtype),
+                ops.full((batch, self.ring_slots, width), MASK_VALUE, dtype=dtype))
+
+    def prefill_window_cache(self, x, cos, sin, positions, last):
+        """The cache as of each row's last prompt position `last` [B], from the whole padded
+        prompts x [B, L, H] (entries of windows past `last` are rewritten before any query sees them)."""
+        b, length, _ = x.shape
+        entries = self.compress(x, cos, sin)
+        entries = (ops.zeros((b, 1, self.dim), x.dtype) if entries is None
+                   else entries.reshape(b, -1, self.dim))
+        gate = self.gate_proj(x) + ops.gather(self.position_bias, positions % self.rate, 0)
+        return (entries, ring_from_sequence(self.kv_proj(x), last, self.ring_slots, 0.0),
+                ring_from_sequence(gate, last, self.ring_slots, MASK_VALUE))
+
+    def decode_window(self, x, pos, entry_cos, entry_sin, caches):
+        """One token x [B, 1, H] at positions pos [B]: its rows enter the ring; where it closes a
+        window (pos + 1 divisible by m) that window's entry is pooled, rotated at the window's
+        first position (entry_cos/sin [B, 1, 1, half]) and stored -> (entries [B, T, dim], caches)."""
+        entries, ring_kv, ring_gate = caches
+        b = x.shape[0]
+        m, d, slots = self.rate, self.dim, self.ring_slots
+        gate_row = self.gate_proj(x) + ops.gather(self.position_bias, (pos % m).reshape(b, 1), 0)
+        put = one_hot_rows(pos % slots, slots)
+        ring_kv, ring_gate = blend_rows(ring_kv, self.kv_proj(x), put), blend_rows(ring_gate, gate_row, put)
+        window = pos // m
+        kv_w, gate_w = ring_kv, ring_gate            # HCA: slot j holds the window's token j
+        if self.overlap:   # window w-1's slots first, then window w's: the whole-sequence layout
+            order = (ops.arange(slots, dtype=ms.int32).reshape(1, slots) + ((window + 1) % 2 * m).reshape(b, 1)) % slots
+            order = ops.broadcast_to(order.expand_dims(-1), ring_kv.shape)
+            kv_o, gate_o = ops.gather_elements(ring_kv, 1, order), ops.gather_elements(ring_gate, 1, order)
+            kv_w = ops.concat((kv_o[:, :m, :d], kv_o[:, m:, d:]), 1)
+            gate_w = ops.concat((gate_o[:, :m, :d], gate_o[:, m:, d:]), 1)
+        entry = rope_tail(self.pool(kv_w.expand_dims(1), gate_w.expand_dims(1)).expand_dims(1), entry_cos, entry_sin)
+        closes = ((pos + 1) % m == 0).astype(ms.int32)
+        # rows whose window does not close write nowhere (index -1)
+        entries = blend_rows(entries, entry.reshape(b, 1, d),
+                             one_hot_rows(window * closes - (1 - closes), entries.shape[1]))
+        return entries, (entries, ring_kv, ring_gate)
 
 
 class V4Indexer(WindowCompressor):
@@ -103,9 +164,13 @@ class V4Indexer(WindowCompressor):
     def construct(self, x, q_resid, cos, sin, positions, segment_ids=None):
         """-> (visible [B, S, T] bool: the chosen entries that query t may see, chosen [B, S, k],
         the index scores [B, S, T] (-inf where not visible), causal [B, S, T]: every entry t may see)."""
+        return self.rank(x, q_resid, cos, sin, self.compress(ops.stop_gradient(x), cos, sin), positions, segment_ids)
+
+    def rank(self, x, q_resid, cos, sin, keys, positions, segment_ids=None):
+        """construct()'s results for queries x [B, S, H] at `positions` [B, S] over the pooled
+        keys [B, 1, T, Di] (of the same sequence, or a decoding cache's)."""
         x, q_resid = ops.stop_gradient(x), ops.stop_gradient(q_resid)
         b, s, _ = x.shape
-        keys = self.compress(x, cos, sin)                                         # [B, 1, T, Di]
         t = keys.shape[2]
         q = self.q_b_proj(q_resid).reshape(b, s, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
         q = rope_tail(q, cos, sin)                                                # [B, Hi, S, Di]
@@ -134,6 +199,8 @@ class IndexScorer(nn.Cell):
 
 
 class HCACompressor(WindowCompressor):
+    cache_count = 3   # decoding: entries and the ring of the open window (WindowCompressor)
+
     def __init__(self, c: DeepseekConfig):
         super().__init__(c.hidden_size, c.head_dim, c.compress_rate_hca, False, c.rms_norm_eps,
                          c.fused_ops)
@@ -145,8 +212,21 @@ class HCACompressor(WindowCompressor):
             return None, None
         return entries, window_visible(entries.shape[2], positions, self.rate, segment_ids)
 
+    def empty_cache(self, batch: int, length: int, dtype):
+        return self.empty_window_cache(batch, length, dtype)
+
+    def prefill_cache(self, x, cos, sin, positions, last):
+        return self.prefill_window_cache(x, cos, sin, positions, last)
+
+    def decode(self, x, q_resid, cos, sin, pos, entry_cos, entry_sin, caches, dense=False):
+        """One token x [B, 1, H] at pos [B] -> (entries [B, 1, T, D], visible [B, 1, T], caches)."""
+        entries, caches = self.decode_window(x, pos, entry_cos, entry_sin, caches)
+        return entries.expand_dims(1), window_visible(entries.shape[1], pos.reshape(-1, 1), self.rate), caches
+
 
 class CSACompressor(WindowCompressor):
+    cache_count = 6   # decoding: its own entries and ring, then its indexer's
+
     def __init__(self, c: DeepseekConfig):
         super().__init__(c.hidden_size, c.head_dim, c.compress_rate_csa, True, c.rms_norm_eps,
                          c.fused_ops)
@@ -166,3 +246,18 @@ class CSACompressor(WindowCompressor):
             return None, None, None, None
         visible, _, index, causal = self.indexer(x, q_resid, cos, sin, positions, segment_ids)
         return entries, visible, index, causal
+
+    def empty_cache(self, batch: int, length: int, dtype):
+        return self.empty_window_cache(batch, length, dtype) + self.indexer.empty_window_cache(batch, length, dtype)
+
+    def prefill_cache(self, x, cos, sin, positions, last):
+        return (self.prefill_window_cache(x, cos, sin, positions, last)
+                + self.indexer.prefill_window_cache(ops.stop_gradient(x), cos, sin, positions, last))
+
+    def decode(self, x, q_resid, cos, sin, pos, entry_cos, entry_sin, caches, dense=False):
+        """One token x [B, 1, H] at pos [B] -> (entries [B, 1, T, D], the entries it attends to
+        [B, 1, T]: the indexer's top-k of the visible ones, or all of them when `dense`, caches)."""
+        entries, own = self.decode_window(x, pos, entry_cos, entry_sin, caches[:3])
+        keys, index_caches = self.indexer.decode_window(x, pos, entry_cos, entry_sin, caches[3:])
+        chosen, _, _, causal = self.indexer.rank(x, q_resid, cos, sin, keys.expand_dims(1), pos.reshape(-1, 1))
+        return entries.expand_dims(1), causal if dense else chosen, own + index_caches
