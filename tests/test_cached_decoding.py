@@ -71,3 +71,16 @@ def test_cached_decoding_equals_recomputation(family, overrides):
     cached_gen = Generator(model, LENGTH, batch_size=2, use_cache=True)
     assert cached_gen.use_cache
     assert cached_gen.generate(prompts, 12) == Generator(model, LENGTH, batch_size=2).generate(prompts, 12)
+
+
+@pytest.mark.parametrize("family", ["deepseek_v32", "deepseek_v4"])
+def test_cached_decoding_follows_the_dense_warmup(family):
+    """While the indexers warm up the model attends densely (train.indexer_stage=dense_warmup):
+    the cached decoder does too, so it agrees with recomputation, and not with sparse decoding."""
+    from mindformers_ds.train.indexer_training import apply_indexer_stage
+    model = _model(family, "model.index_topk=1")   # one key or entry: sparse and dense differ
+    prompts = [[7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20]]
+    sparse = Generator(model, 40, batch_size=2, use_cache=True).generate(prompts, 24)
+    apply_indexer_stage(model, "dense_warmup", 1.0)
+    dense = Generator(model, 40, batch_size=2).generate(prompts, 24)
+    assert Generator(model, 40, batch_size=2, use_cache=True).generate(prompts, 24) == dense != sparse

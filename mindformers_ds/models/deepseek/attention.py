@@ -183,6 +183,8 @@ class MLAttention(nn.Cell):
         if not self.has_indexer:
             return self.attend(q, q_pe, kv, cache_k, mask), (cache_c, cache_k)
         cache_i = caches[2] * (1.0 - write) + self.indexer.keys(x, cos, sin) * write
+        if self.index_stage == "dense_warmup":   # the model attends densely while its indexers warm up
+            return self.attend(q, q_pe, kv, cache_k, mask), (cache_c, cache_k, cache_i)
         sparse_mask = self.indexer.select(x, q_resid, cos, sin, cache_i, mask)[0]
         return self.attend(q, q_pe, kv, cache_k, sparse_mask), (cache_c, cache_k, cache_i)
 
