@@ -113,3 +113,16 @@ def test_sparse_stage_resumes_the_warmup_with_a_fresh_optimizer_and_trains_every
     moved = {n for n in before if not np.array_equal(before[n], after[n])}
     assert any(".indexer." in n for n in moved) and any(".indexer." not in n for n in moved)
     assert "exact_match_after" in curriculum["summary"]   # the held-out exact match is reported
+
+
+def test_report_draws_the_indexers_recall_and_kl(curriculum, tmp_path):
+    from matplotlib import image
+    from mindformers_ds.observe.report import build_report
+    warm_run = os.path.dirname(os.path.dirname(curriculum["warm"]))
+    out = build_report(warm_run, str(tmp_path / "report"))
+    assert "indexer" in out["figures"]
+    pixels = image.imread(os.path.join(out["dir"], "indexer.png"))
+    assert pixels.shape[0] > 300 and len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50
+    assert "Indexer recall@k and KL per sparse layer" in open(out["html"]).read()
+    frozen_run = os.path.dirname(os.path.dirname(curriculum["base"]))   # no indexer training: no figure
+    assert "indexer" not in build_report(frozen_run, str(tmp_path / "frozen"))["figures"]

@@ -175,6 +175,27 @@ def router_bias(steps: Records, max_layers: int = 8) -> Optional[bytes]:
     return _png(fig)
 
 
+def indexer_training(steps: Records) -> Optional[bytes]:
+    """While the indexers train (train.indexer_stage): per layer, the share of the dense attention
+    mass their top-k holds (recall@k) and the KL of their scores against the attention."""
+    rows = [r for r in steps if r.get("indexer_layers")]
+    if not rows:
+        return None
+    x = np.array([r["step"] for r in rows])
+    recall, kl = np.array([r["indexer_recall"] for r in rows], float), np.array([r["indexer_kl"] for r in rows], float)
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.2), sharex=True)
+    for i, layer in enumerate(rows[-1]["indexer_layers"]):
+        top.plot(x, recall[:, i], lw=1, label=f"layer {layer}")
+        bottom.plot(x, kl[:, i], lw=1)
+    top.set_ylabel("recall@k of dense mass"), top.set_ylim(0, 1.02), top.grid(alpha=0.3)
+    if recall.shape[1] <= 8:
+        top.legend(fontsize=8)
+    bottom.set_ylabel("KL(attention || indexer)"), bottom.set_xlabel("step"), bottom.grid(alpha=0.3)
+    top.set_title("Indexer training per sparse layer")
+    return _png(fig)
+
+
 FIGURES = [
     ("loss", "Training, MTP and evaluation loss", lambda s, e: loss_curves(s, e)),
     ("lr", "Learning-rate schedule", lambda s, e: learning_rate(s)),
@@ -184,4 +205,5 @@ FIGURES = [
     ("expert_load", "Expert load heat map (layer x expert over steps)", lambda s, e: expert_load_heatmap(s)),
     ("imbalance", "Expert imbalance", lambda s, e: imbalance(s)),
     ("router_bias", "Router bias trajectories", lambda s, e: router_bias(s)),
+    ("indexer", "Indexer recall@k and KL per sparse layer", lambda s, e: indexer_training(s)),
 ]
