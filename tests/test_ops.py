@@ -15,7 +15,7 @@ from mindspore import nn, ops, Tensor
 from conftest import ROOT, random_ids
 from mindformers_ds.models.deepseek import results as R
 from mindformers_ds.models.deepseek.model import token_nll
-from mindformers_ds.ops import build, composite, kernels, native
+from mindformers_ds.ops import attention_kernels, build, composite, kernels, native
 from mindformers_ds.checkpoint.fp8 import block_dequant, block_dequant_numpy, block_quant
 
 pytestmark = pytest.mark.skipif(build.library() is None, reason="the CPU kernel library could not be built")
@@ -190,10 +190,39 @@ def test_mla_attention(kind, sq, sk):
     scale = 0.37
     keep = _attention_masks(b, sq, sk, kind)
     bias = Tensor(np.where(keep, 0.0, -1e30).astype(np.float32))
-    fused = Call(kernels.mla_attention_op(scale), scale)
-    assert isinstance(fused.fn, kernels.FusedMlaAttention)
+    fused = Call(attention_kernels.mla_attention_op(scale), scale)
+    assert isinstance(fused.fn, attention_kernels.FusedMlaAttention)
     inputs = (t(b, sq, h, dn + dr), t(b, h, sq, dr), t(b, sk, h, dn + dv), t(b, sk, dr), bias)
     compare(fused, Call(composite.MlaAttentionCore(), scale), inputs, [t(b, sq, h, dv)], (0, 1, 2, 3))
+
+
+def _top_k_of(keep, k):
+    """What the Lightning Indexer hands the attention: each query's k best keys under random
+    scores, masked keys scoring -inf (so a query with fewer than k allowed keys also gets masked
+    ones, flagged) -> (index [B, Sq, k] int32, bias [B, Sq, k]: 0 allowed, -1e30 masked)."""
+    scores = np.where(keep, RNG.standard_normal(keep.shape), -np.inf)
+    index = np.argsort(-scores, axis=-1, kind="stable")[..., :k].astype(np.int32)
+    allowed = np.take_along_axis(keep, index, -1)
+    return index, np.where(allowed, 0.0, -1e30).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind,sq,sk,k", [("causal", 70, 70, 16), ("packed", 70, 70, 12), ("random", 5, 70, 8),
+                                          ("causal", 9, 9, 9)])
+def test_sparse_mla_attention(kind, sq, sk, k):
+    """The top-k kernel against the masked dense composite (composite.SparseMlaAttentionCore):
+    output and the gradients of q, q_pe, kv and k_pe. Causal rows before the k-th key are ragged
+    (fewer than k allowed keys, the rest flagged), packed rows see only their own sample, and the
+    last case keeps every causal key (k = S)."""
+    b, h, dn, dr, dv = 2, 3, 5, 4, 6
+    scale = 0.37
+    keep = _attention_masks(b, sq, sk, kind)[:, 0]
+    keep = np.broadcast_to(keep, (b, sq, sk)) | (np.arange(sk) == np.arange(sq)[:, None] + sk - sq)  # keeps itself
+    index, bias = _top_k_of(keep, k)
+    assert (bias == 0).any(axis=-1).all() and ((bias < 0).any() or kind == "random")  # ragged rows exist
+    fused = Call(attention_kernels.sparse_mla_attention_op(scale), scale)
+    assert isinstance(fused.fn, attention_kernels.FusedSparseMlaAttention)
+    inputs = (t(b, sq, h, dn + dr), t(b, h, sq, dr), t(b, sk, h, dn + dv), t(b, sk, dr), Tensor(index), Tensor(bias))
+    compare(fused, Call(composite.SparseMlaAttentionCore(), scale), inputs, [t(b, sq, h, dv)], (0, 1, 2, 3))
 
 
 class HeadThenNll(nn.Cell):
@@ -321,7 +350,7 @@ def test_fused_op_choice_is_made_in_one_place():
     readers = []
     for path in glob.glob(os.path.join(package, "**", "*.py"), recursive=True):
         rel = os.path.relpath(path, ROOT)
-        if rel in ("mindformers_ds/ops/choice.py", "mindformers_ds/ops/kernels.py"):
+        if rel in ("mindformers_ds/ops/choice.py", "mindformers_ds/ops/kernels.py", "mindformers_ds/ops/attention_kernels.py"):
             continue
         for node in ast.walk(ast.parse(open(path).read())):
             membership = (isinstance(node, ast.Compare) and any(isinstance(o, (ast.In, ast.NotIn)) for o in node.ops)
@@ -344,3 +373,6 @@ def test_fused_op_choice_is_made_in_one_place():
     assert kinds[()] == set()
     assert kinds[FUSED_OPS] >= {"FusedRMSNorm", "FusedSwiglu", "FusedRope", "FusedMoePermute", "FusedMoeUnpermute",
                                 "FusedGroupedMatmul", "FusedRouterTopk", "FusedMlaAttention", "FusedLmHeadNll"}
+    v32 = DeepseekForCausalLM(config.load(os.path.join(ROOT, "configs/deepseek_v32/tiny.yaml"),
+                                          [f"model.fused_ops=[{','.join(FUSED_OPS)}]"]).model.model_config())
+    assert "FusedSparseMlaAttention" in {type(c).__name__ for _, c in v32.cells_and_names()}

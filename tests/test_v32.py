@@ -56,7 +56,7 @@ class _Indexer(ms.nn.Cell):
 
     def construct(self, x, q_resid, position_ids, mask):
         cos, sin = self.rotary(position_ids)
-        return self.indexer(x, q_resid, cos, sin, mask)[1]
+        return self.indexer(x, q_resid, cos, sin, mask)[0]
 
 
 def test_logits_indexer_choices_and_routing_match_transformers(hf_v32):
@@ -104,9 +104,14 @@ def test_sparse_attention_changes_the_logits(hf_v32):
     assert np.abs(dense(ids).asnumpy() - sparse).max() > 1e-2
 
 
-def test_one_step_matches_pytorch_and_leaves_the_indexer_frozen(hf_v32):
+@pytest.mark.parametrize("fused_ops", [(), ("mla_attention", "sparse_mla_attention")], ids=["composite", "kernels"])
+def test_one_step_matches_pytorch_and_leaves_the_indexer_frozen(hf_v32, fused_ops):
+    """One training step against transformers, with the masked dense composite and with the
+    top-k attention kernel (ops/cpu/sparse_attention.cc) that costs O(S k)."""
     hf, path = hf_v32
-    model = DeepseekForCausalLM.from_pretrained(path)
+    model = DeepseekForCausalLM.from_pretrained(path, fused_ops=fused_ops)
+    kinds = {type(c).__name__ for _, c in model.cells_and_names()}
+    assert ("FusedSparseMlaAttention" in kinds) == bool(fused_ops)
     names = {p.name for p in model.trainable_params()}
     assert not any(".indexer." in n for n in names)
     before = {p.name: p.asnumpy().copy() for p in model.get_parameters() if ".indexer." in p.name}

@@ -256,15 +256,21 @@ def check_builtin(root: str, op: str) -> List[str]:
         problems.append(f"signatures.py: {op}: mindspore.ops has no {name} (ascend_builtin)")
     if os.path.isdir(os.path.join(root, "ops", "ascendc", op)):
         problems.append(f"ops/ascendc/{op}: {op} runs CANN's {name} on Ascend; an AscendC kernel would never be used")
-    kernels = open(os.path.join(root, "mindformers_ds", "ops", "kernels.py")).read()
+    kernels = python_faces(root)
     if f"ops.{name}(" not in kernels:
         problems.append(f"mindformers_ds/ops/kernels.py: {op} on Ascend never calls ops.{name}")
     return problems
 
 
+def python_faces(root: str) -> str:
+    """The source of the fused ops' Python faces: ops/kernels.py and ops/attention_kernels.py."""
+    return "".join(open(os.path.join(root, "mindformers_ds", "ops", f)).read()
+                   for f in ("kernels.py", "attention_kernels.py"))
+
+
 def check_python(root: str, op: str) -> List[str]:
     problems = []
-    kernels = open(os.path.join(root, "mindformers_ds", "ops", "kernels.py")).read()
+    kernels = python_faces(root)
     if not re.search(rf"^def {op}_op\(", kernels, re.M) or f'"{op}"' not in kernels:
         problems.append(f"mindformers_ds/ops/kernels.py: no factory {op}_op registering \"{op}\"")
     tests = open(os.path.join(root, "tests", "test_ops.py")).read()

@@ -21,6 +21,11 @@ def _kernels():
     return kernels
 
 
+def _attention_kernels():
+    from . import attention_kernels  # imports kernels: built only when a kernel is asked for
+    return attention_kernels
+
+
 def _always(**_consts) -> bool:
     return True
 
@@ -57,7 +62,10 @@ OPS: Dict[str, OpChoice] = {
     "router_topk": OpChoice(lambda **a: composite.router_topk, lambda **a: _kernels().router_topk_op(**a),
                             lambda scoring, **_: scoring != "sqrtsoftplus"),
     "mla_attention": OpChoice(lambda scale, dtype: composite.MlaAttentionCore(),
-                              lambda scale, dtype: _kernels().mla_attention_op(scale, dtype)),
+                              lambda scale, dtype: _attention_kernels().mla_attention_op(scale, dtype)),
+    # V3.2's attention over the indexer's top-k keys; the composite is the masked dense one
+    "sparse_mla_attention": OpChoice(lambda scale, dtype: composite.SparseMlaAttentionCore(),
+                                     lambda scale, dtype: _attention_kernels().sparse_mla_attention_op(scale, dtype)),
     # None: the head's logits and token_nll run instead
     "lm_head_nll": OpChoice(lambda dtype: None, lambda dtype: _kernels().lm_head_nll_op(dtype)),
     # None: the composite norm and scaling in train/step.py

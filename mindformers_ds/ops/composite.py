@@ -9,6 +9,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
+MASK_VALUE = -1e30  # added to masked scores in float32: exp() of it is exactly 0, and it absorbs any score
 
 def rms_norm(x, weight, eps: float):
     """weight * x / sqrt(mean(x^2) + eps), computed in float32 like transformers."""
@@ -79,6 +80,23 @@ class MlaAttentionCore(nn.Cell):
         v = kv[..., dn:].transpose(0, 2, 1, 3)
         probs = ops.softmax(self.scores(q, q_pe, kv, k_pe) * scale + bias, -1).astype(v.dtype)
         return self.bmm(probs, v).transpose(0, 2, 1, 3)
+
+
+class SparseMlaAttentionCore(nn.Cell):
+    """MLA attention over each query's top-k keys, as the masked dense composite: the chosen keys'
+    bias [B, Sq, K] (0, or MASK for a chosen key the mask drops) is scattered into a [B, 1, Sq, Sk]
+    bias that masks every other key, then MlaAttentionCore. index [B, Sq, K] int32, distinct per row.
+    Cost O(Sq * Sk); the sparse kernel (ops/cpu/sparse_attention.cc) computes the same in O(Sq * K)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = MlaAttentionCore()
+
+    def construct(self, q, q_pe, kv, k_pe, index, bias, scale):
+        b, sq = index.shape[0], index.shape[1]
+        masked = ops.full((b, sq, kv.shape[1]), MASK_VALUE, dtype=ms.float32)
+        dense_bias = ops.tensor_scatter_elements(masked, index, bias, axis=-1).expand_dims(1)
+        return self.dense(q, q_pe, kv, k_pe, dense_bias, scale)
 
 
 # ---------------------------------------------------------------------------------------

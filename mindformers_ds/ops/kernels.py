@@ -255,67 +255,6 @@ def router_topk_op(top_k, n_group, topk_group, scoring, method, norm_topk_prob, 
 
 
 # ---------------------------------------------------------------------------------------
-class FusedMlaAttention(_Fused):
-    """composite.MlaAttentionCore as one CPU kernel and its backward (no [B, H, Sq, Sk] tensor is
-    kept: the backward recomputes the probabilities from each row's saved max and log-sum)."""
-
-    def __init__(self, scale: float, fwd, bwd):
-        super().__init__()
-        self.scale = Tensor([scale], ms.float32)
-
-        def bprop(q, q_pe, kv, k_pe, bias, sc, out, dout):
-            dq, dq_pe, dkv, dk_pe = bwd(dout[0], q, q_pe, kv, k_pe, bias, sc, out[0], out[1])
-            return dq, dq_pe, dkv, dk_pe, ops.zeros_like(bias), ops.zeros_like(sc)
-        self.op = fwd(bprop)
-
-    def construct(self, q, q_pe, kv, k_pe, bias, scale):
-        return self.op(q, q_pe, kv, k_pe, bias, self.scale)[0]
-
-
-class AscendMlaAttention(_Fused):
-    """composite.MlaAttentionCore through CANN's FlashAttentionScore (float16/bfloat16 only): the
-    shared rope key is broadcast to every head and v zero-padded to the q/k head size, as the
-    op wants one head size. Written and statically checked here; not run without Ascend."""
-
-    def __init__(self, scale: float):
-        super().__init__()
-        self.scale = scale
-
-    def construct(self, q, q_pe, kv, k_pe, bias, scale):
-        b, sq, h, dq = q.shape
-        dr = q_pe.shape[-1]
-        dn, sk = dq - dr, kv.shape[1]
-        dv = kv.shape[-1] - dn
-        query = ops.concat((q[..., :dn], q_pe.transpose(0, 2, 1, 3)), -1)
-        key = ops.concat((kv[..., :dn], ops.broadcast_to(k_pe.expand_dims(2), (b, sk, h, dr))), -1)
-        value = ops.pad(kv[..., dn:], (0, dq - dv))
-        masked = ops.broadcast_to(bias < -1e29, (b, 1, sq, sk)).astype(ms.uint8)  # the op's mask: 1 = drop
-        out = ops.flash_attention_score(query, key, value, h, attn_mask=masked, scalar_value=self.scale,
-                                        input_layout="BSND")
-        return out[..., :dv]
-
-
-def mla_attention_op(scale: float, dtype=ms.float32):
-    if _target() == "Ascend":
-        if dtype in (ms.float16, ms.bfloat16):
-            return AscendMlaAttention(scale)
-        _fallback("mla_attention", "FlashAttentionScore takes float16/bfloat16 only")
-        return composite.MlaAttentionCore()
-    if dtype != ms.float32:
-        _fallback("mla_attention", "the CPU kernel is float32 only")
-        return composite.MlaAttentionCore()
-    g = _custom("mla_attention", _names("mla_attention", "grad")[0],
-                lambda do, q, qp, kv, kp, b, s, o, l: (q, qp, kv, kp), lambda do, q, qp, kv, kp, b, s, o, l: (q, q, q, q))
-    if g is None:
-        _fallback("mla_attention", "no kernel")
-        return composite.MlaAttentionCore()
-    fwd = lambda bprop: _custom("mla_attention", _names("mla_attention", "fwd")[0],
-                                lambda q, qp, kv, kp, b, s: ([q[0], q[1], q[2], kv[3] - (q[3] - qp[3])], [q[0], q[2], q[1], 2]),
-                                lambda q, qp, kv, kp, b, s: (q, ms.float32), bprop)
-    return FusedMlaAttention(scale, fwd, g)
-
-
-# ---------------------------------------------------------------------------------------
 class FusedLmHeadNll(_Fused):
     """(sum of -log p(target), count) of h [T, D] through the head w [V, D]: the composite
     `token_nll(h w^T, targets)` as one kernel that never holds the [T, V] logits. The kernel

@@ -65,6 +65,19 @@ SIGNATURES: Dict[str, Dict] = {
                                        ("k_pe", "float"), ("bias", "float32"), ("scale", "float32"),
                                        ("out", "float"), ("stats", "float32")],
                           grad_outputs=[("dq", "float"), ("dq_pe", "float"), ("dkv", "float"), ("dk_pe", "float")]),
+    # V3.2's attention over each query's top-k keys (index [B, Sq, K], their additive bias [B, Sq, K]):
+    # cost O(Sq * K). Its AscendC counterpart is not written yet (issue 20, README).
+    "sparse_mla_attention": dict(cpu="SparseMlaAttention", cpu_grad="SparseMlaAttentionGrad",
+                                 ascend=None, ascend_grad=None,
+                                 ascend_note="the masked dense composite on Ascend (no AscendC kernel yet)",
+                                 inputs=[("q", "float"), ("q_pe", "float"), ("kv", "float"), ("k_pe", "float"),
+                                         ("index", "int32"), ("bias", "float32"), ("scale", "float32")],
+                                 outputs=[("out", "float"), ("stats", "float32")],
+                                 grad_inputs=[("dout", "float"), ("q", "float"), ("q_pe", "float"), ("kv", "float"),
+                                              ("k_pe", "float"), ("index", "int32"), ("bias", "float32"),
+                                              ("scale", "float32"), ("out", "float"), ("stats", "float32")],
+                                 grad_outputs=[("dq", "float"), ("dq_pe", "float"), ("dkv", "float"),
+                                               ("dk_pe", "float")]),
     # CPU only: on Ascend the head and LogSoftmax stay composite (CANN fuses those itself).
     "lm_head_nll": dict(cpu="LmHeadNll", cpu_grad=None, ascend=None, ascend_grad=None,
                         ascend_note="composite MatMul + LogSoftmax on Ascend",

@@ -196,9 +196,13 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
             continue
         if isinstance(cell, (Linear, TopkRouter)):
             cell.matmul.shard(st["MatMul"], out_strategy.get(name))
-        elif isinstance(cell, MLAttention) and isinstance(cell.core, composite.MlaAttentionCore):
-            cell.core.bmm_nt.shard(st["BatchMatMul(q_nope,k_nope)"])  # the same primitive multiplies q_pe.k_pe
-            cell.core.bmm.shard(st["BatchMatMul(probs,v)"])          # with a strategy MindSpore derives
+        elif isinstance(cell, MLAttention):
+            # the dense core and V3.2's masked-dense top-k composite get the same head split; the
+            # top-k kernel (a Custom op) is given no strategy here (not run on Ascend: README)
+            cores = [cell.core, getattr(getattr(cell, "sparse_core", None), "dense", None)]
+            for core in [c for c in cores if isinstance(c, composite.MlaAttentionCore)]:
+                core.bmm_nt.shard(st["BatchMatMul(q_nope,k_nope)"])  # the same primitive multiplies q_pe.k_pe
+                core.bmm.shard(st["BatchMatMul(probs,v)"])          # with a strategy MindSpore derives
         elif isinstance(cell, V4Attention):
             cell.bmm_nt.shard(st["BatchMatMul(q,keys)"])
             cell.bmm.shard(st["BatchMatMul(probs,keys)"])

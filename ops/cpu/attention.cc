@@ -23,6 +23,7 @@
 // style). The two are kept apart: for an all-masked row the max is -1e30, and their sum would lose
 // the log-sum entirely.
 #include "common.h"
+#include "mla_layout.h"
 
 #include <algorithm>
 #include <limits>
@@ -32,18 +33,14 @@ namespace {
 constexpr int64_t kRows = 64;       // queries per block
 constexpr float kMaskedBelow = -1e29f;  // bias below this marks a masked key (MASK_VALUE = -1e30)
 
-struct Dims {
-  int64_t b, sq, sk, h, dq, dn, dr, dv, dkv, bm;
+struct Dims : mfds::MlaDims {
+  int64_t bm;  // the mask's batch: 1 (shared) or B
 };
 
 bool dims_of(int *ndims, int64_t **shapes, Dims *d) {
-  if (ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 3 || ndims[4] != 4) return false;
-  d->b = shapes[0][0], d->sq = shapes[0][1], d->h = shapes[0][2], d->dq = shapes[0][3];
-  d->dr = shapes[1][3], d->dn = d->dq - d->dr;
-  d->sk = shapes[2][1], d->dkv = shapes[2][3], d->dv = d->dkv - d->dn;
+  if (!mfds::mla_dims_of(ndims, shapes, d) || ndims[4] != 4) return false;
   d->bm = shapes[4][0];
-  return d->dn > 0 && d->dv > 0 && shapes[3][2] == d->dr && shapes[4][2] == d->sq && shapes[4][3] == d->sk &&
-         (d->bm == 1 || d->bm == d->b);
+  return shapes[4][2] == d->sq && shapes[4][3] == d->sk && (d->bm == 1 || d->bm == d->b);
 }
 
 // [lo, hi) key range of every query block of every mask batch
@@ -72,26 +69,17 @@ std::vector<Range> key_ranges(const float *bias, const Dims &d) {
   return out;
 }
 
-// Pointers of one (batch, head) pair; rows are strided by the head-interleaved layouts.
-struct Pair {
-  const Dims &d;
-  int64_t bi, hh;
-  int64_t q_ld() const { return d.h * d.dq; }
-  int64_t kv_ld() const { return d.h * d.dkv; }
-  int64_t o_ld() const { return d.h * d.dv; }
-  int64_t q_at(int64_t i) const { return ((bi * d.sq + i) * d.h + hh) * d.dq; }
-  int64_t qpe_at(int64_t i) const { return ((bi * d.h + hh) * d.sq + i) * d.dr; }
-  int64_t kv_at(int64_t j) const { return ((bi * d.sk + j) * d.h + hh) * d.dkv; }
-  int64_t kpe_at(int64_t j) const { return (bi * d.sk + j) * d.dr; }
-  int64_t o_at(int64_t i) const { return ((bi * d.sq + i) * d.h + hh) * d.dv; }
-  int64_t stats_at(int64_t i) const { return ((bi * d.h + hh) * d.sq + i) * 2; }
-  int64_t bias_at(int64_t i, int64_t j) const { return ((d.bm == 1 ? 0 : bi) * d.sq + i) * d.sk + j; }
+// One (batch, head) pair's rows, and its mask row (the mask may be shared by the batch).
+struct Pair : mfds::MlaPair {
+  Pair(const Dims &dims, int64_t b, int64_t h) : mfds::MlaPair{dims, b, h}, bm(dims.bm) {}
+  int64_t bm;
+  int64_t bias_at(int64_t i, int64_t j) const { return ((bm == 1 ? 0 : bi) * d.sq + i) * d.sk + j; }
 };
 
 // s [n, w] = q_nope k_nope^T + q_pe k_pe^T over rows [r0, r0+n) and keys [lo, lo+w), unscaled
 void raw_scores(const Pair &p, const float *q, const float *qpe, const float *kv, const float *kpe, int64_t r0,
                 int64_t n, int64_t lo, int64_t w, float *s) {
-  const Dims &d = p.d;
+  const mfds::MlaDims &d = p.d;
   mfds::sgemm('N', 'T', n, w, d.dn, 1.0f, q + p.q_at(r0), p.q_ld(), kv + p.kv_at(lo), p.kv_ld(), 0.0f, s, w);
   mfds::sgemm('N', 'T', n, w, d.dr, 1.0f, qpe + p.qpe_at(r0), d.dr, kpe + p.kpe_at(lo), d.dr, 1.0f, s, w);
 }
@@ -222,13 +210,7 @@ MFDS_AOT(MlaAttentionGrad) {
         }
       }
     }
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < d.b * d.sk; ++t) {
-      const int64_t bi = t / d.sk, j = t % d.sk;
-      float *dst = dkpe + t * d.dr;
-      std::memset(dst, 0, sizeof(float) * d.dr);
-      for (int64_t hh = 0; hh < d.h; ++hh) mfds::axpy(dst, dkpe_heads.data() + ((bi * d.h + hh) * d.sk + j) * d.dr, 1.0f, d.dr);
-    }
+    mfds::sum_rope_key_grads(dkpe_heads.data(), d, dkpe);
   }
   return 0;
 }

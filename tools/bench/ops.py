@@ -103,7 +103,7 @@ def cases():
         "router_topk": (Call(kernels.router_topk_op(*router, E, True), *router),
                         Call(composite.router_topk, *router), (t(N, E), t(E, scale=0.1)), 1, (0,)),
         # one layer's attention core, causal: q [B, S, H, 64+32], kv [B, S, H, 64+64]
-        "mla_attention": (Call(kernels.mla_attention_op(0.1), 0.1), Call(composite.MlaAttentionCore(), 0.1),
+        "mla_attention": (Call(attention_kernels.mla_attention_op(0.1), 0.1), Call(composite.MlaAttentionCore(), 0.1),
                           (t(B, S, HEADS, 96), t(B, HEADS, S, 32), t(B, S, HEADS, 128), t(B, S, 32),
                            Tensor(np.where(np.tril(np.ones((S, S), bool)), 0.0, -1e30).astype(np.float32)[None, None])),
                           1, (0, 1, 2, 3)),

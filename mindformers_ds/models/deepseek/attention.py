@@ -19,7 +19,7 @@ from .config import DeepseekConfig, RopeScaling, yarn_mscale
 from .indexer_loss import index_stats
 from .layers import DTYPES, Linear, RMSNorm, SharedAcrossHeads, SummedOverHeads
 
-MASK_VALUE = -1e30  # added to masked scores in float32; exp() of it is exactly 0
+MASK_VALUE = composite.MASK_VALUE
 
 
 def rope_inv_freq(dim: int, base: float, scaling: Optional[RopeScaling]) -> Tuple[np.ndarray, float]:
@@ -102,6 +102,9 @@ class MLAttention(nn.Cell):
         if self.has_indexer:
             from .indexer import LightningIndexer
             self.indexer = LightningIndexer(c)
+            # attention over the indexer's top-k keys: the kernel costs O(S k), the composite is
+            # the masked dense computation
+            self.sparse_core = choice.operator("sparse_mla_attention", c.fused_ops, scale=self.scale, dtype=dt)
             self.probs = MlaProbabilities()
             self.heads_summed = SummedOverHeads()
 
@@ -139,6 +142,14 @@ class MLAttention(nn.Cell):
         out = self.core(q, q_pe, kv, self.shared_key(k_pe), bias, self.scale)
         return self.o_proj(out.reshape(b, sq, -1))
 
+    def attend_top_k(self, q, q_pe, kv, k_pe, chosen, allowed):
+        """attend() over each query's chosen keys only: chosen [B, Sq, k] int32 indices into the
+        keys, allowed [B, Sq, k] bool (a chosen key the mask drops is not attended)."""
+        b, sq = q.shape[0], q.shape[1]
+        bias = ops.stop_gradient((1.0 - allowed.astype(ms.float32)) * MASK_VALUE)
+        out = self.sparse_core(q, q_pe, kv, self.shared_key(k_pe), chosen, bias, self.scale)
+        return self.o_proj(out.reshape(b, sq, -1))
+
     def construct(self, x, cos, sin, mask):
         """-> out [B, S, hidden]; with an indexer in a training stage (out, its stats row:
         indexer_loss.index_stats)."""
@@ -147,12 +158,15 @@ class MLAttention(nn.Cell):
         kv = self.expand_kv(c_kv)
         if not self.has_indexer:
             return self.attend(q, q_pe, kv, k_pe, mask)
-        sparse_mask, _, index = self.indexer(x, q_resid, cos, sin, mask)
+        chosen, allowed, index = self.indexer(x, q_resid, cos, sin, mask)
         if not self.reports_index:  # each query attends only to the keys the indexer picks
-            return self.attend(q, q_pe, kv, k_pe, sparse_mask)
+            return self.attend_top_k(q, q_pe, kv, k_pe, chosen, allowed)
+        sparse_mask = self.indexer.chosen_mask(chosen, allowed, kv.shape[1])
         dense = ops.broadcast_to(mask, sparse_mask.shape)
-        attended = dense if self.index_stage == "dense_warmup" else sparse_mask
-        out = self.attend(q, q_pe, kv, k_pe, attended)
+        if self.index_stage == "dense_warmup":
+            attended, out = dense, self.attend(q, q_pe, kv, k_pe, dense)
+        else:
+            attended, out = sparse_mask, self.attend_top_k(q, q_pe, kv, k_pe, chosen, allowed)
         raw = self.probs(q, q_pe, kv, k_pe, self.scale)
         dense_sum = self.heads_summed(masked_softmax(raw, dense).sum(1))
         attended_sum = dense_sum if self.index_stage == "dense_warmup" else self.heads_summed(
@@ -185,8 +199,8 @@ class MLAttention(nn.Cell):
         cache_i = caches[2] * (1.0 - write) + self.indexer.keys(x, cos, sin) * write
         if self.index_stage == "dense_warmup":   # the model attends densely while its indexers warm up
             return self.attend(q, q_pe, kv, cache_k, mask), (cache_c, cache_k, cache_i)
-        sparse_mask = self.indexer.select(x, q_resid, cos, sin, cache_i, mask)[0]
-        return self.attend(q, q_pe, kv, cache_k, sparse_mask), (cache_c, cache_k, cache_i)
+        chosen, allowed, _ = self.indexer.top_keys(x, q_resid, cos, sin, cache_i, mask)
+        return self.attend_top_k(q, q_pe, kv, cache_k, chosen, allowed), (cache_c, cache_k, cache_i)
 
 
 class MlaProbabilities(nn.Cell):

@@ -80,21 +80,26 @@ class LightningIndexer(nn.Cell):
         index = (logits * w).sum(1)                                             # [B, S, T]
         return ops.where(mask[:, 0], index, ops.full_like(index, NEG_INF))
 
-    def select(self, x, q_resid, cos, sin, keys, mask):
-        """For the attention mask [B|1, 1, S, T] bool over keys [B, T, Di] -> (the mask restricted
-        to each query's top-k keys [B, 1, S, T], the chosen key indices [B, S, k], the index
-        scores [B, S, T])."""
+    def top_keys(self, x, q_resid, cos, sin, keys, mask):
+        """Each query's top-k keys under the attention mask [B|1, 1, S, T] bool, over keys [B, T, Di]
+        -> (their indices [B, S, k] int32, whether the mask allows each [B, S, k] bool, the index
+        scores [B, S, T]). Masked keys score -inf, so a query with fewer than k allowed keys gets
+        all of them and some masked ones (flagged)."""
         x, q_resid = ops.stop_gradient(x), ops.stop_gradient(q_resid)
         b, s, _ = x.shape
         t = keys.shape[1]
-        mask = ops.broadcast_to(mask, (b, 1, s, t))
-        index = self.scores(x, q_resid, cos, sin, keys, mask)
-        k = min(self.topk, t)
-        chosen = ops.topk(index, k)[1]                                          # [B, S, k]
-        picked = ops.zeros((b, s, t), ms.float32)
-        picked = ops.tensor_scatter_elements(picked, chosen, ops.ones((b, s, k), ms.float32), axis=-1)
-        return ops.logical_and(mask, (picked > 0).expand_dims(1)), chosen, index
+        index = self.scores(x, q_resid, cos, sin, keys, ops.broadcast_to(mask, (b, 1, s, t)))
+        top, chosen = ops.topk(index, min(self.topk, t))                        # [B, S, k]
+        return chosen.astype(ms.int32), top > NEG_INF, index
+
+    @staticmethod
+    def chosen_mask(chosen, allowed, keys: int):
+        """The attention mask [B, 1, S, T] that keeps only the allowed chosen keys."""
+        b, s = chosen.shape[0], chosen.shape[1]
+        picked = ops.tensor_scatter_elements(ops.zeros((b, s, keys), ms.float32), chosen,
+                                             allowed.astype(ms.float32), axis=-1)
+        return (picked > 0).expand_dims(1)
 
     def construct(self, x, q_resid, cos, sin, mask):
-        """select() over the keys of the same tokens x [B, S, H] (training and recompute)."""
-        return self.select(x, q_resid, cos, sin, self.keys(ops.stop_gradient(x), cos, sin), mask)
+        """top_keys() over the keys of the same tokens x [B, S, H] (training and recompute)."""
+        return self.top_keys(x, q_resid, cos, sin, self.keys(ops.stop_gradient(x), cos, sin), mask)
