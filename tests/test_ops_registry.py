@@ -30,7 +30,8 @@ def test_repository_ops_are_consistent():
 def _copy_tree(dst):
     shutil.copytree(os.path.join(ROOT, "ops"), os.path.join(dst, "ops"))
     os.makedirs(os.path.join(dst, "mindformers_ds", "ops"))
-    shutil.copy(os.path.join(ROOT, "mindformers_ds", "ops", "kernels.py"), os.path.join(dst, "mindformers_ds", "ops"))
+    for face in ("kernels.py", "attention_kernels.py"):
+        shutil.copy(os.path.join(ROOT, "mindformers_ds", "ops", face), os.path.join(dst, "mindformers_ds", "ops"))
     os.makedirs(os.path.join(dst, "tests"))
     shutil.copy(os.path.join(ROOT, "tests", "test_ops.py"), os.path.join(dst, "tests"))
 
