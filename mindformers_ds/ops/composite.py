@@ -11,6 +11,12 @@ from mindspore import nn, ops
 
 MASK_VALUE = -1e30  # added to masked scores in float32: exp() of it is exactly 0, and it absorbs any score
 
+
+def additive_mask(keep):
+    """0 where `keep` (bool) holds, MASK_VALUE elsewhere, float32; no gradient flows through it."""
+    return ops.stop_gradient((1.0 - keep.astype(ms.float32)) * MASK_VALUE)
+
+
 def rms_norm(x, weight, eps: float):
     """weight * x / sqrt(mean(x^2) + eps), computed in float32 like transformers."""
     xf = x.astype(ms.float32)

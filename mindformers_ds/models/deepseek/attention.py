@@ -138,7 +138,7 @@ class MLAttention(nn.Cell):
         # The mask enters as an additive [B|1, 1, Sq, Sk] bias (0 or MASK_VALUE, exact in float32),
         # shared by the heads: a `where` against a full-size fill kept two more [B, H, Sq, Sk]
         # tensors per layer alive for the backward.
-        bias = ops.stop_gradient((1.0 - mask.astype(ms.float32)) * MASK_VALUE)  # no grad: no head-sum
+        bias = composite.additive_mask(mask)  # no grad: no head-sum
         out = self.core(q, q_pe, kv, self.shared_key(k_pe), bias, self.scale)
         return self.o_proj(out.reshape(b, sq, -1))
 
@@ -146,7 +146,7 @@ class MLAttention(nn.Cell):
         """attend() over each query's chosen keys only: chosen [B, Sq, k] int32 indices into the
         keys, allowed [B, Sq, k] bool (a chosen key the mask drops is not attended)."""
         b, sq = q.shape[0], q.shape[1]
-        bias = ops.stop_gradient((1.0 - allowed.astype(ms.float32)) * MASK_VALUE)
+        bias = composite.additive_mask(allowed)
         out = self.sparse_core(q, q_pe, kv, self.shared_key(k_pe), chosen, bias, self.scale)
         return self.o_proj(out.reshape(b, sq, -1))
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
+from ...ops.composite import MASK_VALUE
 from .config import DeepseekConfig
 from .layers import Linear, RMSNorm, zeros_param
 from .ring_cache import blend_rows, one_hot_rows, ring_from_sequence
 
-MASK_VALUE = -1e30  # additive mask; exp() of it is exactly 0 in float32
 
 
 def rope_tail(x, cos, sin):
