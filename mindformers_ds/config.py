@@ -90,6 +90,7 @@ class TrainConfig:
     eval_batches: int = 8
     resume: str = "never"               # never | auto | a checkpoint directory
     max_restarts: int = 0               # mfds launch: restarts after a dead or frozen worker (parallel/restart.py)
+    hang_timeout_s: float = 600.0       # a phase of a step lasting longer is a hang (observe/hang_watch.py); 0: off
     nan_policy: str = "stop"            # stop | skip
     freeze: List[str] = field(default_factory=list)   # name patterns, e.g. ["*.mlp.gate.*", "model.embed_tokens.*"]
     indexer_stage: str = "frozen"       # frozen | dense_warmup | sparse: V3.2/V4 indexer training (indexer_loss.py)
@@ -234,6 +235,8 @@ def _validate(cfg: RunConfig, origins: Origins, check_paths: bool = True) -> Non
          f"train.indexer_loss_weight={t.indexer_loss_weight} must be > 0")
     need(t.indexer_stage == "frozen" or not cfg.lora.enabled, "train.indexer_stage",
          f"train.indexer_stage={t.indexer_stage!r} trains the indexers' own weights; it cannot run with lora.enabled")
+    need(t.hang_timeout_s >= 0, "train.hang_timeout_s",
+         f"train.hang_timeout_s={t.hang_timeout_s} must be >= 0 (seconds; 0 turns hang detection off)")
     pr = t.profile
     need(pr.start_step >= 0 and pr.steps >= 0, "train.profile",
          f"train.profile start_step={pr.start_step} and steps={pr.steps} must be >= 0")

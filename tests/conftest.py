@@ -88,6 +88,14 @@ def hf_v2_dir(tmp_path_factory):
     return save_hf(build_hf("v2"), path)
 
 
+def free_port() -> int:
+    """A scheduler port free on this host now (for launches that must agree on one: several nodes)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def random_ids(batch: int, seq: int, vocab: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, (batch, seq)).astype(np.int32)
 

@@ -48,8 +48,7 @@ def deep_runs(tmp, config_path: str, sets, micro: int = 8):
                                     "train.max_new_tokens=3")],
                             cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert single.returncode == 0, single.stderr[-3000:]
-    dp2 = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--cluster-timeout", "600",
-                          "--master-port", str(8300 + os.getpid() % 500), "--", "train", "--config", config_path,
+    dp2 = subprocess.run([sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--cluster-timeout", "600", "--", "train", "--config", config_path,
                           *flags(tmp / "dp2", f"train.micro_batch_size={micro // 2}", "parallel.dp=2",
                                  "train.exact_match_samples=0")],
                          cwd=ROOT, capture_output=True, text=True, timeout=1800)

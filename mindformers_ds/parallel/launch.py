@@ -6,7 +6,11 @@
   first on PATH, as msrun starts `python` from PATH).
 * msrun always gets `--cluster_time_out`, and the launcher watches each worker: one that dies
   (SIGKILL, OOM) without finishing makes the launch stop the job and exit non-zero naming the
-  rank, instead of the survivors waiting in a collective forever.
+  rank, instead of the survivors waiting in a collective forever. One that fails by itself (an
+  exception) is named with the reason from its log, not the ranks msrun stopped after it
+  (worker_watch.py). One that stops making progress (`train.hang_timeout_s`: a hung collective,
+  a stalled read, a stopped main thread) is named with its step and phase and what the others
+  wait in (hang_judge.py).
 * Multi-node: run the same command on every node with `--nnodes`, `--node-rank` and the first
   node's `--master-addr`.
 * The scheduler port: a free one by default on one node (a fixed default collided with other
@@ -26,7 +30,9 @@ import time
 from typing import List, Optional
 
 from ..utils.device import device_target
+from .hang_judge import HangJudge
 from .restart import check_restarts, restart_from
+from .worker_watch import exit_status, stop_workers, watch_workers, worker_errors, worker_reason
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -39,85 +45,6 @@ def _train_config(train_args: List[str]):
     path = train_args[train_args.index("--config") + 1]
     sets = [train_args[i + 1] for i, a in enumerate(train_args) if a == "--set" and i + 1 < len(train_args)]
     return config.load(path, sets)
-
-
-def _state(pid: int) -> str:
-    """The process state letter of /proc/PID/stat (R, S, D, T: stopped, Z: zombie), "" when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "r") as f:
-            return f.read().split(")")[-1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
-def _worker_pid(status_dir: str, rank: int) -> int:
-    """The pid a worker wrote to its status file (worker.py), 0 before it has."""
-    try:
-        with open(os.path.join(status_dir, f"rank_{rank}.pid")) as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _state(pid) not in ("Z", "")   # a zombie (exited, not yet reaped by msrun) counts as dead
-
-
-def _watch_workers(proc: subprocess.Popen, local_ranks, status_dir: str, poll: float):
-    """Wait for msrun to end; return (rank, pid, how) of the worker that ended the job: the first
-    that exits without its done file ("died"), or one seen stopped before that ("stopped": frozen
-    by SIGSTOP, msrun gives up on its heartbeat and kills the others first).
-
-    Exits are observed through pidfds (the workers are msrun's children, not ours), which wake
-    us the moment a worker dies. Polling alone is racy: msrun SIGKILLs the survivors within its
-    own 1 s poll, and a later look would see every rank dead and could blame the wrong one.
-    """
-    import select
-    poller = select.poll()
-    watched = {}  # pidfd -> (rank, pid)
-    seen = set()
-    stopped = {}  # rank -> pid, of workers seen in state T
-
-    def blame(r, pid):
-        if stopped and r not in stopped:
-            r = min(stopped)
-            return r, stopped[r], "stopped"
-        return r, pid, "stopped" if r in stopped else "died"
-    try:
-        while proc.poll() is None:
-            for r, pid in watched.values():
-                if _state(pid) == "T":
-                    stopped[r] = pid
-            for r in local_ranks:
-                pid = 0 if r in seen else _worker_pid(status_dir, r)
-                if not pid:
-                    continue
-                seen.add(r)
-                try:
-                    fd = os.pidfd_open(pid)
-                except ProcessLookupError:
-                    if not os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")):
-                        return blame(r, pid)
-                    continue
-                watched[fd] = (r, pid)
-                poller.register(fd, select.POLLIN)
-                if not _alive(pid) and not os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")):
-                    return blame(r, pid)  # already a zombie when we started watching
-            for fd, _ in poller.poll(int(poll * 1000)):
-                r, pid = watched[fd]
-                poller.unregister(fd)
-                if not os.path.isfile(os.path.join(status_dir, f"rank_{r}.done")):
-                    return blame(r, pid)
-    finally:
-        for fd in watched:
-            os.close(fd)
-    return None
 
 
 MULTI_NODE_PORT = 8118
@@ -159,19 +86,6 @@ def wait_free(port: int, timeout: float = 60.0) -> int:
     return port
 
 
-def _stop_workers(status_dir: str, ranks) -> None:
-    """SIGKILL every worker of `ranks` still alive (their pids are in the status files)."""
-    pids = [p for p in (_worker_pid(status_dir, r) for r in ranks) if p]
-    for pid in [p for p in pids if _alive(p)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    t0 = time.time()
-    while any(_alive(p) for p in pids) and time.time() - t0 < 10:
-        time.sleep(0.1)
-
-
 def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
            master_port: Optional[int] = None, log_dir: Optional[str] = None, cluster_timeout: int = 120,
            poll: float = 0.5, max_restarts: Optional[int] = None) -> int:
@@ -194,7 +108,9 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
     restarts = check_restarts(max_restarts, cfg, nnodes)
     log_dir = os.path.abspath(log_dir or "msrun_logs")
     for attempt in range(restarts + 1):
-        code, dead = _run_job(nproc, world, train_args, node_rank, master_addr, port, log_dir, cluster_timeout, poll)
+        code, dead = _run_job(nproc, world, train_args, node_rank, master_addr, port, log_dir, cluster_timeout, poll,
+                              cfg.train.output_dir if cfg is not None else None,
+                              cfg.train.hang_timeout_s if cfg is not None else 0.0)
         if dead is None or attempt == restarts:
             return code
         print(f"launch: restart {attempt + 1} of {restarts}: {restart_from(cfg, dead)}", file=sys.stderr, flush=True)
@@ -204,8 +120,9 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
 
 
 def _run_job(nproc: int, world: int, train_args: List[str], node_rank: int, master_addr: str, master_port: int,
-             log_dir: str, cluster_timeout: int, poll: float):
-    """One msrun of the job: (exit code, (rank, pid, how) of the worker that ended it or None)."""
+             log_dir: str, cluster_timeout: int, poll: float, run_dir: Optional[str], hang_timeout: float):
+    """One msrun of the job: (exit code, the WorkerEnd of a worker whose end a restart may
+    recover from, or None)."""
     status_dir = os.path.join(log_dir, "status")
     os.makedirs(status_dir, exist_ok=True)
     for f in os.listdir(status_dir):
@@ -221,21 +138,21 @@ def _run_job(nproc: int, world: int, train_args: List[str], node_rank: int, mast
     print(f"launch: {world} workers ({nproc} on this node), logs in {log_dir}", flush=True)
     local_ranks = range(node_rank * nproc, (node_rank + 1) * nproc)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    dead = _watch_workers(proc, local_ranks, status_dir, poll)
-    if dead:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        _stop_workers(status_dir, local_ranks)
-        print(f"error: worker rank {dead[0]} (pid {dead[1]}) {_what(dead)}; stopped the job "
-              f"(its log: {os.path.join(log_dir, f'worker_{dead[0]}.log')})", file=sys.stderr, flush=True)
-        return 1, dead
+    end = watch_workers(proc, local_ranks, status_dir, poll, HangJudge(run_dir, status_dir, local_ranks, hang_timeout))
+    if end is not None:
+        _end_msrun(proc, grace=30 if end.how == "failed" else 0)   # after a failure msrun stops the others
+        stop_workers(status_dir, local_ranks)
+        reason = worker_reason(log_dir, end.rank) if end.how == "failed" else ""
+        if reason:
+            print(reason, file=sys.stderr, flush=True)
+        print(f"error: worker rank {end.rank} (pid {end.pid}) {end.describe()}; stopped the job "
+              f"(its log: {os.path.join(log_dir, f'worker_{end.rank}.log')})", file=sys.stderr, flush=True)
+        if end.how == "failed" and not end.restartable():
+            return int(end.status) if end.status.isdigit() else 1, None
+        return 1, end
     code = proc.returncode
-    _stop_workers(status_dir, local_ranks)   # none should be left; an orphan would hold memory and ports
-    status = {r: _exit_status(status_dir, r) for r in local_ranks}   # None: the worker wrote none
+    stop_workers(status_dir, local_ranks)   # none should be left; an orphan would hold memory and ports
+    status = {r: exit_status(status_dir, r) for r in local_ranks}   # None: the worker wrote none
     failed = [r for r, s in status.items() if s not in (None, "0", "")]
     finished = all(s == "0" for s in status.values())
     if code != 0 and finished and node_rank > 0:
@@ -247,36 +164,23 @@ def _run_job(nproc: int, world: int, train_args: List[str], node_rank: int, mast
         return 0, None
     if code != 0 or failed:
         which = f" (rank {', '.join(map(str, failed))} exited with an error)" if failed else ""
-        for line in _worker_errors(log_dir, failed or local_ranks):
+        for line in worker_errors(log_dir, failed or local_ranks):
             print(line, file=sys.stderr, flush=True)
         print(f"error: distributed job failed with status {code}{which}; see {log_dir}", file=sys.stderr, flush=True)
         return code or 1, None   # an error the job reports itself (a config error...) is not retried
     return 0, None
 
 
-def _what(dead) -> str:
-    return ("stopped responding (its process was stopped, state T: SIGSTOP or a job-control stop)"
-            if dead[2] == "stopped" else "died without finishing")
-
-
-def _exit_status(status_dir: str, rank: int) -> Optional[str]:
-    path = os.path.join(status_dir, f"rank_{rank}.done")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return f.read().strip()
-
-
-def _worker_errors(log_dir: str, ranks) -> List[str]:
-    """The workers' own one-line `error: ...` messages, each distinct one once (a config error
-    every rank meets is shown once)."""
-    seen: List[str] = []
-    for r in ranks:
-        path = os.path.join(log_dir, f"worker_{r}.log")
-        if not os.path.isfile(path):
-            continue
-        with open(path, errors="replace") as f:
-            errors = [ln.rstrip("\n") for ln in f if ln.startswith("error: ")]
-        if errors and errors[-1] not in seen:
-            seen.append(errors[-1])
-    return seen
+def _end_msrun(proc: subprocess.Popen, grace: float) -> None:
+    """Let msrun end by itself within `grace` seconds, then stop its process group."""
+    try:
+        proc.wait(timeout=grace or 0.01)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -1,10 +1,12 @@
 """Automatic restart of a launched job (`mfds launch --max-restarts N`, or `train.max_restarts`).
 
-When a worker dies (SIGKILL, OOM) or freezes (its process stopped), the launcher stops every
-worker of the job (launch.py), and, while restarts remain, starts the job again with
-`train.resume=auto`: it continues from the newest checkpoint that verifies
-(checkpoint/integrity.py), redoing the steps after it. A job that fails by itself (an error it
-reports: a bad config, a bad checkpoint named in one line) is not retried: it would fail again.
+When a worker dies (SIGKILL, OOM), freezes (its process stopped), hangs (hang_judge.py: a hang
+counts as a failure) or crashes (an exception:
+exit status 1, e.g. a failed collective), the launcher stops every worker of the job
+(launch.py), and, while restarts remain, starts the job again with `train.resume=auto`: it
+continues from the newest checkpoint that verifies (checkpoint/integrity.py), redoing the steps
+after it, as torchrun's restarts do. A worker that names an error in its input (status 2: a bad
+config, a bad checkpoint) is not retried, as it would fail again; nor one interrupted (130).
 
 One node only, for now: restarting every node's launcher together needs them to agree on the
 restart (e.g. through the shared run directory); `--max-restarts` with `--nnodes > 1` is
@@ -51,11 +53,11 @@ def _last_logged_step(output_dir: str) -> int:
 def restart_from(cfg, dead) -> str:
     """What a restart does, in one line: which rank, why, from which checkpoint, what is redone."""
     from ..checkpoint import manager
-    rank, _, how = dead
     newest = manager.latest(os.path.join(cfg.train.output_dir, "checkpoints"))
     step = int(os.path.basename(newest).split("_")[1]) if newest else 0
     last = _last_logged_step(cfg.train.output_dir)
-    why = "stopped responding" if how == "stopped" else "died"
+    why = {"stopped": "stopped responding", "failed": f"failed (exit status {dead.status})",
+           "hung": "stopped making progress"}.get(dead.how, "died")
     where = f"its newest checkpoint {newest} (step {step}, verified on load)" if newest else "step 0 (no checkpoint)"
     redo = f"; steps {step + 1}-{last} are redone" if last > step else ""
-    return f"worker rank {rank} {why}; resuming from {where}{redo}"
+    return f"worker rank {dead.rank} {why}; resuming from {where}{redo}"

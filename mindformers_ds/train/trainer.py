@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..errors import TrainingInterrupted
 from ..generation import Generator
 from ..models.deepseek import results as R
+from ..observe.hang_watch import HangWatch, Progress
 from ..observe.peak import peak_tflops
 from ..observe.profiling import ProfileWindow
 from ..observe.step_metrics import StepMetrics, expert_stats, indexer_stats, steady_state
@@ -63,6 +64,11 @@ class Trainer:
         self.executor = executor or executor_for(cfg.parallel)
         self.out = cfg.train.output_dir
         self.ckpt_root = os.path.join(self.out, "checkpoints")
+        self.progress = Progress()   # the phase the loop is in, for the hang watchdog
+        self.eval_compiled = False
+        p = cfg.parallel   # what the step graph waits in on other ranks (the executor puts them there)
+        groups = [f"{name}={size}" for name, size in (("dp", p.dp), ("tp", p.tp), ("ep", p.ep), ("pp", p.pp)) if size > 1]
+        self.graph_collectives = f"the step graph's collectives ({', '.join(groups)})" if groups else ""
 
     # ---- setup ---------------------------------------------------------------------------
     def _setup_model(self) -> None:
@@ -173,6 +179,8 @@ class Trainer:
                 parts = cur if parts is None else {k: parts[k] + cur[k] for k in cur}
             norm, finite = self.apply_step(grads, ms.Tensor(parts[R.LOAD]), ms.Tensor(parts[R.LOSS], ms.float32), lr)
         if self.sum_parts is not None:  # losses of the whole global batch, on every rank
+            self.progress.enter("loss sums", self.progress.step, "all_reduce(world) of the loss sums",
+                                timed=self.progress.timed)   # its first run compiles too
             summed = self.sum_parts(ms.Tensor(np.array([parts[k] for k in R.LOSS_SUMS], np.float32))).asnumpy()
             parts.update(zip(R.LOSS_SUMS, summed))
             parts[R.LOAD] = self.sum_parts(ms.Tensor(parts[R.LOAD])).asnumpy()
@@ -237,8 +245,9 @@ class Trainer:
         timer = StepMetrics(self.model.config, self.cfg.data.seq_length,
                             peak_tflops(self.cfg.logging.peak_tflops, ms.get_context("device_target")), self.env.world)
         profile = ProfileWindow(t.profile.start_step, t.profile.steps, self.out, enabled=self.env.is_main)
+        watch = HangWatch(self.progress, self.env.rank, self.out, t.hang_timeout_s, os.environ.get("MFDS_STATUS_DIR"))
         try:
-            with interruptible():
+            with interruptible(), watch:
                 self._steps(start, metrics, timer, profile, state)
         except KeyboardInterrupt:
             self.saver.finish()   # a background write completes: the message names it
@@ -260,9 +269,12 @@ class Trainer:
                 log.info("compiling the training step (first step)...")
             profile.before_step(step)
             t0 = time.perf_counter()
+            self.progress.enter("data", step + 1)
             prepared = self.prepare_step(step)
             t1 = time.perf_counter()
+            self.progress.enter("step graph", step + 1, self.graph_collectives, timed=step > start)   # the first compiles
             batch, parts, norm, finite, lr = self.compute_step(*prepared)
+            self.progress.enter("logging", step + 1)
             t2 = time.perf_counter()
             dt, last_end, paused = t2 - last_end - paused, t2, 0.0
             top_ops = profile.after_step(step)
@@ -315,8 +327,12 @@ class Trainer:
         done = done_steps == t.max_steps
         p0 = time.perf_counter()
         if t.eval_every and done_steps % t.eval_every == 0 and not done and self.eval_rows is not None:
+            self.progress.enter("eval", done_steps, timed=self.eval_compiled)   # its graph compiles once
+            self.eval_compiled = True
             metrics.write({"type": "eval", "step": done_steps, **self._eval_loss()})
         if (ck.save_every and done_steps % ck.save_every == 0) or (done and ck.save_final):
+            barriers = "the checkpoint's barriers (all_reduce(world))" if self.env.world > 1 else ""
+            self.progress.enter("save", done_steps, barriers)
             metrics.write(self.saver.save(done_steps, tokens_seen))
         return paused + time.perf_counter() - p0
 
