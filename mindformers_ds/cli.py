@@ -178,8 +178,9 @@ def cmd_lora(a) -> int:
 
 def cmd_report(a) -> int:
     from .observe.report import build_report
-    res = build_report(a.run_dir, a.out)
-    print(f"{res['html']} ({len(res['figures'])} figures: {', '.join(res['figures'])})")
+    res = build_report(a.run_dir, a.out, a.node_dirs)
+    ranks = f"; {len(res['ranks'])} ranks" if len(res["ranks"]) > 1 else ""
+    print(f"{res['html']} ({len(res['figures'])} figures: {', '.join(res['figures'])}{ranks})")
     return 0
 
 
@@ -286,6 +287,8 @@ def add_tool_commands(sub, fmt) -> None:
     r = sub.add_parser("report", help="HTML page and PNGs of a run's curves, expert load and router bias",
                        formatter_class=fmt)
     r.add_argument("run_dir", help="a run's train.output_dir (holding metrics.jsonl)")
+    r.add_argument("node_dirs", nargs="*", default=[],
+                   help="a multi-node run's other nodes' run directories, when not shared (merged by rank)")
     r.add_argument("--out", default=None, help="default: RUN_DIR/report")
     r.set_defaults(fn=cmd_report)
 

@@ -153,6 +153,9 @@ class LoggingConfig:
     progress_bar: bool = True
     level: str = "INFO"
     peak_tflops: Optional[float] = None # MFU denominator per device; default: measured (CPU) / published (Ascend)
+    straggler_every: int = 20           # steps per straggler window (observe/stragglers.py); 0: off
+    straggler_factor: float = 1.5       # own time per step above the peers' median by this factor ...
+    straggler_steps: int = 2            # ... for this many consecutive windows names a straggler
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,11 @@ def _validate(cfg: RunConfig, origins: Origins, check_paths: bool = True) -> Non
          f"train.profile start_step={pr.start_step} and steps={pr.steps} must be >= 0")
     need(pr.start_step + pr.steps <= t.max_steps, "train.profile.steps",
          f"train.profile covers steps {pr.start_step + 1}..{pr.start_step + pr.steps}, beyond train.max_steps={t.max_steps}")
+    lg = cfg.logging
+    need(lg.straggler_every >= 0, "logging.straggler_every",
+         f"logging.straggler_every={lg.straggler_every} must be >= 0 (steps; 0 turns straggler detection off)")
+    need(lg.straggler_factor > 1, "logging.straggler_factor", f"logging.straggler_factor={lg.straggler_factor} must be > 1")
+    need(lg.straggler_steps >= 1, "logging.straggler_steps", f"logging.straggler_steps={lg.straggler_steps} must be >= 1")
     need(cfg.logging.peak_tflops is None or cfg.logging.peak_tflops > 0, "logging.peak_tflops",
          f"logging.peak_tflops={cfg.logging.peak_tflops} must be > 0 (TFLOP/s per device)")
     need(t.resume in ("never", "auto") or os.path.isdir(t.resume) or not check_paths, "train.resume",

@@ -186,24 +186,47 @@ def test_four_workers_and_resume_under_other_layouts(reference, tmp_path):
 
 
 @pytest.mark.timeout(900)
-def test_two_nodes_on_one_host_match_the_single_launch(reference, tmp_path):
-    """`mfds launch --nnodes 2 --node-rank {0,1} --master-addr 127.0.0.1 --nproc 1`: two launchers,
-    one worker each, sharing the run directory, reproduce the single process (so dp=2)."""
+def test_two_nodes_on_one_host_restart_together_and_match_the_single_launch(reference, tmp_path):
+    """`mfds launch --nnodes 2 --node-rank {0,1} --master-addr 127.0.0.1 --nproc 1 --max-restarts 1`:
+    two launchers, one worker each, sharing the run directory (so dp=2). Node 1's worker is
+    SIGKILLed after step 1 is saved: node 1 publishes the verdict, node 0 stops its worker on it,
+    both restart from the newest checkpoint, and the run still equals the single process."""
     out = str(tmp_path / "run")
     port = free_port()   # the nodes must agree on one
     nodes = []
     for node in (0, 1):
         cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "1", "--nnodes", "2", "--node-rank",
                str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), "--cluster-timeout", "60",
-               "--", "train", "--config", CFG, *sets(out, dp=2)]
+               "--max-restarts", "1", "--", "train", "--config", CFG,
+               *sets(out, dp=2, extra=("--set", "checkpoint.save_every=1", "--set", "checkpoint.keep_last=4"))]
         nodes.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         time.sleep(1)
+    t0 = time.time()
+    while not manager.complete_steps(os.path.join(out, "checkpoints")):   # step 1 is saved
+        assert all(p.poll() is None for p in nodes) and time.time() - t0 < 300
+        time.sleep(0.2)
+    victim = int(open(os.path.join(out, "logs", "node_1", "status", "rank_1.pid")).read())
+    os.kill(victim, signal.SIGKILL)
     results = [p.communicate(timeout=600) for p in nodes]
     for p, (so, se) in zip(nodes, results):
         assert p.returncode == 0, so[-2000:] + se[-2000:]
+        assert "launch: restart 1 of 1: worker rank 1 died; resuming from its newest checkpoint" in se, se[-2000:]
+    assert f"error: worker rank 1 (pid {victim}) died without finishing" in results[1][1]
+    assert "launch: node 0: node 1 ended the job: worker rank 1 died without finishing" in results[0][1]
     assert sorted(os.listdir(os.path.join(out, "logs"))) == ["node_0", "node_1"]   # logs per node
     assert os.path.isfile(os.path.join(out, "logs", "node_1", "worker_1.log"))
     assert_same_run(out, reference, str(tmp_path))
+
+
+def test_restarting_nodes_that_share_no_run_directory_is_refused_in_one_line(tmp_path):
+    """A node whose peers' launchers never appear in the run directory (not shared) stops before
+    any worker starts, naming the directory and the missing node."""
+    from mindformers_ds.errors import ConfigError
+    from mindformers_ds.parallel.node_agreement import NodeAgreement
+    with pytest.raises(ConfigError) as e:
+        NodeAgreement(str(tmp_path), nnodes=2, node_rank=0, timeout=1, origin="run.yaml").meet()
+    assert str(e.value) == (f"run.yaml: --max-restarts with several nodes: node 1 not seen in {tmp_path}/launch after "
+                            "1 s; restarting nodes together needs a run directory every node shares")
 
 
 @pytest.mark.timeout(600)

@@ -5,8 +5,9 @@ writes down where.
 The loop marks each phase as it enters it (`Progress.enter`): the data, the step graph (forward,
 backward, the collectives the executor put in it, the update), the all-reduce of the loss sums,
 evaluation, saving. The mark is a few attribute stores by the main thread (nothing to measure);
-the watchdog only reads it. Every `tick` seconds the watchdog
+the watchdog only reads it. Every `tick` seconds (0.25) the watchdog
 
+* measures how late it wakes: the time the process did not run (stragglers.py);
 * writes a heartbeat, `rank_R.progress` (JSON: step, phase, the collective the phase waits in,
   when it began, when this beat was written) in the launcher's status directory, so the launcher
   sees a worker whose process is stopped whole (no beats) as well as where it was;
@@ -28,25 +29,45 @@ import sys
 import threading
 import time
 import traceback
-from typing import Optional
+from typing import Dict, Optional
 
 from ..utils.io import atomic_write_text
 
 log = logging.getLogger("mindformers_ds.train")
+STALL_JITTER = 0.1   # a tick later than this means the process did not run (stragglers.py)
 
 
 class Progress:
     """Where the main thread is: the step it runs (1-based), its phase, the collective that phase
-    waits in ("" for none), and since when (time.time())."""
+    waits in ("" for none), and since when (time.time()); and, since the last `take`, the
+    seconds spent in each phase and those the process did not run in each (stragglers.py)."""
 
     def __init__(self):
         self.step, self.phase, self.waits_in, self.timed, self.since = 0, "start", "", False, time.time()
+        self.spent: Dict[str, float] = {}
+        self.stalled: Dict[str, float] = {}
+        self._lock = threading.Lock()   # `stalled` is added to by the watchdog
 
     def enter(self, phase: str, step: int, waits_in: str = "", timed: bool = True) -> None:
+        now = time.time()
+        self.spent[self.phase] = self.spent.get(self.phase, 0.0) + now - self.since
         # `since` last: the watchdog reads the fields without a lock; a torn read can only pair
         # the new phase with the old start time for one tick, which is shorter than any timeout
         self.step, self.phase, self.waits_in, self.timed = step, phase, waits_in, timed
-        self.since = time.time()
+        self.since = now
+
+    def stall(self, seconds: float) -> None:
+        if self.timed:   # a compiling phase holds the GIL in stretches: not a stall
+            with self._lock:
+                self.stalled[self.phase] = self.stalled.get(self.phase, 0.0) + seconds
+
+    def take(self):
+        """(seconds per phase, seconds not running per phase) since the last take; the current
+        phase counts from its start or the last take, whichever is later."""
+        spent, self.spent = self.spent, {}
+        with self._lock:
+            stalled, self.stalled = self.stalled, {}
+        return spent, stalled
 
     def record(self, now: float) -> dict:
         return {"step": self.step, "phase": self.phase, "waits_in": self.waits_in, "timed": self.timed,
@@ -57,16 +78,18 @@ class HangWatch:
     """The watchdog thread of one worker; a context manager around the training loop."""
 
     def __init__(self, progress: Progress, rank: int, run_dir: str, timeout: float,
-                 status_dir: Optional[str] = None, tick: float = 1.0):
+                 status_dir: Optional[str] = None, tick: float = 0.25, stalls: bool = False):
+        """`stalls`: measure the time the process does not run (for straggler detection), also
+        with the timeout off."""
         self.progress, self.rank, self.run_dir, self.timeout = progress, rank, run_dir, timeout
-        self.status_dir, self.tick = status_dir, tick
+        self.status_dir, self.tick, self.stalls = status_dir, tick, stalls
         self._stop = threading.Event()
         self._reported = None   # (step, phase, since) of the phase last reported: once each
         self._thread = threading.Thread(target=self._run, name="mfds-hang-watch", daemon=True)
         self._main = threading.main_thread().ident
 
     def __enter__(self):
-        if self.timeout > 0:   # 0: off, and no heartbeats either (the launcher judges nothing then)
+        if self.timeout > 0 or self.stalls:   # timeout 0: no heartbeats (the launcher judges nothing)
             self._thread.start()
         return self
 
@@ -82,10 +105,15 @@ class HangWatch:
         return False
 
     def _run(self) -> None:
+        last = time.time()
         while not self._stop.wait(self.tick):
             now = time.time()
+            late = now - last - self.tick   # the process (or this thread's GIL) did not run for that long
+            last = now
+            if late > STALL_JITTER:
+                self.progress.stall(late)
             rec = self.progress.record(now)
-            if self.status_dir:
+            if self.status_dir and self.timeout > 0:
                 self._beat({**rec, "beat": round(now, 3)})
             key = (rec["step"], rec["phase"], rec["since"])
             if self.timeout > 0 and rec["timed"] and rec["seconds"] >= self.timeout and key != self._reported:
@@ -116,6 +144,13 @@ class HangWatch:
         where = f", waiting in {rec['waits_in']}" if rec["waits_in"] else ""
         log.error("rank %d: no progress for %.0f s at step %d (phase %s%s); stacks in %s", self.rank,
                   rec["seconds"], rec["step"], rec["phase"], where, path)
+
+
+def graph_collectives(parallel) -> str:
+    """What the step graph waits in on other ranks: the collectives the executor puts in it."""
+    p = parallel
+    groups = [f"{name}={size}" for name, size in (("dp", p.dp), ("tp", p.tp), ("ep", p.ep), ("pp", p.pp)) if size > 1]
+    return f"the step graph's collectives ({', '.join(groups)})" if groups else ""
 
 
 def read_report(path: str) -> Optional[dict]:

@@ -1,5 +1,7 @@
-"""`mfds report RUN_DIR`: one self-contained HTML page (figures embedded as PNG data) plus the
-PNG files, in RUN_DIR/report/. It reads metrics.jsonl, summary.json and config.yaml.
+"""`mfds report RUN_DIR [NODE_DIR ...]`: one self-contained HTML page (figures embedded as PNG
+data) plus the PNG files, in RUN_DIR/report/. It reads metrics.jsonl, summary.json and
+config.yaml; for a multi-rank run also every rank's metrics, straggler windows and hang reports,
+from RUN_DIR and the other nodes' directories, merged by rank (rank_report.py).
 
 The page marks itself when rendered: a script counts the figures the browser decoded and sets
 `data-figures-loaded` on <body>, which the screenshot test reads back from headless Chromium.
@@ -15,6 +17,7 @@ from typing import Dict, List, Optional
 from ..errors import ReportError
 from ..utils.io import atomic_write_bytes, atomic_write_text
 from ..utils.logging import read_metrics
+from . import rank_report
 from .figures import FIGURES
 
 
@@ -37,7 +40,27 @@ def _summary_rows(summary: Dict, steps: List[Dict]) -> List[tuple]:
     return rows
 
 
-def _page(title: str, rows: List[tuple], figures: List[tuple], top_ops: Optional[List[Dict]]) -> str:
+def _incident_tables(stragglers: List[Dict], hangs: List[Dict]) -> List[str]:
+    parts = []
+    if stragglers:
+        parts.append("<h2>Stragglers</h2><table><tr><th>steps</th><th>rank</th><th>own s/step</th><th>peers' median</th>"
+                     "<th>phase</th><th>phase s</th><th>peers' median</th></tr>")
+        parts += [f"<tr><td>{s['window']}</td><td>rank {s['rank']}</td><td>{s['own_s']:.3f}</td><td>{s['median_s']:.3f}"
+                  f"</td><td>{html.escape(s['phase'])}</td><td>{s['phase_s']:.3f}</td><td>{s['phase_median_s']:.3f}</td>"
+                  "</tr>" for s in stragglers]
+        parts.append("</table>")
+    if hangs:
+        parts.append("<h2>Hangs</h2><table><tr><th>rank</th><th>step</th><th>phase</th><th>waits in</th><th>seconds</th>"
+                     "<th>report</th></tr>")
+        parts += [f"<tr><td>rank {h['rank']}</td><td>{h['step']}</td><td>{html.escape(h['phase'])}</td>"
+                  f"<td>{html.escape(h['waits_in'] or '-')}</td><td>{h['seconds']:.0f}</td>"
+                  f"<td>{html.escape(h['file'])}</td></tr>" for h in hangs]
+        parts.append("</table>")
+    return parts
+
+
+def _page(title: str, rows: List[tuple], figures: List[tuple], top_ops: Optional[List[Dict]],
+          incidents: List[str]) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}"
@@ -45,6 +68,7 @@ def _page(title: str, rows: List[tuple], figures: List[tuple], top_ops: Optional
              f"</head><body data-figures='{len(figures)}'><h1>{html.escape(title)}</h1><table>"]
     parts += [f"<tr><th>{html.escape(str(k))}</th><td>{v}</td></tr>" for k, v in rows]
     parts.append("</table>")
+    parts += incidents
     if top_ops:
         parts.append("<h2>Profiled operators</h2><table><tr><th>op</th><th>share</th><th>calls</th><th>ms each</th></tr>")
         parts += [f"<tr><td>{html.escape(r['op_type'])}</td><td>{r['share']:.1%}</td><td>{r['calls']}</td>"
@@ -60,8 +84,9 @@ def _page(title: str, rows: List[tuple], figures: List[tuple], top_ops: Optional
     return "\n".join(parts)
 
 
-def build_report(run_dir: str, out_dir: Optional[str] = None) -> Dict:
-    """Write RUN_DIR/report/index.html and one PNG per figure; returns the paths and figure names."""
+def build_report(run_dir: str, out_dir: Optional[str] = None, node_dirs: List[str] = ()) -> Dict:
+    """Write RUN_DIR/report/index.html and one PNG per figure; returns the paths and figure names.
+    `node_dirs`: the other nodes' run directories of a multi-node run (their ranks' metrics)."""
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(metrics_path):
         raise ReportError(f"{run_dir}: no metrics.jsonl (expected the output_dir of an `mfds train` run)")
@@ -78,14 +103,37 @@ def build_report(run_dir: str, out_dir: Optional[str] = None) -> Dict:
         with open(os.path.join(run_dir, "summary.json")) as f:
             summary = json.load(f)
     out_dir = out_dir or os.path.join(run_dir, "report")
+    dirs = [run_dir, *node_dirs]
+    for d in node_dirs:
+        if not os.path.isdir(d):
+            raise ReportError(f"{d}: not a directory (expected another node's run directory)")
+    ranks = rank_report.rank_records(dirs)
+    drawn = [(name, caption, draw(steps, evals)) for name, caption, draw in FIGURES]
+    drawn += [("rank_split", "Where each rank's step goes", rank_report.rank_split(ranks)),
+              ("rank_timeline", "Each rank's own time per step", rank_report.rank_timeline(ranks)),
+              ("expert_load_per_rank", "Routed tokens per expert-parallel rank",
+               rank_report.expert_load_per_rank(steps, _expert_parallel(run_dir)))]
     figures = []
-    for name, caption, draw in FIGURES:
-        png = draw(steps, evals)
+    for name, caption, png in drawn:
         if png is not None:
             atomic_write_bytes(os.path.join(out_dir, f"{name}.png"), png)
             figures.append((name, caption, png))
     title = f"mindformers_ds run: {os.path.basename(os.path.abspath(run_dir))}"
-    page = _page(title, _summary_rows(summary, steps), figures, summary.get("profile_top_ops"))
+    stragglers, hangs = rank_report.incidents(dirs, records)
+    page = _page(title, _summary_rows(summary, steps), figures, summary.get("profile_top_ops"),
+                 _incident_tables(stragglers, hangs))
     index = os.path.join(out_dir, "index.html")
     atomic_write_text(index, page)
-    return {"html": index, "figures": [f[0] for f in figures], "dir": out_dir}
+    return {"html": index, "figures": [f[0] for f in figures], "dir": out_dir, "ranks": sorted(ranks),
+            "stragglers": len(stragglers), "hangs": len(hangs)}
+
+
+def _expert_parallel(run_dir: str) -> int:
+    """parallel.ep of the run (its config.yaml), 1 when it says none."""
+    import yaml
+    try:
+        with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8") as f:
+            cfg = yaml.safe_load(f) or {}
+        return int((cfg.get("parallel") or {}).get("ep", 1))
+    except (OSError, ValueError, TypeError, yaml.YAMLError):
+        return 1

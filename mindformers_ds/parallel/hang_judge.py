@@ -28,8 +28,8 @@ from .worker_watch import WorkerEnd, worker_pid
 
 GRACE = 5.0
 # the loop's phases in the order a step runs them (train/trainer.py)
-PHASE_ORDER = {"start": 0, "data": 1, "step graph": 2, "loss sums": 3, "logging": 4, "eval": 5, "save": 6,
-               "after the loop": 7}
+PHASE_ORDER = {"start": 0, "data": 1, "step graph": 2, "loss sums": 3, "logging": 4, "stragglers": 5, "eval": 6,
+               "save": 7, "after the loop": 8}
 
 
 def _thread_states(pid: int) -> Dict[int, str]:

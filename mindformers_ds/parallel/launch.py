@@ -31,6 +31,7 @@ from typing import List, Optional
 
 from ..utils.device import device_target
 from .hang_judge import HangJudge
+from .node_agreement import NodeAgreement, agree
 from .restart import check_restarts, restart_from
 from .worker_watch import exit_status, stop_workers, watch_workers, worker_errors, worker_reason
 
@@ -86,6 +87,20 @@ def wait_free(port: int, timeout: float = 60.0) -> int:
     return port
 
 
+def wait_listening(addr: str, port: int, timeout: float) -> None:
+    """Wait (up to `timeout`) until the master's scheduler accepts connections. msrun starts a
+    scheduler on every node whose --master-addr is one of its own addresses, so nodes simulated
+    on one host that start together race for the port; a real non-master node just starts after
+    its scheduler, which its workers would wait for anyway."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            with socket.create_connection((addr, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+
+
 def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
            master_port: Optional[int] = None, log_dir: Optional[str] = None, cluster_timeout: int = 120,
            poll: float = 0.5, max_restarts: Optional[int] = None) -> int:
@@ -105,24 +120,41 @@ def launch(nproc: int, train_args: List[str], nnodes: int = 1, node_rank: int = 
         # files would overwrite each other (scheduler.log, rank status)
         node_logs = os.path.join("logs", f"node_{node_rank}") if nnodes > 1 else "logs"
         log_dir = log_dir or os.path.join(cfg.train.output_dir, node_logs)
-    restarts = check_restarts(max_restarts, cfg, nnodes)
+    restarts = check_restarts(max_restarts, cfg)
     log_dir = os.path.abspath(log_dir or "msrun_logs")
+    nodes = None
+    if restarts and nnodes > 1:   # the launchers agree through the shared run directory
+        nodes = NodeAgreement(cfg.train.output_dir, nnodes, node_rank, cluster_timeout, cfg.origin("train.output_dir"))
+        nodes.meet()
     for attempt in range(restarts + 1):
+        peer = [lambda: nodes.peer_end(attempt)] if nodes is not None else []
+        announce = (lambda end: nodes.publish(attempt, end)) if nodes is not None else None
+        if node_rank > 0:
+            wait_listening(master_addr, port, cluster_timeout)
         code, dead = _run_job(nproc, world, train_args, node_rank, master_addr, port, log_dir, cluster_timeout, poll,
                               cfg.train.output_dir if cfg is not None else None,
-                              cfg.train.hang_timeout_s if cfg is not None else 0.0)
-        if dead is None or attempt == restarts:
+                              cfg.train.hang_timeout_s if cfg is not None else 0.0, peer, announce)
+        if nodes is not None:
+            code, dead = agree(nodes, attempt, code, dead)
+        if dead is None or not dead.restartable() or attempt == restarts:
             return code
+        if nodes is not None:
+            nodes.stopped(attempt)   # no node starts again before every node's workers are stopped
         print(f"launch: restart {attempt + 1} of {restarts}: {restart_from(cfg, dead)}", file=sys.stderr, flush=True)
         train_args = [*train_args, "--set", "train.resume=auto"]   # the later --set wins
-        port = master_port_for(master_port, nnodes, node_rank) if master_port is None else wait_free(port)
+        if nnodes > 1:   # the nodes keep the port they agreed on; the master waits for its release
+            port = wait_free(port) if node_rank == 0 else port
+        else:
+            port = master_port_for(master_port, nnodes, node_rank) if master_port is None else wait_free(port)
     return 1
 
 
 def _run_job(nproc: int, world: int, train_args: List[str], node_rank: int, master_addr: str, master_port: int,
-             log_dir: str, cluster_timeout: int, poll: float, run_dir: Optional[str], hang_timeout: float):
-    """One msrun of the job: (exit code, the WorkerEnd of a worker whose end a restart may
-    recover from, or None)."""
+             log_dir: str, cluster_timeout: int, poll: float, run_dir: Optional[str], hang_timeout: float,
+             checks=(), announce=None):
+    """One msrun of the job: (exit code, the WorkerEnd of the worker that ended it, or None).
+    `announce` hears a local end at once, before the workers are stopped (the other nodes stop
+    on it instead of meeting the cluster's own failure first)."""
     status_dir = os.path.join(log_dir, "status")
     os.makedirs(status_dir, exist_ok=True)
     for f in os.listdir(status_dir):
@@ -138,8 +170,17 @@ def _run_job(nproc: int, world: int, train_args: List[str], node_rank: int, mast
     print(f"launch: {world} workers ({nproc} on this node), logs in {log_dir}", flush=True)
     local_ranks = range(node_rank * nproc, (node_rank + 1) * nproc)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    end = watch_workers(proc, local_ranks, status_dir, poll, HangJudge(run_dir, status_dir, local_ranks, hang_timeout))
+    judge = HangJudge(run_dir, status_dir, local_ranks, hang_timeout)
+    end = watch_workers(proc, local_ranks, status_dir, poll, [judge.check, *checks])
+    if end is not None and end.node is not None:   # another node's verdict: stop this node's part
+        _end_msrun(proc, grace=0)
+        stop_workers(status_dir, local_ranks)
+        print(f"launch: node {node_rank}: node {end.node} ended the job: worker rank {end.rank} {end.describe()}; "
+              f"stopped this node's workers", file=sys.stderr, flush=True)
+        return 1, end
     if end is not None:
+        if announce is not None:
+            announce(end)
         _end_msrun(proc, grace=30 if end.how == "failed" else 0)   # after a failure msrun stops the others
         stop_workers(status_dir, local_ranks)
         reason = worker_reason(log_dir, end.rank) if end.how == "failed" else ""
@@ -147,20 +188,20 @@ def _run_job(nproc: int, world: int, train_args: List[str], node_rank: int, mast
             print(reason, file=sys.stderr, flush=True)
         print(f"error: worker rank {end.rank} (pid {end.pid}) {end.describe()}; stopped the job "
               f"(its log: {os.path.join(log_dir, f'worker_{end.rank}.log')})", file=sys.stderr, flush=True)
-        if end.how == "failed" and not end.restartable():
-            return int(end.status) if end.status.isdigit() else 1, None
-        return 1, end
+        return (int(end.status) if end.how == "failed" and end.status.isdigit() else 1), end
     code = proc.returncode
     stop_workers(status_dir, local_ranks)   # none should be left; an orphan would hold memory and ports
     status = {r: exit_status(status_dir, r) for r in local_ranks}   # None: the worker wrote none
     failed = [r for r, s in status.items() if s not in (None, "0", "")]
     finished = all(s == "0" for s in status.values())
-    if code != 0 and finished and node_rank > 0:
+    if code != 0 and finished and world > nproc:
         # msrun starts a scheduler on every node whose --master-addr is one of its own addresses;
-        # on one host (several nodes simulated) the second cannot bind the port and exits, while
-        # the job ran on the master's scheduler: the workers' own exit status is the answer
-        print(f"launch: node {node_rank}: every local worker finished (msrun status {code}: its second "
-              f"scheduler could not start, as when --master-addr is this host)", flush=True)
+        # on one host (several nodes simulated) the one that binds the port second exits, while
+        # the job ran on the other's (which of the two binds first is a race when the launchers
+        # restart together): the workers' own exit status is the answer
+        print(f"launch: node {node_rank}: every local worker finished (msrun status {code}: its "
+              f"scheduler could not start, as when --master-addr is this host and another node's holds the port)",
+              flush=True)
         return 0, None
     if code != 0 or failed:
         which = f" (rank {', '.join(map(str, failed))} exited with an error)" if failed else ""

@@ -8,9 +8,9 @@ continues from the newest checkpoint that verifies (checkpoint/integrity.py), re
 after it, as torchrun's restarts do. A worker that names an error in its input (status 2: a bad
 config, a bad checkpoint) is not retried, as it would fail again; nor one interrupted (130).
 
-One node only, for now: restarting every node's launcher together needs them to agree on the
-restart (e.g. through the shared run directory); `--max-restarts` with `--nnodes > 1` is
-refused in one line.
+Several nodes: every node's launcher ends and restarts together, agreeing through files in the
+shared run directory (node_agreement.py): one verdict per attempt, and every node's workers
+stopped before any node starts again.
 """
 from __future__ import annotations
 
@@ -19,16 +19,13 @@ import os
 from typing import Optional
 
 
-def check_restarts(cli_value: Optional[int], cfg, nnodes: int) -> int:
+def check_restarts(cli_value: Optional[int], cfg) -> int:
     """The number of restarts allowed: the command line's, else the run config's."""
     from ..errors import ConfigError
     value = cli_value if cli_value is not None else (cfg.train.max_restarts if cfg is not None else 0)
     origin = "--max-restarts" if cli_value is not None else (cfg.origin("train.max_restarts") if cfg else "")
     if value < 0:
         raise ConfigError(origin, "train.max_restarts", f"max_restarts={value} must be >= 0")
-    if value and nnodes > 1:
-        raise ConfigError(origin, "train.max_restarts", f"max_restarts={value} with --nnodes {nnodes}: automatic "
-                          "restart is single-node for now; restart the nodes' launchers yourself")
     if value and cfg is None:
         raise ConfigError(origin, "train.max_restarts", "max_restarts needs a `train --config ...` job to resume")
     return value

@@ -26,12 +26,14 @@ from typing import List, NamedTuple, Optional
 
 class WorkerEnd(NamedTuple):
     """The worker that ended a job: its rank, pid, `how` ("died", "failed", "stopped" or "hung"),
-    for "failed" the exit status it wrote, for "hung" the verdict (parallel/hang_judge.py)."""
+    for "failed" the exit status it wrote, for "hung" the verdict (parallel/hang_judge.py);
+    `node`: the node whose launcher saw it, when that is another node (node_agreement.py)."""
     rank: int
     pid: int
     how: str
     status: Optional[str] = None
     detail: str = ""
+    node: Optional[int] = None
 
     def describe(self) -> str:
         if self.how == "stopped":
@@ -102,9 +104,9 @@ def _ending(status_dir: str, rank: int, pid: int, stopped: dict) -> Optional[Wor
     return WorkerEnd(rank, pid, "died") if status is None else WorkerEnd(rank, pid, "failed", status)
 
 
-def watch_workers(proc, local_ranks, status_dir: str, poll: float, hang=None) -> Optional[WorkerEnd]:
+def watch_workers(proc, local_ranks, status_dir: str, poll: float, checks=()) -> Optional[WorkerEnd]:
     """Wait for msrun (`proc`) to end; the worker that ended the job, or None if none did.
-    `hang` (a HangJudge) is asked at every poll whether the job hangs."""
+    Each of `checks` (a hang judge, another node's verdict) is asked at every poll."""
     poller = select.poll()
     watched = {}  # pidfd -> (rank, pid)
     seen = set()
@@ -138,9 +140,10 @@ def watch_workers(proc, local_ranks, status_dir: str, poll: float, hang=None) ->
                 end = _ending(status_dir, r, pid, stopped)
                 if end:
                     return end
-            end = hang.check() if hang is not None else None
-            if end:
-                return end
+            for check in checks:
+                end = check()
+                if end:
+                    return end
     finally:
         for fd in watched:
             os.close(fd)

@@ -29,7 +29,8 @@ from ..errors import ConfigError
 from ..errors import TrainingInterrupted
 from ..generation import Generator
 from ..models.deepseek import results as R
-from ..observe.hang_watch import HangWatch, Progress
+from ..observe.hang_watch import HangWatch, Progress, graph_collectives
+from ..observe.stragglers import StragglerDetector
 from ..observe.peak import peak_tflops
 from ..observe.profiling import ProfileWindow
 from ..observe.step_metrics import StepMetrics, expert_stats, indexer_stats, steady_state
@@ -64,11 +65,9 @@ class Trainer:
         self.executor = executor or executor_for(cfg.parallel)
         self.out = cfg.train.output_dir
         self.ckpt_root = os.path.join(self.out, "checkpoints")
-        self.progress = Progress()   # the phase the loop is in, for the hang watchdog
+        self.progress = Progress()   # the phase the loop is in, for the hang watchdog and stragglers
         self.eval_compiled = False
-        p = cfg.parallel   # what the step graph waits in on other ranks (the executor puts them there)
-        groups = [f"{name}={size}" for name, size in (("dp", p.dp), ("tp", p.tp), ("ep", p.ep), ("pp", p.pp)) if size > 1]
-        self.graph_collectives = f"the step graph's collectives ({', '.join(groups)})" if groups else ""
+        self.graph_collectives = graph_collectives(cfg.parallel)
 
     # ---- setup ---------------------------------------------------------------------------
     def _setup_model(self) -> None:
@@ -179,7 +178,7 @@ class Trainer:
                 parts = cur if parts is None else {k: parts[k] + cur[k] for k in cur}
             norm, finite = self.apply_step(grads, ms.Tensor(parts[R.LOAD]), ms.Tensor(parts[R.LOSS], ms.float32), lr)
         if self.sum_parts is not None:  # losses of the whole global batch, on every rank
-            self.progress.enter("loss sums", self.progress.step, "all_reduce(world) of the loss sums",
+            self.progress.enter("loss sums", self.progress.step, "all_reduce(dp) of the loss sums",
                                 timed=self.progress.timed)   # its first run compiles too
             summed = self.sum_parts(ms.Tensor(np.array([parts[k] for k in R.LOSS_SUMS], np.float32))).asnumpy()
             parts.update(zip(R.LOSS_SUMS, summed))
@@ -245,10 +244,12 @@ class Trainer:
         timer = StepMetrics(self.model.config, self.cfg.data.seq_length,
                             peak_tflops(self.cfg.logging.peak_tflops, ms.get_context("device_target")), self.env.world)
         profile = ProfileWindow(t.profile.start_step, t.profile.steps, self.out, enabled=self.env.is_main)
-        watch = HangWatch(self.progress, self.env.rank, self.out, t.hang_timeout_s, os.environ.get("MFDS_STATUS_DIR"))
+        stragglers = self._straggler_detector()
+        watch = HangWatch(self.progress, self.env.rank, self.out, t.hang_timeout_s, os.environ.get("MFDS_STATUS_DIR"),
+                          stalls=stragglers is not None)
         try:
             with interruptible(), watch:
-                self._steps(start, metrics, timer, profile, state)
+                self._steps(start, metrics, timer, profile, state, stragglers)
         except KeyboardInterrupt:
             self.saver.finish()   # a background write completes: the message names it
             raise TrainingInterrupted(self._interrupted(state["done"])) from None
@@ -260,7 +261,7 @@ class Trainer:
         return state["losses"]
 
     def _steps(self, start: int, metrics: MetricsWriter, timer: StepMetrics, profile: ProfileWindow,
-               state: Dict) -> None:
+               state: Dict, stragglers: Optional[StragglerDetector]) -> None:
         cfg, t = self.cfg, self.cfg.train
         biases = router_bias_parameters(self.model)
         last_end, paused = time.perf_counter(), 0.0
@@ -274,9 +275,14 @@ class Trainer:
             t1 = time.perf_counter()
             self.progress.enter("step graph", step + 1, self.graph_collectives, timed=step > start)   # the first compiles
             batch, parts, norm, finite, lr = self.compute_step(*prepared)
-            self.progress.enter("logging", step + 1)
             t2 = time.perf_counter()
+            self.progress.enter("logging", step + 1)
+            phases, stalled = self.progress.take()   # since the last take: the previous step's tail, then this step
             dt, last_end, paused = t2 - last_end - paused, t2, 0.0
+            if stragglers is not None and step > start:   # every rank at the same steps (a collective)
+                window = stragglers.add_step(step + 1, sum(phases.values()), phases, stalled)
+                if window is not None:
+                    metrics.write(window)
             top_ops = profile.after_step(step)
             if top_ops is not None:
                 self.profile_top_ops = top_ops[:10]
@@ -301,7 +307,9 @@ class Trainer:
             state["losses"].append(lm_loss)
             rec = {"step": step + 1, "loss": lm_loss, "mtp_loss": mtp_loss, "aux_loss": float(parts[R.AUX]),
                    "lr": lr, "grad_norm": norm, "tokens": n_tok, "epoch": self.loader.epoch_of(step + 1),
-                   **timer.timing(n_tok, t1 - t0, t2 - t1, dt)}
+                   **timer.timing(n_tok, t1 - t0, t2 - t1, dt),
+                   "phase_s": {k: round(v, 5) for k, v in phases.items() if k != "start"},
+                   "stalled_s": round(sum(stalled.values()), 4)}   # not running (the watchdog's late ticks)
             if self.pipeline is not None:  # this stage's share of the schedule spent waiting (exchanges included)
                 rec["pipeline_idle"] = round(self.pipeline.stats["idle_fraction"], 4)
             if step == start:
@@ -335,6 +343,13 @@ class Trainer:
             self.progress.enter("save", done_steps, barriers)
             metrics.write(self.saver.save(done_steps, tokens_seen))
         return paused + time.perf_counter() - p0
+
+    def _straggler_detector(self) -> Optional[StragglerDetector]:
+        lg = self.cfg.logging
+        if self.env.world == 1 or not lg.straggler_every:
+            return None
+        from ..parallel.explicit import world_sum   # a plain world AllReduce: HCCL runs it too
+        return StragglerDetector(self.env.rank, self.env.world, lg, world_sum, self.progress)
 
     def _interrupted(self, done: int) -> str:
         newest = ckpt.latest(self.ckpt_root)

@@ -1,11 +1,12 @@
-"""The cost of hang detection: a dp=2 launch of the tiny parallel config with the watchdog, its
-heartbeats and the launcher's judge on (`train.hang_timeout_s=600`) against off (0), in one
+"""The cost of hang and straggler detection: a dp=2 launch of the tiny parallel config with the
+watchdog, its heartbeats, the launcher's judge and the straggler windows on
+(`train.hang_timeout_s=600`, `logging.straggler_every=20`) against off (both 0), in one
 invocation, rounds alternating (the machine is noisy).
 
     python tools/bench/hang_watch.py [--steps 30] [--rounds 2]
 
 Prints the median steady step time of each (rank 0's metrics, the compiling first step left
-out) and their ratio; the last line is `hang detection on / off: X.XXXx step time`.
+out) and their ratio; the last line is `hang + straggler detection on / off: X.XXXx step time`.
 """
 import argparse
 import json
@@ -23,7 +24,8 @@ CFG = os.path.join(ROOT, "configs", "deepseek_v3", "parallel_tiny.yaml")
 
 def run(out: str, steps: int, timeout: float) -> float:
     sets = [f"train.output_dir={out}", "parallel.dp=2", "train.micro_batch_size=4", f"train.max_steps={steps}",
-            f"train.hang_timeout_s={timeout}", "checkpoint.save_final=false", "checkpoint.save_every=0",
+            f"train.hang_timeout_s={timeout}", f"logging.straggler_every={20 if timeout else 0}",
+            "checkpoint.save_final=false", "checkpoint.save_every=0",
             "train.eval_every=0", "logging.progress_bar=false", "train.exact_match_samples=0"]
     cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--", "train", "--config", CFG,
            *[a for s in sets for a in ("--set", s)]]
@@ -48,7 +50,7 @@ def main() -> None:
                 results[name].append(t)
                 print(f"round {k + 1} {name}: median step {t * 1000:.1f} ms", flush=True)
     on, off = statistics.median(results["on"]), statistics.median(results["off"])
-    print(f"hang detection on / off: {on / off:.3f}x step time ({on * 1000:.1f} ms vs {off * 1000:.1f} ms)")
+    print(f"hang + straggler detection on / off: {on / off:.3f}x step time ({on * 1000:.1f} ms vs {off * 1000:.1f} ms)")
 
 
 if __name__ == "__main__":
