@@ -62,8 +62,9 @@ class Progress:
                 self.stalled[self.phase] = self.stalled.get(self.phase, 0.0) + seconds
 
     def take(self):
-        """(seconds per phase, seconds not running per phase) since the last take; the current
-        phase counts from its start or the last take, whichever is later."""
+        """(seconds per phase, seconds not running per phase) of the phases left since the last
+        take; the current phase's time so far is counted when it is left (the trainer takes right
+        after entering "logging", so nothing of the step is missed)."""
         spent, self.spent = self.spent, {}
         with self._lock:
             stalled, self.stalled = self.stalled, {}
@@ -101,7 +102,8 @@ class HangWatch:
         # a last beat, or the launcher would take the silence for a stopped process
         self.progress.enter("after the loop", self.progress.step, timed=False)
         if self.status_dir and self.timeout > 0:
-            self._beat({**self.progress.record(time.time()), "beat": round(time.time(), 3)})
+            now = time.time()
+            self._beat({**self.progress.record(now), "beat": round(now, 3)})
         return False
 
     def _run(self) -> None:

@@ -11,7 +11,7 @@ phase step graph (not running) 0.88 s vs 0.00 s`.
 A rank's own time is
 * the phases that wait for no peer: the data and the host's logging work, and
 * the time its process did not run at all, in any phase: the watchdog (hang_watch.py) ticks
-  every second, and a tick that comes D late means the process was stopped, swapped out or
+  every 0.25 s, and a tick that comes D late means the process was stopped, swapped out or
   starved of CPU for D (lateness under 0.1 s is jitter and is not counted).
 
 Why not the step time: in synchronous data parallelism every rank's step lasts as long as the

@@ -254,17 +254,19 @@ class Barrier(nn.Cell):
         return self.op(x)
 
 
-def barrier() -> None:
-    Barrier()(ms.Tensor([1.0], ms.float32)).asnumpy()
-
-
 _WORLD_SUM: Dict[str, Barrier] = {}
 
 
 def world_sum(x: np.ndarray) -> np.ndarray:
-    """`x` summed over every rank (a world all-reduce, as float32; its graph compiles once per shape)."""
-    cell = _WORLD_SUM.setdefault("cell", Barrier())
-    return cell(ms.Tensor(np.asarray(x, np.float32))).asnumpy()
+    """`x` summed over every rank (a world all-reduce, as float32). One cell for the process: its
+    graph compiles once per shape, not at every call."""
+    if "cell" not in _WORLD_SUM:
+        _WORLD_SUM["cell"] = Barrier()
+    return _WORLD_SUM["cell"](ms.Tensor(np.asarray(x, np.float32))).asnumpy()
+
+
+def barrier() -> None:
+    world_sum(np.ones(1, np.float32))
 
 
 def build_table(model_cfg, par) -> Dict[str, ParamLayout]:

@@ -24,7 +24,7 @@ from collections import Counter
 from typing import Dict, Optional
 
 from ..observe.hang_watch import read_report
-from .worker_watch import WorkerEnd, worker_pid
+from .worker_watch import WorkerEnd, proc_state, worker_pid
 
 GRACE = 5.0
 # the loop's phases in the order a step runs them (train/trainer.py)
@@ -36,11 +36,9 @@ def _thread_states(pid: int) -> Dict[int, str]:
     """The state letter of each thread of a process (empty when it is gone)."""
     states = {}
     for task in glob.glob(f"/proc/{pid}/task/*"):
-        try:
-            with open(os.path.join(task, "stat")) as f:
-                states[int(os.path.basename(task))] = f.read().split(")")[-1].split()[0]
-        except (OSError, IndexError, ValueError):
-            pass
+        state = proc_state(os.path.join(task, "stat"))
+        if state and os.path.basename(task).isdigit():
+            states[int(os.path.basename(task))] = state
     return states
 
 

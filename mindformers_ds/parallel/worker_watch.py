@@ -55,13 +55,18 @@ FAILURES = {"1": ": an exception", "2": ": an error in its input, named in its l
             "130": ": interrupted by SIGINT or SIGTERM"}
 
 
-def _state(pid: int) -> str:
-    """The process state letter of /proc/PID/stat (R, S, D, T: stopped, Z: zombie), "" when gone."""
+def proc_state(stat_path: str) -> str:
+    """The state letter of a /proc `stat` file (R, S, D, T: stopped, t: traced, Z: zombie), ""
+    when it is gone: /proc/PID/stat for a process, /proc/PID/task/TID/stat for one thread."""
     try:
-        with open(f"/proc/{pid}/stat", "r") as f:
+        with open(stat_path, "r") as f:
             return f.read().split(")")[-1].split()[0]
     except (OSError, IndexError):
         return ""
+
+
+def _state(pid: int) -> str:
+    return proc_state(f"/proc/{pid}/stat")
 
 
 def worker_pid(status_dir: str, rank: int) -> int:
