@@ -126,17 +126,21 @@ def test_the_verdict_places_the_ranks_by_how_far_they_got(tmp_path):
     assert judge.check(now + GRACE) is None
 
 
-@pytest.fixture(scope="module", params=[(2, 1, 1, 1), (2, 2, 2, 3)], ids=["dp2", "dp2_tp2_ep2"])
-def frozen_for_seconds(request, tmp_path_factory):
-    """A launched run whose rank `victim` is frozen whole for 3 s (SIGSTOP, then SIGCONT) after
-    step 12: (run directory, world size, victim)."""
-    dp, tp, ep, victim = request.param
+FROZEN_SETS = ("logging.straggler_every=5", "logging.straggler_steps=1", "train.eval_every=0",
+               "train.exact_match_samples=0")
+_FROZEN_RUNS = {}
+
+
+def _frozen_run(layout, tmp_path_factory):
+    """A launched run of 60 steps whose rank `victim` is frozen whole for 3 s (SIGSTOP, then
+    SIGCONT) after step 12: (run directory, world size, victim). One per layout for the module."""
+    if layout in _FROZEN_RUNS:
+        return _FROZEN_RUNS[layout]
+    dp, tp, ep, victim = layout
     out = str(tmp_path_factory.mktemp("frozen") / "run")
     cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", str(dp * tp), "--cluster-timeout", "60", "--",
            "train", "--config", CFG, *sets(out, dp=dp, tp=tp, ep=ep, steps=60),
-           *[a for s in ("logging.straggler_every=5", "logging.straggler_steps=1", "checkpoint.save_every=0",
-                         "checkpoint.save_final=false", "train.eval_every=0", "train.exact_match_samples=0")
-             for a in ("--set", s)]]
+           *[a for s in (*FROZEN_SETS, "checkpoint.save_every=0") for a in ("--set", s)]]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(out, "metrics.jsonl")
     t0 = time.time()
@@ -149,7 +153,13 @@ def frozen_for_seconds(request, tmp_path_factory):
     os.kill(pid, signal.SIGCONT)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
-    return out, dp * tp, victim
+    _FROZEN_RUNS[layout] = out, dp * tp, victim
+    return _FROZEN_RUNS[layout]
+
+
+@pytest.fixture(scope="module", params=[(2, 1, 1, 1), (2, 2, 2, 3)], ids=["dp2", "dp2_tp2_ep2"])
+def frozen_for_seconds(request, tmp_path_factory):
+    return _frozen_run(request.param, tmp_path_factory)
 
 
 @pytest.mark.timeout(600)
@@ -179,6 +189,37 @@ def test_a_worker_frozen_for_seconds_is_named_as_a_straggler_with_its_phase(froz
             assert abs(phases - r["step_time"]) <= 0.1 * r["step_time"], (rank, r["step"], r["phase_s"], r["step_time"])
 
 
+def test_every_rank_lists_the_collectives_its_compiled_graphs_run(frozen_for_seconds):
+    """Item 1's collectives (count, bytes), read from the graphs MindSpore compiled
+    (observe/collective_inventory.py) on the same runs. dp=2: the step graph all-reduces every
+    trainable gradient and the expert load over dp, exactly their bytes (against the run's
+    parameter count and its config), one all-reduce each; the loss sums add their own graphs.
+    dp2 x tp2 x ep2: tp's all-reduces are there as well. Every rank runs the same collectives
+    (one that ran others would deadlock the job)."""
+    out, world, _ = frozen_for_seconds
+    recs = []
+    for rank in range(world):
+        name = "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"
+        [rec] = [r for r in read_metrics(os.path.join(out, name)) if r.get("type") == "collectives"]
+        assert rec["rank"] == rank and rec["step"] == 1 and rec["per_step"], rec
+        recs.append(rec)
+    assert all(r["per_step"] == recs[0]["per_step"] for r in recs)
+    assert not os.path.exists(os.path.join(out, "logs", ".ir_rank0"))   # the dump is parsed and removed
+    [step_graph] = [g["collectives"] for g in recs[0]["graphs"] if g["phase"] == "step graph"]
+    assert {g["phase"] for g in recs[0]["graphs"]} == {"step graph", "loss sums"}
+    if world == 2:
+        ck = os.path.join(out, "checkpoints", "step_00000060")
+        cfg, layout = (json.load(open(os.path.join(ck, n))) for n in ("config.json", "layout.json"))
+        trainable = [n for n in layout["params"] if not n.endswith("e_score_correction_bias")]
+        n_trainable = json.load(open(os.path.join(out, "summary.json")))["n_trainable"]
+        assert n_trainable == sum(int(np.prod(layout["params"][n]["shape"])) for n in trainable)
+        moe_layers = cfg["num_hidden_layers"] - cfg["first_k_dense_replace"] + cfg["num_nextn_predict_layers"]
+        assert step_graph == {"all_reduce(dp+edp)": {"count": len(trainable) + 1,
+                                                     "bytes": 4 * (n_trainable + moe_layers * cfg["n_routed_experts"])}}
+    else:
+        assert step_graph["all_reduce(tp)"]["count"] > 0 and step_graph["all_reduce(dp+ep)"]["count"] > 0
+
+
 def test_the_report_of_a_multi_rank_run_shows_every_rank_and_the_straggler(frozen_for_seconds, tmp_path):
     """Item 4: `mfds report` of the run draws the per-rank split and timeline (and, with ep=2, the
     tokens per expert-parallel rank), lists the straggler, renders in headless Chromium; item 5:
@@ -202,6 +243,7 @@ def test_the_report_of_a_multi_rank_run_shows_every_rank_and_the_straggler(froze
         for name in want:
             assert f"id='fig-{name}'" in page
         assert "<h2>Stragglers</h2>" in page and f"<td>rank {victim}</td>" in page
+        assert "<h2>Collectives per step</h2>" in page and page.count("<tr><td>rank ") >= world
     assert (pages[0].count("data:image/png;base64,") == pages[1].count("data:image/png;base64,"))
     if CHROMIUM is None:
         pytest.skip("headless Chromium is not installed")
@@ -230,3 +272,42 @@ def test_a_straggler_is_judged_against_the_median_of_its_peers():
     det2 = StragglerDetector(0, 4, LoggingConfig(straggler_every=5, straggler_steps=2), lambda table: rows)
     assert det2.add_step(5, 0.8, {}, {})["stragglers"] == []   # one window of two: not yet
     assert [s["rank"] for s in det2.add_step(10, 0.8, {}, {})["stragglers"]] == [2]
+
+
+@pytest.mark.timeout(900)
+def test_a_worker_hung_mid_run_is_restarted_and_the_job_ends_as_the_run_without_the_hang(tmp_path, tmp_path_factory):
+    """Issue 22, hang -> restart, end to end: `--max-restarts 1`, `train.hang_timeout_s=10`,
+    checkpoints every 10 steps written in the background by both ranks (`checkpoint.async_save`).
+    Rank 1 frozen whole after step 12 and left frozen: the hang verdict stops every worker, the
+    job resumes from step 10, exits 0, and its losses and final weights are those of the dp=2 run
+    that was only paused (the same config; its weights did not see a restart)."""
+    from test_parallel_msrun import full_weights, losses
+    ref_out, _, _ = _frozen_run((2, 1, 1, 1), tmp_path_factory)
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--cluster-timeout", "60",
+           "--max-restarts", "1", "--", "train", "--config", CFG, *sets(out, dp=2, steps=60),
+           *[a for s in (*FROZEN_SETS, "checkpoint.save_every=10", "checkpoint.keep_last=2",
+                         "checkpoint.async_save=true", f"train.hang_timeout_s={TIMEOUT}") for a in ("--set", s)]]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    t0 = time.time()
+    while not (os.path.isfile(metrics) and '"step": 12,' in open(metrics).read()):
+        assert p.poll() is None and time.time() - t0 < 300, p.communicate()[1][-3000:]
+        time.sleep(0.1)
+    victim = int(open(os.path.join(out, "logs", "status", "rank_1.pid")).read())
+    os.kill(victim, signal.SIGSTOP)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    restart = re.search(r"^launch: restart 1 of 1: worker rank 1 stopped making progress; resuming from its newest "
+                        r"checkpoint \S+/step_000000(\d\d) \(step (\d+), verified on load\)", err, re.M)
+    assert restart and restart.group(1) == restart.group(2) and int(restart.group(2)) >= 10, err[-3000:]
+    a, b = losses(ref_out), losses(out)
+    assert sorted(a) == sorted(b) == list(range(1, 61))
+    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-6, atol=0)
+    (tmp_path / "ref").mkdir()   # both runs' directories are called run: merge them apart
+    wa, wb = full_weights(ref_out, str(tmp_path / "ref")), full_weights(out, str(tmp_path))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        np.testing.assert_allclose(wb[name], wa[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    saves = [r for r in read_metrics(metrics) if r.get("type") == "save"]
+    assert saves and all(r["async"] for r in saves)

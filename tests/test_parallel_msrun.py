@@ -271,11 +271,14 @@ def test_a_dead_or_failed_worker_ends_the_launch_naming_the_rank(sig, words, wit
 def test_a_killed_then_a_frozen_worker_restart_the_job_which_ends_as_the_uninterrupted_run(reference, tmp_path):
     """`--max-restarts 2`: rank 1 SIGKILLed after step 1, then the restarted job's rank 1 frozen
     (SIGSTOP) as it starts: each time every worker is stopped and the job resumes from its newest
-    checkpoint (saved every step here); it exits 0 and equals the uninterrupted single process."""
+    checkpoint (saved every step here, each rank's shards written in the background:
+    `checkpoint.async_save`); it exits 0 and equals the uninterrupted single process, which saved
+    synchronously."""
     out = str(tmp_path / "run")
     cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--cluster-timeout", "60",
            "--max-restarts", "2", "--", "train", "--config", CFG,
-           *sets(out, dp=2, extra=("--set", "checkpoint.save_every=1", "--set", "checkpoint.keep_last=4"))]
+           *sets(out, dp=2, extra=("--set", "checkpoint.save_every=1", "--set", "checkpoint.keep_last=4",
+                                   "--set", "checkpoint.async_save=true"))]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     status = os.path.join(out, "logs", "status")
 
@@ -295,6 +298,11 @@ def test_a_killed_then_a_frozen_worker_restart_the_job_which_ends_as_the_uninter
     assert "launch: restart 1 of 2: worker rank 1 died; resuming from its newest checkpoint" in err
     assert "launch: restart 2 of 2: worker rank 1 stopped responding; resuming from its newest checkpoint" in err
     assert_same_run(out, reference, str(tmp_path))
+    saves = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if r.get("type") == "save"]
+    assert saves and all(r["async"] for r in saves)
+    root = os.path.join(out, "checkpoints")
+    for step in manager.complete_steps(root):   # the ranks' "written" marks are not part of a checkpoint
+        assert not [n for n in os.listdir(manager.step_dir(root, step)) if n.endswith((".written", ".failed"))]
 
 
 def test_a_failed_workers_reason_is_the_exception_its_log_ends_with(tmp_path):

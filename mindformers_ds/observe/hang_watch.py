@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from ..utils.io import atomic_write_text
 
@@ -47,8 +47,11 @@ class Progress:
         self.spent: Dict[str, float] = {}
         self.stalled: Dict[str, float] = {}
         self._lock = threading.Lock()   # `stalled` is added to by the watchdog
+        self.on_leave: Optional[Callable[[str], None]] = None   # called with each phase left
 
     def enter(self, phase: str, step: int, waits_in: str = "", timed: bool = True) -> None:
+        if self.on_leave is not None:
+            self.on_leave(self.phase)
         now = time.time()
         self.spent[self.phase] = self.spent.get(self.phase, 0.0) + now - self.since
         # `since` last: the watchdog reads the fields without a lock; a torn read can only pair

@@ -116,3 +116,14 @@ def incidents(run_dirs: List[str], records: List[Dict]) -> Tuple[List[Dict], Lis
             if head is not None:
                 hangs.append({**head, "file": path})
     return stragglers, hangs
+
+
+def collective_inventories(run_dirs: List[str]) -> Dict[int, Dict]:
+    """rank -> its collectives per step (observe/collective_inventory.py), where it was taken."""
+    found: Dict[int, Dict] = {}
+    for d in run_dirs:
+        for path in glob.glob(os.path.join(d, "metrics*.jsonl")):
+            for r in read_metrics(path):
+                if r.get("type") == "collectives" and r.get("per_step"):
+                    found[int(r["rank"])] = r["per_step"]
+    return dict(sorted(found.items()))

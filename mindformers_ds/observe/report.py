@@ -59,6 +59,21 @@ def _incident_tables(stragglers: List[Dict], hangs: List[Dict]) -> List[str]:
     return parts
 
 
+def _collective_table(inventories: Dict[int, Dict]) -> List[str]:
+    """Ranks x collectives: count and MB per step, from the compiled graphs."""
+    if not inventories:
+        return []
+    kinds = sorted({k for per_step in inventories.values() for k in per_step})
+    parts = ["<h2>Collectives per step</h2><p>From the graphs MindSpore compiled (count, MB per step); "
+             "their time is inside the step graph's.</p><table><tr><th>rank</th>" +
+             "".join(f"<th>{html.escape(k)}</th>" for k in kinds) + "</tr>"]
+    for rank, per_step in inventories.items():
+        cells = [f"{per_step[k]['count']} / {per_step[k]['bytes'] / 1e6:.3f}" if k in per_step else "-" for k in kinds]
+        parts.append(f"<tr><td>rank {rank}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    return parts
+
+
 def _page(title: str, rows: List[tuple], figures: List[tuple], top_ops: Optional[List[Dict]],
           incidents: List[str]) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -121,7 +136,7 @@ def build_report(run_dir: str, out_dir: Optional[str] = None, node_dirs: List[st
     title = f"mindformers_ds run: {os.path.basename(os.path.abspath(run_dir))}"
     stragglers, hangs = rank_report.incidents(dirs, records)
     page = _page(title, _summary_rows(summary, steps), figures, summary.get("profile_top_ops"),
-                 _incident_tables(stragglers, hangs))
+                 _incident_tables(stragglers, hangs) + _collective_table(rank_report.collective_inventories(dirs)))
     index = os.path.join(out_dir, "index.html")
     atomic_write_text(index, page)
     return {"html": index, "figures": [f[0] for f in figures], "dir": out_dir, "ranks": sorted(ranks),

@@ -208,15 +208,18 @@ class ExplicitExecutor:
         from .shards import load_into
         return load_into(path, filename, params, table, env.ctx)
 
-    def save_shards(self, req: SaveRequest, env, table) -> Optional[str]:
-        """Every rank writes its slices (shards.py); None for one process, which the trainer
-        saves in the single-file format."""
+    # the shards' writes can go to a background thread: the ranks agree through files (shard_save.py)
+    saves_in_background = True
+
+    def save_shards(self, req: SaveRequest, env, table, background=None, on_saved=None) -> Optional[str]:
+        """Every rank writes its slices (shard_save.py), in `background` (a BackgroundWriter) when
+        given; None for one process, which the trainer saves in the single-file format."""
         if env.ctx is None or env.world == 1:
             return None
         from .explicit import barrier
-        from .shards import save_sharded
+        from .shard_save import save_sharded
         return save_sharded(req.root, req.step, env.ctx, req.model_params, req.opt_params, req.state, req.hf_config,
-                            req.keep_last, table, barrier, req.side_files, req.opt_table)
+                            req.keep_last, table, barrier, req.side_files, req.opt_table, background, on_saved)
 
     def split_checkpoint(self, src: str, dst: str, cfg, overwrite: bool = False) -> str:
         """A checkpoint of any layout -> the shards of `cfg.parallel` (one directory per rank)."""
@@ -295,13 +298,20 @@ class AscendExecutor:
         check_loadable(path)
         return load_into(path, filename, params, None, None)
 
-    def save_shards(self, req: SaveRequest, env, table) -> Optional[str]:
+    # MindSpore's distributed save reads the device tensors itself, on the training thread
+    saves_in_background = False
+
+    def save_shards(self, req: SaveRequest, env, table, background=None, on_saved=None) -> Optional[str]:
         """One process: None (the trainer's single-file format). Several devices: MindSpore's own
-        distributed checkpoint (ascend_checkpoint.py; written for Ascend, not run here)."""
+        distributed checkpoint (ascend_checkpoint.py; written for Ascend, not run here), always
+        synchronously (`background` is not used: saves_in_background)."""
         if env.world == 1:
             return None
         from .ascend_checkpoint import save_distributed
-        return save_distributed(self.step_cell, req, env, self.output_dir)
+        path = save_distributed(self.step_cell, req, env, self.output_dir)
+        if on_saved:
+            on_saved(path)
+        return path
 
     def split_checkpoint(self, src: str, dst: str, cfg, overwrite: bool = False) -> str:
         raise ConfigError(cfg.origin("parallel.executor"), "parallel.executor",

@@ -6,10 +6,9 @@
     step_N/rank_R/model.safetensors, rank_R/optimizer.safetensors   this rank's slices
     step_N/config.json, trainer_state.json (last)
 
-Every rank writes its files into the same hidden temp directory; after a barrier rank 0
-writes the layout and state and renames the directory, so a killed job never leaves a
-checkpoint that looks complete. Loading works under any layout: a rank whose layout equals
-the saved one reads its own file; otherwise each tensor is reassembled from the saved pieces
+Writing one during training is shard_save.py's job (synchronously, or in the background).
+Loading works under any layout: a rank whose layout equals the saved one reads its own file;
+otherwise each tensor is reassembled from the saved pieces
 and cut for the new layout. `mfds convert merge/split` go between this and a single full file.
 """
 from __future__ import annotations
@@ -23,7 +22,7 @@ import numpy as np
 from ..checkpoint import destination, manager
 from ..checkpoint.integrity import write_manifest
 from ..checkpoint.safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
-from ..utils.io import atomic_write_json, fsync_dir, read_json
+from ..utils.io import atomic_write_json, read_json
 from .layout import ParamLayout, layout_table, shared_parameters, stage_keeps
 
 LAYOUT_FILE = "layout.json"
@@ -56,38 +55,7 @@ def _saved_split(info: Optional[Dict], name: str) -> Dict[str, int]:
     return info.get("opt_split", info["split"]) if name != _base(name) else info["split"]
 
 
-def save_sharded(root: str, step: int, ctx, model_params: Sequence, opt_params: Sequence, state: Dict,
-                 hf_config: Dict, keep_last: int, table: Dict[str, ParamLayout], barrier,
-                 side_files: Optional[Dict[str, str]] = None,
-                 opt_table: Optional[Dict[str, ParamLayout]] = None) -> str:
-    tmp = os.path.join(root, f".step_{step:08d}.partial")
-    mine = os.path.join(tmp, f"rank_{ctx.rank}")
-    if ctx.rank == 0 and os.path.isdir(tmp):
-        shutil.rmtree(tmp)  # leftovers of an interrupted save
-    barrier()
-    os.makedirs(mine, exist_ok=True)
-    write_safetensors(os.path.join(mine, "model.safetensors"), manager.snapshot(model_params), {"layout": "sharded"})
-    write_safetensors(os.path.join(mine, "optimizer.safetensors"), manager.snapshot(opt_params))
-    barrier()
-    final = manager.step_dir(root, step)
-    if ctx.rank == 0:
-        coords = {r: _coords_of(r, ctx) for r in range(ctx.world)}
-        atomic_write_json(os.path.join(tmp, LAYOUT_FILE), layout_doc(table, ctx.sizes(), coords, opt_table))
-        atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
-        manager.copy_side_files(tmp, side_files)
-        atomic_write_json(os.path.join(tmp, manager.STATE_FILE), dict(state, step=step))
-        write_manifest(tmp)   # every rank's files are complete (the barrier above)
-        fsync_dir(tmp)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-        manager.prune(root, keep_last, keep=step)
-    barrier()
-    return final
-
-
-def _coords_of(rank: int, ctx) -> Dict[str, int]:
+def coords_of(rank: int, ctx) -> Dict[str, int]:
     from .comm import ParallelContext
     return ParallelContext(ctx.world, rank, ctx.dp, ctx.tp, ctx.ep, pp=ctx.pp).coords()
 

@@ -1,8 +1,9 @@
 """The trainer's checkpoint saves: what a checkpoint holds (weights or LoRA adapters, AdamW's
 state, the training state, the HF config, the tokenizer and run config), who writes it (one
-process: the single-file format, checkpoint/manager.py; several: the executor's shards), and
-when (synchronously, or with `checkpoint.async_save` in a background thread after a host
-snapshot: checkpoint/async_save.py).
+process: the single-file format, checkpoint/manager.py; several: the executor's shards,
+parallel/shard_save.py), and when (synchronously, or with `checkpoint.async_save` in a
+background thread after a host snapshot: checkpoint/async_save.py; under several workers the
+explicit executor's ranks agree through marker files, the Ascend executor saves synchronously).
 
 Each save is reported as a metrics record {"type": "save", "step", "blocked_s", "async"}:
 `blocked_s` is the time the training loop waited (the whole write when synchronous; the
@@ -28,11 +29,12 @@ class CheckpointSaver:
     def __init__(self, trainer):
         self.t = trainer
         cfg = trainer.cfg
-        self.asynchronous = cfg.checkpoint.async_save and trainer.env.world == 1
-        if cfg.checkpoint.async_save and trainer.env.world > 1:
-            log.warning("%s: checkpoint.async_save=true under %d workers saves synchronously: the sharded save "
-                        "synchronises the ranks (asynchronous saving is single-process for now)",
-                        cfg.origin("checkpoint.async_save"), trainer.env.world)
+        several = trainer.env.world > 1
+        self.asynchronous = cfg.checkpoint.async_save and (not several or trainer.executor.saves_in_background)
+        if cfg.checkpoint.async_save and not self.asynchronous:
+            log.warning("%s: checkpoint.async_save=true under parallel.executor=%s with %d workers saves "
+                        "synchronously: MindSpore's distributed save reads the device tensors on the training thread",
+                        cfg.origin("checkpoint.async_save"), trainer.executor.name, trainer.env.world)
         self.writer = BackgroundWriter()
         self.last: Optional[str] = None
 
@@ -53,14 +55,19 @@ class CheckpointSaver:
         request = SaveRequest(t.ckpt_root, step, list(t.model.get_parameters()), t.optimizer.state_parameters(),
                               state, t.model.config.to_hf_dict(), t.cfg.checkpoint.keep_last, self.side_files(),
                               t.opt_table)
-        path = t.executor.save_shards(request, t.env, t.table)   # None: one process, saved below
-        if path is not None:
-            self.last = path
-            log.info("saved checkpoint %s (rank %d of %d)", path, t.env.rank, t.env.world)
-        elif t.env.is_main:
+        background = self.writer if self.asynchronous else None
+        path = t.executor.save_shards(request, t.env, t.table, background, self._saved)   # None: one process
+        if path is None and t.env.is_main:
             self._save_single(step, state)
         return {"type": "save", "step": step, "blocked_s": round(time.perf_counter() - t0, 4),
                 "async": self.asynchronous}
+
+    def _saved(self, path: str) -> None:
+        """A checkpoint of several workers written (this rank's part; on rank 0 the whole)."""
+        self.last = path
+        what = "saved checkpoint" if self.t.env.is_main else "wrote this rank's part of checkpoint"
+        how = " (in the background)" if self.asynchronous else ""
+        log.info("%s %s (rank %d of %d)%s", what, path, self.t.env.rank, self.t.env.world, how)
 
     def _save_single(self, step: int, state: Dict) -> None:
         t = self.t

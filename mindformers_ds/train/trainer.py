@@ -41,6 +41,7 @@ from .interrupt import interruptible
 from .lora import adapter_parameters, apply_lora
 from .preflight import preflight
 from .run_data import build_run_data
+from .observers import collective_inventory, straggler_detector
 from .saving import CheckpointSaver
 from .schedule import learning_rate
 from ..parallel.executors import executor_for
@@ -240,11 +241,12 @@ class Trainer:
         if start >= t.max_steps:
             log.info("the checkpoint is at step %d, train.max_steps=%d: nothing left to train", start, t.max_steps)
             return []
-        state = {"losses": [], "steady": [], "tokens_seen": self.resumed_tokens, "done": start, "bar": None}
+        state = {"losses": [], "steady": [], "tokens_seen": self.resumed_tokens, "done": start, "bar": None,
+                 "inventory": collective_inventory(self)}
         timer = StepMetrics(self.model.config, self.cfg.data.seq_length,
                             peak_tflops(self.cfg.logging.peak_tflops, ms.get_context("device_target")), self.env.world)
         profile = ProfileWindow(t.profile.start_step, t.profile.steps, self.out, enabled=self.env.is_main)
-        stragglers = self._straggler_detector()
+        stragglers = straggler_detector(self)
         watch = HangWatch(self.progress, self.env.rank, self.out, t.hang_timeout_s, os.environ.get("MFDS_STATUS_DIR"),
                           stalls=stragglers is not None)
         try:
@@ -278,6 +280,8 @@ class Trainer:
             t2 = time.perf_counter()
             self.progress.enter("logging", step + 1)
             phases, stalled = self.progress.take()   # since the last take: the previous step's tail, then this step
+            if step == start and state["inventory"] is not None:   # every graph of a step is compiled now
+                metrics.write(state["inventory"].stop(step + 1))
             dt, last_end, paused = t2 - last_end - paused, t2, 0.0
             if stragglers is not None and step > start:   # every rank at the same steps (a collective)
                 window = stragglers.add_step(step + 1, sum(phases.values()), phases, stalled)
@@ -343,13 +347,6 @@ class Trainer:
             self.progress.enter("save", done_steps, barriers)
             metrics.write(self.saver.save(done_steps, tokens_seen))
         return paused + time.perf_counter() - p0
-
-    def _straggler_detector(self) -> Optional[StragglerDetector]:
-        lg = self.cfg.logging
-        if self.env.world == 1 or not lg.straggler_every:
-            return None
-        from ..parallel.explicit import world_sum   # a plain world AllReduce: HCCL runs it too
-        return StragglerDetector(self.env.rank, self.env.world, lg, world_sum, self.progress)
 
     def _interrupted(self, done: int) -> str:
         newest = ckpt.latest(self.ckpt_root)

@@ -1,7 +1,11 @@
 """What saving a checkpoint every step costs, synchronous against asynchronous, on the bench model.
 
     python tools/bench/checkpoint_save.py [--config configs/deepseek_v3/bench_512.yaml] [--steps 6]
-        [--rounds 1] [--set k=v ...]
+        [--rounds 1] [--nproc 1] [--set k=v ...]
+
+`--nproc N` launches each run as `mfds launch --nproc N` with `parallel.dp=N` (each rank its
+micro-batch as configured, so the global batch grows N-fold): every rank writes its shards
+(parallel/shard_save.py), in the background with async_save; rank 0's metrics are read.
 
 Three `mfds train` runs per round, alternated, each a fresh process on the same rows: no saving,
 `checkpoint.save_every=1` synchronous, and the same with `checkpoint.async_save=true`. Wall time
@@ -43,8 +47,12 @@ def per_step_wall(out: str) -> float:
     return statistics.mean(steps[s] + blocked.get(s, 0.0) for s in later)
 
 
-def run(out: str, config: str, steps: int, mode: str, sets) -> float:
-    cmd = [sys.executable, "-m", "mindformers_ds", "train", "--config", config]
+def run(out: str, config: str, steps: int, mode: str, sets, nproc: int = 1) -> float:
+    cmd = [sys.executable, "-m", "mindformers_ds"]
+    if nproc > 1:
+        cmd += ["launch", "--nproc", str(nproc), "--"]
+        sets = [f"parallel.dp={nproc}", *sets]
+    cmd += ["train", "--config", config]
     for s in [f"train.output_dir={out}", f"train.max_steps={steps}", "train.eval_every=0",
               "train.exact_match_samples=0", "logging.progress_bar=false", "checkpoint.keep_last=2",
               *(DEMO_DATA if config.endswith("bench_512.yaml") else []), *MODES[mode], *sets]:
@@ -59,13 +67,14 @@ def main() -> None:
     ap.add_argument("--config", default="configs/deepseek_v3/bench_512.yaml")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--nproc", type=int, default=1)
     ap.add_argument("--set", action="append", default=[])
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_save_")
     times = {m: [] for m in MODES}
     for r in range(a.rounds):
         for mode in MODES:   # alternated: each mode sees the same drift of the machine
-            t = run(os.path.join(tmp, f"{mode.replace(' ', '_')}_{r}"), a.config, a.steps, mode, a.set)
+            t = run(os.path.join(tmp, f"{mode.replace(' ', '_')}_{r}"), a.config, a.steps, mode, a.set, a.nproc)
             times[mode].append(t)
             print(f"round {r + 1} {mode:10s} {t:7.3f} s per step (step + save blocking)", flush=True)
     med = {m: statistics.median(v) for m, v in times.items()}
