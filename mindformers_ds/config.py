@@ -156,7 +156,7 @@ class LoggingConfig:
     straggler_every: int = 20           # steps per straggler window (observe/stragglers.py); 0: off
     straggler_factor: float = 1.5       # own time per step above the peers' median by this factor ...
     straggler_steps: int = 2            # ... for this many consecutive windows names a straggler
-    collective_inventory: bool = True   # several workers: list the compiled graphs' collectives (observe/collective_inventory.py)
+    collective_inventory: bool = False  # several workers: list the compiled graphs' collectives (observe/collective_inventory.py)
 
 
 @dataclass(frozen=True)

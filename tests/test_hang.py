@@ -6,7 +6,10 @@ heartbeat would notice only after ~30 s), and its main thread alone, stopped by 
 (PTRACE_SEIZE + PTRACE_INTERRUPT), so its other threads, msrun's heartbeat among them, run on:
 what a hung collective or a stalled read looks like, which nothing else notices. Stragglers:
 a worker frozen for a few seconds, then continued, is named with the phase it did not run in,
-under dp=2 and dp=2 x tp=2, and every rank's phase times add up to its step time."""
+under dp=2 and dp=2 x tp=2, and every rank's phase times add up to its step time; a worker that
+runs but computes slower inside the step graph (its core shared with busy processes) is named
+from the profiled kernel times. On the same runs: every rank's collectives as compiled, and the
+multi-rank report. Issue 22: a hang followed into a restart, ending as the run without it."""
 from __future__ import annotations
 
 import ctypes
@@ -127,7 +130,7 @@ def test_the_verdict_places_the_ranks_by_how_far_they_got(tmp_path):
 
 
 FROZEN_SETS = ("logging.straggler_every=5", "logging.straggler_steps=1", "train.eval_every=0",
-               "train.exact_match_samples=0")
+               "train.exact_match_samples=0", "logging.collective_inventory=true")
 _FROZEN_RUNS = {}
 
 
@@ -311,3 +314,76 @@ def test_a_worker_hung_mid_run_is_restarted_and_the_job_ends_as_the_run_without_
         np.testing.assert_allclose(wb[name], wa[name], rtol=1e-6, atol=1e-7, err_msg=name)
     saves = [r for r in read_metrics(metrics) if r.get("type") == "save"]
     assert saves and all(r["async"] for r in saves)
+
+
+def _pin(pid: int, cpu: int) -> None:
+    for tid in os.listdir(f"/proc/{pid}/task"):   # every thread: MindSpore's pools included
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except OSError:
+            pass   # a thread that just ended
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to give each rank its own")
+def test_a_rank_slowed_inside_the_step_graph_is_named_from_its_profiled_kernels(tmp_path):
+    """A rank that runs but computes slower inside the step graph: from step 3 on, rank 1 shares
+    core 0 with four busy processes (a real load; sched_setaffinity), rank 0 has core 1 alone. It
+    never stops running, so the straggler windows cannot see it; the profiler can: in the
+    `train.profile` window (steps 6-7) every rank times its kernels, and the ranks' exchange names
+    rank 1, whose compute exceeds rank 0's while rank 0 waits in the collectives. Each rank's
+    profiled all-reduces per step are the number the collective inventory read from its graphs."""
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "mindformers_ds", "launch", "--nproc", "2", "--cluster-timeout", "60", "--", "train",
+           "--config", CFG, *sets(out, dp=2, steps=8),
+           *[a for s in ("train.profile.start_step=5", "train.profile.steps=2", "checkpoint.save_every=0",
+                         "logging.collective_inventory=true",
+                         "checkpoint.save_final=false", "train.eval_every=0", "train.exact_match_samples=0")
+             for a in ("--set", s)]]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    t0 = time.time()
+    while not (os.path.isfile(metrics) and '"step": 3,' in open(metrics).read()):
+        assert p.poll() is None and time.time() - t0 < 300, p.communicate()[1][-3000:]
+        time.sleep(0.1)
+    status = os.path.join(out, "logs", "status")
+    ranks = [int(open(os.path.join(status, f"rank_{r}.pid")).read()) for r in (0, 1)]
+    hog = "import os\nos.sched_setaffinity(0, {0})\nwhile True:\n    pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(4)]
+    try:
+        _pin(ranks[0], 1)
+        _pin(ranks[1], 0)
+        _, err = p.communicate(timeout=400)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert p.returncode == 0, err[-3000:]
+    [judged] = [r for r in read_metrics(metrics) if r.get("type") == "graph_stragglers"]
+    assert judged["steps"] == [6, 7] and [s["rank"] for s in judged["stragglers"]] == [1], judged
+    assert judged["compute_ms"][1] > 1.5 * judged["compute_ms"][0], judged
+    assert judged["collective_ms"][0] > judged["collective_ms"][1], judged
+    log_text = open(os.path.join(out, "logs", "worker_0.log")).read()
+    assert re.search(r"rank 1 is slow inside the step graph: [\d.]+ ms of kernels per step vs median [\d.]+ ms "
+                     r"\(profiled steps 6-7\); the others wait [\d.]+ ms per step in collectives", log_text)
+    for rank in (0, 1):
+        recs = read_metrics(os.path.join(out, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
+        [profile] = [r for r in recs if r.get("type") == "profile"]
+        [inventory] = [r for r in recs if r.get("type") == "collectives"]
+        assert profile["rank"] == rank and profile["compute_ms"] > 0
+        assert profile["collective_calls"]["AllReduce"] == sum(
+            v["count"] for k, v in inventory["per_step"].items() if k.startswith("all_reduce("))
+
+
+def test_a_rank_is_slow_inside_the_graph_against_the_median_of_its_peers():
+    """The judgement alone: rank 2 spends 90 ms per step in its kernels, the others 30; their
+    collectives wait for it. A factor above its excess names nobody."""
+    from mindformers_ds.observe.graph_stragglers import judge, kernel_split
+    rows = np.array([[30, 62], [31, 60], [90, 3], [29, 61]], np.float32)
+    [slow] = judge(rows, 1.5)
+    assert slow == {"rank": 2, "compute_ms": 90.0, "median_ms": 30.0, "peers_wait_ms": 61.0, "own_wait_ms": 3.0}
+    assert judge(rows, 3.5) == []
+    split = kernel_split([{"op_type": "AllReduce", "calls": 104, "total_ms": 120.0},
+                          {"op_type": "MatMul", "calls": 10, "total_ms": 50.0},
+                          {"op_type": "Mul", "calls": 9, "total_ms": 10.0}], steps=2)
+    assert split == {"compute_ms": 30.0, "collective_ms": {"AllReduce": 60.0}, "collective_calls": {"AllReduce": 52.0}}

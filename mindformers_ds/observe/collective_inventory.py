@@ -20,8 +20,10 @@ in-graph collective cannot be told from the compute around it without the device
 host-side ones have their phase's time in each step record (`phase_s`).
 
 Cost: the dump of the first step's graphs (one ~6 MB text file per graph on the tiny model),
-parsed and deleted; measured in tools/bench/README.md. On Ascend the same pass runs in the
-common backend; not run here.
+parsed and deleted, and, measured but not explained, slower steady steps afterwards (graphs
+compiled with dumping on run 5-28% slower on the tiny dp=2 run: tools/bench/README.md). So it is
+off by default (`logging.collective_inventory: true` for a diagnostic run). On Ascend the same
+pass runs in the common backend; not run here.
 """
 from __future__ import annotations
 

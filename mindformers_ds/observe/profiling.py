@@ -4,7 +4,9 @@ The profiler starts before step `start_step` (0-based, so compilation can be lef
 starting at 1 or later) and stops after `steps` steps; its analysed output (a Chrome trace,
 `ASCEND_PROFILER_OUTPUT/trace_view.json`, and per-operator tables) lands in
 `<output_dir>/profile/`, and the operators that took the most time are written to
-`profile/top_ops.json` and the log.
+`profile/top_ops.json` and the log. In a launched job every rank profiles (rank R into
+`profile_rank{R}/`) and writes its kernel time split into compute and collectives as a
+`{"type": "profile"}` record; the ranks then compare their compute (graph_stragglers.py).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import csv
 import glob
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..utils.io import atomic_write_json
 
@@ -20,11 +22,18 @@ log = logging.getLogger(__name__)
 
 
 class ProfileWindow:
-    def __init__(self, start_step: int, steps: int, out_dir: str, enabled: bool = True):
+    """`exchange(split, steps) -> record or None`: called on every rank at the window's end with
+    this rank's kernel split (graph_stragglers.py); its record, if any, joins `records`."""
+
+    def __init__(self, start_step: int, steps: int, out_dir: str, enabled: bool = True, rank: int = 0,
+                 exchange: Optional[Callable[[Dict, List[int]], Optional[Dict]]] = None):
         self.start, self.stop_at = start_step, start_step + steps
-        self.out_dir = os.path.join(out_dir, "profile")
+        # every rank profiles its own kernels (a launched job); rank 0 where one process writes
+        self.out_dir = os.path.join(out_dir, "profile" if rank == 0 else f"profile_rank{rank}")
         self.enabled = enabled and steps > 0
+        self.rank, self.exchange = rank, exchange
         self.prof = None
+        self.records: List[Dict] = []   # metrics records of the window, once it is analysed
 
     def before_step(self, step: int) -> None:
         if self.enabled and step == self.start and self.prof is None:
@@ -47,16 +56,26 @@ class ProfileWindow:
         self.prof.analyse()
         self.prof = None
         self.enabled = False
-        top = top_operators(self.out_dir)
+        every = top_operators(self.out_dir, limit=None)
+        top = every[:20]
         atomic_write_json(os.path.join(self.out_dir, "top_ops.json"), top)
         for row in top[:5]:
             log.info("profile: %-24s %6.1f%% of op time (%d calls, %.3f ms each)", row["op_type"],
                      100 * row["share"], row["calls"], row["avg_ms"])
+        from .graph_stragglers import kernel_split
+        steps = [self.start + 1, self.stop_at]
+        split = kernel_split(every, self.stop_at - self.start)
+        self.records.append({"type": "profile", "rank": self.rank, "steps": steps, **split})
+        if self.exchange is not None:
+            judged = self.exchange(split, steps)
+            if judged is not None:
+                self.records.append(judged)
         return top
 
 
-def top_operators(profile_dir: str, limit: int = 20) -> List[Dict]:
-    """Operator types by total time, from the profiler's per-type table (CPU or device)."""
+def top_operators(profile_dir: str, limit: Optional[int] = 20) -> List[Dict]:
+    """Operator types by total time, from the profiler's per-type table (CPU or device); every
+    type with `limit` None."""
     rows: List[Dict] = []
     for path in glob.glob(os.path.join(profile_dir, "**", "*op_type_info*.csv"), recursive=True):
         with open(path, newline="") as f:

@@ -118,12 +118,13 @@ def incidents(run_dirs: List[str], records: List[Dict]) -> Tuple[List[Dict], Lis
     return stragglers, hangs
 
 
-def collective_inventories(run_dirs: List[str]) -> Dict[int, Dict]:
-    """rank -> its collectives per step (observe/collective_inventory.py), where it was taken."""
+def per_rank(run_dirs: List[str], kind: str) -> Dict[int, Dict]:
+    """rank -> its last record of `kind`: "collectives" (observe/collective_inventory.py) or
+    "profile" (its profiled kernel split: observe/graph_stragglers.py)."""
     found: Dict[int, Dict] = {}
     for d in run_dirs:
         for path in glob.glob(os.path.join(d, "metrics*.jsonl")):
             for r in read_metrics(path):
-                if r.get("type") == "collectives" and r.get("per_step"):
-                    found[int(r["rank"])] = r["per_step"]
+                if r.get("type") == kind and (kind != "collectives" or r.get("per_step")):
+                    found[int(r["rank"])] = r
     return dict(sorted(found.items()))

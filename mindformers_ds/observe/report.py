@@ -59,18 +59,27 @@ def _incident_tables(stragglers: List[Dict], hangs: List[Dict]) -> List[str]:
     return parts
 
 
-def _collective_table(inventories: Dict[int, Dict]) -> List[str]:
-    """Ranks x collectives: count and MB per step, from the compiled graphs."""
-    if not inventories:
-        return []
-    kinds = sorted({k for per_step in inventories.values() for k in per_step})
-    parts = ["<h2>Collectives per step</h2><p>From the graphs MindSpore compiled (count, MB per step); "
-             "their time is inside the step graph's.</p><table><tr><th>rank</th>" +
-             "".join(f"<th>{html.escape(k)}</th>" for k in kinds) + "</tr>"]
-    for rank, per_step in inventories.items():
-        cells = [f"{per_step[k]['count']} / {per_step[k]['bytes'] / 1e6:.3f}" if k in per_step else "-" for k in kinds]
-        parts.append(f"<tr><td>rank {rank}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    parts.append("</table>")
+def _collective_tables(inventories: Dict[int, Dict], profiles: Dict[int, Dict], slow: List[Dict]) -> List[str]:
+    """Ranks x collectives: count and MB per step, from the compiled graphs; and the profiled
+    kernel time per step of each rank, compute against collectives (the ranks named slow)."""
+    parts = []
+    kinds = sorted({k for rec in inventories.values() for k in rec["per_step"]})
+    if kinds:
+        parts.append("<h2>Collectives per step</h2><p>From the graphs MindSpore compiled (count / MB per step)."
+                     "</p><table><tr><th>rank</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in kinds) + "</tr>")
+        for rank, rec in inventories.items():
+            per_step = rec["per_step"]
+            cells = [f"{per_step[k]['count']} / {per_step[k]['bytes'] / 1e6:.3f}" if k in per_step else "-"
+                     for k in kinds]
+            parts.append(f"<tr><td>rank {rank}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+    if profiles:
+        named = {s["rank"] for s in slow}
+        parts.append("<h2>Profiled kernels per step</h2><table><tr><th>rank</th><th>compute ms</th>"
+                     "<th>collectives ms</th><th>slow inside the graph</th></tr>")
+        parts += [f"<tr><td>rank {rank}</td><td>{p['compute_ms']:.1f}</td><td>{sum(p['collective_ms'].values()):.1f}"
+                  f"</td><td>{'yes' if rank in named else ''}</td></tr>" for rank, p in profiles.items()]
+        parts.append("</table>")
     return parts
 
 
@@ -136,7 +145,9 @@ def build_report(run_dir: str, out_dir: Optional[str] = None, node_dirs: List[st
     title = f"mindformers_ds run: {os.path.basename(os.path.abspath(run_dir))}"
     stragglers, hangs = rank_report.incidents(dirs, records)
     page = _page(title, _summary_rows(summary, steps), figures, summary.get("profile_top_ops"),
-                 _incident_tables(stragglers, hangs) + _collective_table(rank_report.collective_inventories(dirs)))
+                 _incident_tables(stragglers, hangs) + _collective_tables(
+                     rank_report.per_rank(dirs, "collectives"), rank_report.per_rank(dirs, "profile"),
+                     [s for r in records if r.get("type") == "graph_stragglers" for s in r["stragglers"]]))
     index = os.path.join(out_dir, "index.html")
     atomic_write_text(index, page)
     return {"html": index, "figures": [f[0] for f in figures], "dir": out_dir, "ranks": sorted(ranks),

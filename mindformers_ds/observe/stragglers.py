@@ -18,8 +18,8 @@ Why not the step time: in synchronous data parallelism every rank's step lasts a
 slowest one's (the others wait in the collectives), so step times are equal. And MindSpore runs
 forward, backward, the gradient all-reduce and the update as one graph, so the time a rank
 computes inside it cannot be told from the time it waits inside it. A rank that is slower
-*inside* the graph but running (a slower chip) is therefore not seen here; the profiler's
-per-rank kernel times are the way to that (`train.profile`).
+*inside* the graph but running (a slower chip) is therefore not seen here: in the
+`train.profile` window every rank's kernel times are compared instead (graph_stragglers.py).
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..checkpoint import manager
 from ..checkpoint.integrity import write_manifest
 from ..checkpoint.safetensors_io import CheckpointError, write_safetensors
-from ..utils.io import atomic_write_json, fsync_dir
+from ..utils.io import atomic_write_json, fsync_dir, read_json
 from .shards import LAYOUT_FILE, coords_of, layout_doc
 
 WRITTEN, FAILED = "written", "failed"
@@ -104,7 +104,9 @@ def _mark(tmp: str, rank: int, what: str, error: str) -> None:
     try:
         atomic_write_json(os.path.join(tmp, f"rank_{rank}.{what}"), {"rank": rank, "error": error})
     except OSError:
-        pass   # rank 0 then waits in the save, and the hang watch names it
+        # rank 0's writer then waits for this mark; the next save waits for that writer, in the
+        # timed "save" phase, so the hang watch reports it after train.hang_timeout_s
+        pass
 
 
 def _await_ranks(tmp: str, world: int, step: int) -> None:
@@ -115,7 +117,6 @@ def _await_ranks(tmp: str, world: int, step: int) -> None:
         for r in sorted(waiting):
             failed = os.path.join(tmp, f"rank_{r}.{FAILED}")
             if os.path.isfile(failed):
-                from ..utils.io import read_json
                 raise CheckpointError(read_json(failed, CheckpointError).get("error") or
                                       f"{failed}: rank {r} could not write its part of step {step}")
             if os.path.isfile(os.path.join(tmp, f"rank_{r}.{WRITTEN}")):

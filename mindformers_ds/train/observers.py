@@ -1,12 +1,14 @@
-"""What a multi-worker training loop runs beside its steps to be seen from outside: the straggler
-windows (observe/stragglers.py) and the inventory of the collectives its graphs run
-(observe/collective_inventory.py). None where one does not apply: one process, or switched off
-in the `logging` section."""
+"""What a training loop runs beside its steps to be seen from outside: the profiler window
+(observe/profiling.py; in a launched job on every rank, which then compare their kernel times:
+observe/graph_stragglers.py), the straggler windows (observe/stragglers.py) and the inventory of
+the collectives its graphs run (observe/collective_inventory.py). None where one does not apply:
+one process, or switched off in the `logging` section."""
 from __future__ import annotations
 
 from typing import Optional
 
 from ..observe.collective_inventory import CollectiveInventory
+from ..observe.profiling import ProfileWindow
 from ..observe.stragglers import StragglerDetector
 
 
@@ -28,3 +30,16 @@ def collective_inventory(trainer) -> Optional[CollectiveInventory]:
                                     one_run_per_step=cfg.train.grad_accum_steps == 1 and cfg.parallel.pp == 1)
     inventory.start(trainer.progress)
     return inventory
+
+
+def profile_window(trainer) -> ProfileWindow:
+    t, env = trainer.cfg.train, trainer.env
+    exchange = None
+    if env.world > 1:
+        from ..observe.graph_stragglers import exchange_and_judge
+        from ..parallel.explicit import world_sum
+
+        def exchange(split, steps):
+            return exchange_and_judge(split, env.rank, env.world, steps, trainer.cfg.logging.straggler_factor,
+                                      world_sum)
+    return ProfileWindow(t.profile.start_step, t.profile.steps, trainer.out, rank=env.rank, exchange=exchange)

@@ -41,7 +41,7 @@ from .interrupt import interruptible
 from .lora import adapter_parameters, apply_lora
 from .preflight import preflight
 from .run_data import build_run_data
-from .observers import collective_inventory, straggler_detector
+from .observers import collective_inventory, profile_window, straggler_detector
 from .saving import CheckpointSaver
 from .schedule import learning_rate
 from ..parallel.executors import executor_for
@@ -245,7 +245,7 @@ class Trainer:
                  "inventory": collective_inventory(self)}
         timer = StepMetrics(self.model.config, self.cfg.data.seq_length,
                             peak_tflops(self.cfg.logging.peak_tflops, ms.get_context("device_target")), self.env.world)
-        profile = ProfileWindow(t.profile.start_step, t.profile.steps, self.out, enabled=self.env.is_main)
+        profile = profile_window(self)
         stragglers = straggler_detector(self)
         watch = HangWatch(self.progress, self.env.rank, self.out, t.hang_timeout_s, os.environ.get("MFDS_STATUS_DIR"),
                           stalls=stragglers is not None)
@@ -290,6 +290,8 @@ class Trainer:
             top_ops = profile.after_step(step)
             if top_ops is not None:
                 self.profile_top_ops = top_ops[:10]
+                for rec in profile.records:   # this rank's kernel split; on rank 0 the ranks compared
+                    metrics.write(rec)
                 paused += time.perf_counter() - t2  # the profiler's analysis is not step time
             lm_loss = float(parts[R.LM_SUM]) / max(float(parts[R.LM_COUNT]), 1.0)
             mtp_loss = float(parts[R.MTP_SUM]) / max(float(parts[R.MTP_COUNT]), 1.0) if self.model.mtp_depth else 0.0
