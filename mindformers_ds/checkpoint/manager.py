@@ -80,12 +80,7 @@ def write(root: str, step: int, model_arrays: Sequence, optimizer_arrays: Sequen
         atomic_write_json(into("config.json"), hf_config)
         atomic_write_json(into(STATE_FILE), dict(state, step=step))
         into(MANIFEST)
-        write_manifest(tmp)
-        fsync_dir(tmp)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
+        publish(tmp, final, root)
     except OSError as e:   # disk full (ENOSPC), a file size limit (EFBIG), permissions
         raise CheckpointError(f"{writing[0]}: cannot be written ({e.strerror or e}); step {step} is not saved and "
                               f"the checkpoints before it are untouched") from None
@@ -94,6 +89,17 @@ def write(root: str, step: int, model_arrays: Sequence, optimizer_arrays: Sequen
             shutil.rmtree(tmp, ignore_errors=True)
     prune(root, keep_last, keep=step)
     return final
+
+
+def publish(tmp: str, final: str, root: str) -> None:
+    """The last act of every save: the manifest of the complete temp directory `tmp`, fsynced,
+    then renamed to `final` (replacing an older one of that step) in `root`."""
+    write_manifest(tmp)
+    fsync_dir(tmp)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(root)
 
 
 def _fault_injection(step: int) -> None:

@@ -28,9 +28,8 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..checkpoint import manager
-from ..checkpoint.integrity import write_manifest
 from ..checkpoint.safetensors_io import CheckpointError, write_safetensors
-from ..utils.io import atomic_write_json, fsync_dir, read_json
+from ..utils.io import atomic_write_json, read_json
 from .shards import LAYOUT_FILE, coords_of, layout_doc
 
 WRITTEN, FAILED = "written", "failed"
@@ -136,12 +135,7 @@ def _commit(tmp: str, final: str, root: str, step: int, ctx, state: Dict, hf_con
         atomic_write_json(os.path.join(tmp, "config.json"), hf_config)
         manager.copy_side_files(tmp, side_files)
         atomic_write_json(os.path.join(tmp, manager.STATE_FILE), dict(state, step=step))
-        write_manifest(tmp)
-        fsync_dir(tmp)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
+        manager.publish(tmp, final, root)
     except OSError as e:
         raise CheckpointError(f"{getattr(e, 'filename', None) or tmp}: cannot be written ({e.strerror or e}); step "
                               f"{step} is not saved and the checkpoints before it are untouched") from None
