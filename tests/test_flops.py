@@ -88,3 +88,21 @@ def test_v32_indexer_flops_hand_count_and_no_backward():
     v3 = forward_flops_per_token(_model("configs/deepseek_v3/tiny.yaml"), seq)
     assert fwd["total"] == v3["total"] + 5 * per_layer
     assert train_flops_per_token(c, seq) == 3 * v3["total"] + 5 * per_layer
+
+
+@pytest.mark.parametrize("rel", ["configs/deepseek_v3/bench_512.yaml", "configs/deepseek_v4/bench_512.yaml"])
+def test_the_throughput_benchmarks_torch_model_is_the_configured_one(rel):
+    """tools/bench/train_throughput.py compares against the transformers model torch_step.py builds
+    from the same config: it must have exactly the parameters ours counts (MFU and tokens/s compare
+    the same model) and the config's attention and MLP schedule."""
+    import sys
+    sys.path.insert(0, ROOT)
+    from tools.bench.torch_step import hf_model
+    mc = config.load(os.path.join(ROOT, rel), check_paths=False).model.model_config()
+    hf = hf_model(mc)
+    assert sum(p.numel() for p in hf.parameters()) == parameter_counts(mc)["total"]
+    assert type(hf).__name__ == ("DeepseekV4ForCausalLM" if mc.is_v4 else "DeepseekV3ForCausalLM")
+    if mc.is_v4:
+        assert list(hf.config.layer_types) == list(mc.layer_types)
+        assert list(hf.config.mlp_layer_types) == list(mc.mlp_layer_types)
+        assert hf.config.hc_mult == 4 and hf.config.vocab_size == 32000

@@ -1,5 +1,5 @@
-"""The PyTorch side of train_throughput.py: transformers' DeepseekV3ForCausalLM built from the
-same config, trained with torch.optim.AdamW on the same random batch, in this process alone.
+"""The PyTorch side of train_throughput.py: transformers' DeepseekV3ForCausalLM (or, for a V4
+config, DeepseekV4ForCausalLM) built from the same config, trained with torch.optim.AdamW on the same random batch, in this process alone.
 
     python tools/bench/torch_step.py --config X.yaml --steps N [--compile]
 
@@ -18,6 +18,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 
+def hf_model(mc):
+    """transformers' model of this config's family, randomly initialised from the config's HF dict
+    (V4's dict also names what transformers' V4 config does not take: the model type, which its
+    class sets, and the sequence-wise aux loss, which its model has not)."""
+    import transformers
+    family = "DeepseekV4" if mc.is_v4 else "DeepseekV3"
+    skip = ("architectures", "model_type", "aux_loss_alpha") if mc.is_v4 else ("architectures",)
+    hf_cfg = getattr(transformers, family + "Config")(**{k: v for k, v in mc.to_hf_dict().items() if k not in skip})
+    return getattr(transformers, family + "ForCausalLM")(hf_cfg)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
@@ -26,7 +37,6 @@ def main() -> int:
     a = ap.parse_args()
     import numpy as np
     import torch
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
     from mindformers_ds import config
     from mindformers_ds.observe.flops import train_flops_per_token
     from mindformers_ds.observe.step_metrics import rss_mb
@@ -35,8 +45,7 @@ def main() -> int:
     seq, batch = cfg.data.seq_length, cfg.train.micro_batch_size
     baseline = rss_mb("VmRSS")
     torch.manual_seed(0)
-    hf_cfg = {k: v for k, v in mc.to_hf_dict().items() if k != "architectures"}
-    model = DeepseekV3ForCausalLM(DeepseekV3Config(**hf_cfg)).float().train()
+    model = hf_model(mc).float().train()
     o = cfg.optimizer
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=tuple(o.betas), eps=o.eps,
                             weight_decay=o.weight_decay)

@@ -3,11 +3,11 @@
     python tools/bench/train_throughput.py [--config configs/deepseek_v3/bench_512.yaml]
         [--steps 10] [--rounds 1] [--no-compile] [--composite] [--set k=v ...] [--json out.json]
 
-Each stack trains the same DeepSeek-V3 config (bench_512.yaml: hidden 512, 8 layers, 16 experts
-top-4, vocab 32000, seq 512, batch 4, fp32) on the same random batch in a fresh process (so
+Each stack trains the same config (DeepSeek-V3 bench_512.yaml: hidden 512, 8 layers, 16 experts
+top-4, vocab 32000, seq 512, batch 4, fp32; or configs/deepseek_v4/bench_512.yaml, its V4 peer) on the same random batch in a fresh process (so
 peak RSS is its own): this stack's jitted step (python -m mindformers_ds.observe.measure, with
 its fused CPU kernels unless --composite), the
-transformers DeepseekV3ForCausalLM in PyTorch eager, and under torch.compile. Rounds
+transformers DeepseekV3ForCausalLM (DeepseekV4ForCausalLM for V4) in PyTorch eager, and under torch.compile. Rounds
 alternate the stacks; per stack the median step time over all its steps is reported. Prints
 tokens/s, tokens per CPU-second, MFU against the measured GEMM peak, peak RSS, first-step
 (compile) time, and our ratio to each baseline.
