@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT, build_hf
 from mindformers_ds import config
 from mindformers_ds.models.deepseek.config import DeepseekConfig
+from mindformers_ds.models.deepseek.shapes import parameter_specs
 from mindformers_ds.observe.flops import forward_flops_per_token, parameter_counts, train_flops_per_token
 
 
@@ -93,14 +94,17 @@ def test_v32_indexer_flops_hand_count_and_no_backward():
 @pytest.mark.parametrize("rel", ["configs/deepseek_v3/bench_512.yaml", "configs/deepseek_v4/bench_512.yaml"])
 def test_the_throughput_benchmarks_torch_model_is_the_configured_one(rel):
     """tools/bench/train_throughput.py compares against the transformers model torch_step.py builds
-    from the same config: it must have exactly the parameters ours counts (MFU and tokens/s compare
+    from the same config: it must hold exactly the tensors ours has, by name and shape (MFU and tokens/s compare
     the same model) and the config's attention and MLP schedule."""
     import sys
     sys.path.insert(0, ROOT)
     from tools.bench.torch_step import hf_model
     mc = config.load(os.path.join(ROOT, rel), check_paths=False).model.model_config()
     hf = hf_model(mc)
-    assert sum(p.numel() for p in hf.parameters()) == parameter_counts(mc)["total"]
+    # the state dict: the router bias and V4's hash table are buffers there, tensors here
+    assert {k: tuple(v.shape) for k, v in hf.state_dict().items()} == \
+        {name: tuple(shape) for name, shape, _ in parameter_specs(mc)}
+    assert sum(v.numel() for v in hf.state_dict().values()) == parameter_counts(mc)["total"]
     assert type(hf).__name__ == ("DeepseekV4ForCausalLM" if mc.is_v4 else "DeepseekV3ForCausalLM")
     if mc.is_v4:
         assert list(hf.config.layer_types) == list(mc.layer_types)
