@@ -2,7 +2,8 @@
 
     python -m mindformers_ds.observe.measure --config X.yaml [--set k=v ...] [--steps N] [--batch B]
 
-prints one JSON object. Random token ids (the data pipeline is not what is measured); every
+prints one JSON object. `peak_rss_mb` is the whole process's peak; `first_step_peak_rss_mb` the
+peak up to the end of the compiling first step, `steps_peak_rss_mb` that of the later steps alone. Random token ids (the data pipeline is not what is measured); every
 other piece is the real training step (MLA, MoE, MTP, AdamW, bias update). The benchmark
 tools/bench/train_throughput.py and the planner's validation test run it as a subprocess so
 that the peak RSS (VmHWM) is the step's alone.
@@ -16,7 +17,7 @@ import statistics
 import sys
 import time
 
-from .step_metrics import rss_mb
+from .step_metrics import reset_peak_rss, rss_mb
 
 
 def measure(config_path: str, sets, steps: int, batch: int) -> dict:
@@ -53,6 +54,8 @@ def measure(config_path: str, sets, steps: int, batch: int) -> dict:
     outs = step(*inputs)
     first_loss = float(R.named(outs[0])[R.LM_SUM].asnumpy()) * 1.0 / n_tok
     compile_s = time.perf_counter() - t0
+    first_peak = rss_mb("VmHWM")
+    steps_peak = reset_peak_rss()   # from here the peak is the steady steps' own (compile excluded)
     times, cpu = [], []
     for _ in range(steps):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -65,7 +68,9 @@ def measure(config_path: str, sets, steps: int, batch: int) -> dict:
             "params": model.num_parameters(), "first_step_s": compile_s, "step_s": median,
             "tokens_per_sec": batch * seq / median, "tokens_per_cpu_sec": batch * seq / statistics.median(cpu),
             "step_times": times, "tflops": flops / median / 1e12, "first_loss": first_loss,
-            "baseline_rss_mb": baseline, "peak_rss_mb": rss_mb("VmHWM")}
+            "baseline_rss_mb": baseline, "first_step_peak_rss_mb": first_peak,
+            "steps_peak_rss_mb": rss_mb("VmHWM") if steps_peak else None,
+            "peak_rss_mb": max(first_peak, rss_mb("VmHWM"))}
 
 
 def main(argv=None) -> int:

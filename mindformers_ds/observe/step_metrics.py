@@ -17,6 +17,17 @@ import numpy as np
 from .flops import train_flops_per_token
 
 
+def reset_peak_rss() -> bool:
+    """Restart VmHWM from the current RSS (Linux >= 4.0: "5" to /proc/self/clear_refs), so a later
+    peak is that of what ran since (the steps after the compiling one). False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def rss_mb(field: str = "VmHWM") -> float:
     """A memory line of /proc/self/status in MB: VmHWM (peak resident set) or VmRSS (current).
     Not ru_maxrss for the peak: it survives fork+exec and would report the parent's."""

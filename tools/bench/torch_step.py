@@ -39,7 +39,7 @@ def main() -> int:
     import torch
     from mindformers_ds import config
     from mindformers_ds.observe.flops import train_flops_per_token
-    from mindformers_ds.observe.step_metrics import rss_mb
+    from mindformers_ds.observe.step_metrics import reset_peak_rss, rss_mb
     cfg = config.load(a.config, check_paths=False)
     mc = cfg.model.model_config()
     seq, batch = cfg.data.seq_length, cfg.train.micro_batch_size
@@ -63,6 +63,8 @@ def main() -> int:
     t0 = time.perf_counter()
     first_loss = run()
     first = time.perf_counter() - t0
+    first_peak = rss_mb("VmHWM")
+    steps_peak = reset_peak_rss()   # from here the peak is the steady steps' own
     times, cpu = [], []
     for _ in range(a.steps):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -76,7 +78,9 @@ def main() -> int:
                       "step_s": median, "tokens_per_sec": batch * seq / median,
                       "tokens_per_cpu_sec": batch * seq / statistics.median(cpu), "step_times": times,
                       "tflops": flops / median / 1e12, "first_loss": first_loss, "baseline_rss_mb": baseline,
-                      "peak_rss_mb": rss_mb("VmHWM"), "threads": torch.get_num_threads()}))
+                      "first_step_peak_rss_mb": first_peak,
+                      "steps_peak_rss_mb": rss_mb("VmHWM") if steps_peak else None,
+                      "peak_rss_mb": max(first_peak, rss_mb("VmHWM")), "threads": torch.get_num_threads()}))
     return 0
 
 

@@ -4,13 +4,14 @@
         [--steps 10] [--rounds 1] [--no-compile] [--composite] [--set k=v ...] [--json out.json]
 
 Each stack trains the same config (DeepSeek-V3 bench_512.yaml: hidden 512, 8 layers, 16 experts
-top-4, vocab 32000, seq 512, batch 4, fp32; or configs/deepseek_v4/bench_512.yaml, its V4 peer) on the same random batch in a fresh process (so
-peak RSS is its own): this stack's jitted step (python -m mindformers_ds.observe.measure, with
-its fused CPU kernels unless --composite), the
-transformers DeepseekV3ForCausalLM (DeepseekV4ForCausalLM for V4) in PyTorch eager, and under torch.compile. Rounds
-alternate the stacks; per stack the median step time over all its steps is reported. Prints
-tokens/s, tokens per CPU-second, MFU against the measured GEMM peak, peak RSS, first-step
-(compile) time, and our ratio to each baseline.
+top-4, vocab 32000, seq 512, batch 4, fp32; or configs/deepseek_v4/bench_512.yaml, its V4 peer)
+on the same random batch in a fresh process (so peak RSS is its own): this stack's jitted step
+(python -m mindformers_ds.observe.measure, with its fused CPU kernels unless --composite), the
+transformers DeepseekV3ForCausalLM (DeepseekV4ForCausalLM for V4) in PyTorch eager, and under
+torch.compile. Rounds alternate the stacks; per stack the median step time over all its steps is
+reported. Prints tokens/s, tokens per CPU-second, MFU against the measured GEMM peak, peak RSS
+(and that of the steps after the first alone: compiling can be the peak), first-step (compile)
+time, and our ratio to each baseline.
 """
 from __future__ import annotations
 
@@ -83,10 +84,12 @@ def main() -> int:
             res = run_json(cmd)
             print(f"round {r + 1} {name}: " + (res["error"] if "error" in res else
                   f"{res['tokens_per_sec']:.0f} tok/s, first step {res['first_step_s']:.1f} s, "
-                  f"peak RSS {res['peak_rss_mb']:.0f} MB"), flush=True)
+                  f"peak RSS {res['peak_rss_mb']:.0f} MB (first step {res['first_step_peak_rss_mb']:.0f}, "
+                  f"later steps {res['steps_peak_rss_mb'] or float('nan'):.0f})"), flush=True)
             runs[name].append(res)
     summary = {"machine": describe_cpu(), "gemm_peak_tflops": peak, "gemm_peaks": peaks, "config": a.config, "stacks": {}}
-    print(f"\n{'stack':16s} {'tok/s':>8s} {'tok/CPU-s':>10s} {'MFU':>6s} {'peak RSS MB':>12s} {'first step s':>13s}")
+    print(f"\n{'stack':16s} {'tok/s':>8s} {'tok/CPU-s':>10s} {'MFU':>6s} {'peak RSS MB':>12s} {'steps RSS MB':>13s} "
+          f"{'first step s':>13s}")
     for name, rs in runs.items():
         ok = [x for x in rs if "error" not in x]
         if not ok:
@@ -97,10 +100,11 @@ def main() -> int:
         tokens = ok[0]["batch"] * ok[0]["seq"]
         s = {"tokens_per_sec": tokens / step, "tokens_per_cpu_sec": statistics.median([x["tokens_per_cpu_sec"] for x in ok]),
              "mfu": ok[0]["tflops"] * ok[0]["step_s"] / step / peak, "peak_rss_mb": max(x["peak_rss_mb"] for x in ok),
-             "first_step_s": statistics.median([x["first_step_s"] for x in ok]), "params": ok[0]["params"]}
+             "first_step_s": statistics.median([x["first_step_s"] for x in ok]), "params": ok[0]["params"],
+             "steps_peak_rss_mb": max(x["steps_peak_rss_mb"] or 0.0 for x in ok)}
         summary["stacks"][name] = s
         print(f"{name:16s} {s['tokens_per_sec']:8.0f} {s['tokens_per_cpu_sec']:10.0f} {s['mfu']:6.1%} "
-              f"{s['peak_rss_mb']:12.0f} {s['first_step_s']:13.1f}")
+              f"{s['peak_rss_mb']:12.0f} {s['steps_peak_rss_mb']:13.0f} {s['first_step_s']:13.1f}")
     ours = summary["stacks"].get("mindformers_ds", {})
     for base in ("torch eager", "torch.compile"):
         b = summary["stacks"].get(base, {})
