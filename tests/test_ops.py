@@ -376,3 +376,24 @@ def test_fused_op_choice_is_made_in_one_place():
     v32 = DeepseekForCausalLM(config.load(os.path.join(ROOT, "configs/deepseek_v32/tiny.yaml"),
                                           [f"model.fused_ops=[{','.join(FUSED_OPS)}]"]).model.model_config())
     assert "FusedSparseMlaAttention" in {type(c).__name__ for _, c in v32.cells_and_names()}
+
+
+def _numpy_sinkhorn(c, iters, eps):
+    c = c / (c.sum(-2, keepdims=True) + eps)
+    for _ in range(iters - 1):
+        c = c / (c.sum(-1, keepdims=True) + eps)
+        c = c / (c.sum(-2, keepdims=True) + eps)
+    return c
+
+
+@pytest.mark.parametrize("n, iters", [(4, 20), (2, 5), (3, 1)])
+def test_hc_sinkhorn(n, iters):
+    """V4 mHC's Sinkhorn on positive matrices (softmax + eps, as the model feeds it): the composite
+    equals numpy in float64, the kernel's forward and backward equal the composite's."""
+    logits = np.random.default_rng(n).normal(size=(2, 7, n, n))
+    comb = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True) + 1e-6
+    composite_out = Call(composite.sinkhorn, iters, 1e-6)(Tensor(comb.astype(np.float32))).asnumpy()
+    np.testing.assert_allclose(composite_out, _numpy_sinkhorn(comb, iters, 1e-6), rtol=1e-5, atol=1e-6)
+    fused = Call(kernels.hc_sinkhorn_op(iters, 1e-6), iters, 1e-6)
+    assert isinstance(fused.fn, kernels.FusedSinkhorn)
+    compare(fused, Call(composite.sinkhorn, iters, 1e-6), (Tensor(comb.astype(np.float32)),), [t(2, 7, n, n)], (0,))

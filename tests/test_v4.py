@@ -21,6 +21,7 @@ from mindformers_ds.checkpoint.reader import CheckpointReader
 from mindformers_ds.checkpoint.v4_names import canonical_v4_name, release_v4_name
 from mindformers_ds.config import ConfigError
 from mindformers_ds.models.deepseek import DeepseekConfig, DeepseekForCausalLM
+from mindformers_ds.models.deepseek.config import FUSED_OPS
 from mindformers_ds.models.deepseek.shapes import parameter_specs
 from mindformers_ds.train.optimizer import no_decay
 from test_model_parity import _Load
@@ -118,9 +119,15 @@ def test_parameters_are_the_shape_table_and_transformers_names(hf_v4):
     r.close()
 
 
-def test_logits_indexer_choices_and_routing_match_transformers(hf_v4):
+# every fused kernel on: those that compute a V4 case (RMSNorm, SwiGLU, the MoE dispatch and
+# grouped matmul, the head + loss, the clip, mHC's Sinkhorn); the rest fall back by themselves
+WITH_KERNELS = [pytest.param({}, id="composite"), pytest.param({"fused_ops": FUSED_OPS}, id="fused")]
+
+
+@pytest.mark.parametrize("overrides", WITH_KERNELS)
+def test_logits_indexer_choices_and_routing_match_transformers(hf_v4, overrides):
     hf, path = hf_v4
-    model = DeepseekForCausalLM.from_pretrained(path)
+    model = DeepseekForCausalLM.from_pretrained(path, **overrides)
     assert type(model).__name__ == "DeepseekV4ForCausalLM"
     ids = random_ids(2, SEQ, 64, seed=5)
     ref, seen = _reference_io(hf, ids)
@@ -151,12 +158,13 @@ def test_logits_indexer_choices_and_routing_match_transformers(hf_v4):
     np.testing.assert_array_equal(hash_choice, table[ids])  # layer 0 routes by token id
 
 
-def test_one_step_matches_pytorch(hf_v4):
+@pytest.mark.parametrize("overrides", WITH_KERNELS)
+def test_one_step_matches_pytorch(hf_v4, overrides):
     hf, path = hf_v4
-    model = DeepseekForCausalLM.from_pretrained(path)
+    model = DeepseekForCausalLM.from_pretrained(path, **overrides)
     frozen = {p.name: p.asnumpy().copy() for p in model.get_parameters() if not p.requires_grad}
     assert any(".indexer." in n for n in frozen) and any(n.endswith("tid2eid") for n in frozen)
-    step, _, _, _ = make_step(model)
+    step, _, _, _ = make_step(model, fused_clip=bool(overrides))
     ids = random_ids(2, SEQ, 64, seed=11)
     labels = ids.copy()
     labels[:, :12] = -100

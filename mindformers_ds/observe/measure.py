@@ -1,9 +1,11 @@
 """Measure one config's training step in a fresh process: tokens/s, compile time and peak RSS.
 
     python -m mindformers_ds.observe.measure --config X.yaml [--set k=v ...] [--steps N] [--batch B]
+        [--profile DIR]
 
 prints one JSON object. `peak_rss_mb` is the whole process's peak; `first_step_peak_rss_mb` the
-peak up to the end of the compiling first step, `steps_peak_rss_mb` that of the later steps alone. Random token ids (the data pipeline is not what is measured); every
+peak up to the end of the compiling first step, `steps_peak_rss_mb` that of the later steps
+alone. Random token ids (the data pipeline is not what is measured); every
 other piece is the real training step (MLA, MoE, MTP, AdamW, bias update). The benchmark
 tools/bench/train_throughput.py and the planner's validation test run it as a subprocess so
 that the peak RSS (VmHWM) is the step's alone.
@@ -20,7 +22,20 @@ import time
 from .step_metrics import reset_peak_rss, rss_mb
 
 
-def measure(config_path: str, sets, steps: int, batch: int) -> dict:
+def profiled_step(step, inputs, out_dir: str):
+    """One more step under the MindSpore profiler -> its operator types by time (profiling.py)."""
+    from mindspore.profiler import Profiler
+    from .profiling import top_operators
+    os.makedirs(out_dir, exist_ok=True)
+    prof = Profiler(output_path=out_dir, start_profile=False)
+    prof.start()
+    step(*inputs)
+    prof.stop()
+    prof.analyse()
+    return top_operators(out_dir, limit=None)
+
+
+def measure(config_path: str, sets, steps: int, batch: int, profile_dir: str = "") -> dict:
     import numpy as np
     import mindspore as ms
     from mindspore import Tensor
@@ -62,15 +77,16 @@ def measure(config_path: str, sets, steps: int, batch: int) -> dict:
         R.named(step(*inputs)[0])[R.LM_SUM].asnumpy()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+    later_peak = rss_mb("VmHWM")   # the steps' own if the reset worked, else the whole run's
     median = statistics.median(times)
     flops = train_flops_per_token(mc, seq) * batch * seq
-    return {"stack": "mindformers_ds", "config": config_path, "batch": batch, "seq": seq,
+    extra = {"profile": profiled_step(step, inputs, profile_dir)} if profile_dir else {}
+    return {**extra, "stack": "mindformers_ds", "config": config_path, "batch": batch, "seq": seq,
             "params": model.num_parameters(), "first_step_s": compile_s, "step_s": median,
             "tokens_per_sec": batch * seq / median, "tokens_per_cpu_sec": batch * seq / statistics.median(cpu),
             "step_times": times, "tflops": flops / median / 1e12, "first_loss": first_loss,
             "baseline_rss_mb": baseline, "first_step_peak_rss_mb": first_peak,
-            "steps_peak_rss_mb": rss_mb("VmHWM") if steps_peak else None,
-            "peak_rss_mb": max(first_peak, rss_mb("VmHWM"))}
+            "steps_peak_rss_mb": later_peak if steps_peak else None, "peak_rss_mb": max(first_peak, later_peak)}
 
 
 def main(argv=None) -> int:
@@ -79,11 +95,13 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=None, help="default: train.micro_batch_size")
+    ap.add_argument("--profile", default="", help="after the timed steps, profile one more into this directory; "
+                                                   "its operator types by time join the JSON (`profile`)")
     a = ap.parse_args(argv)
     os.environ.setdefault("GLOG_v", "3")
     from .. import config
     batch = a.batch or config.load(a.config, a.set, check_paths=False).train.micro_batch_size
-    print(json.dumps(measure(a.config, a.set, a.steps, batch)))
+    print(json.dumps(measure(a.config, a.set, a.steps, batch, a.profile)))
     return 0
 
 

@@ -70,6 +70,9 @@ OPS: Dict[str, OpChoice] = {
     "lm_head_nll": OpChoice(lambda dtype: None, lambda dtype: _kernels().lm_head_nll_op(dtype)),
     # None: the composite norm and scaling in train/step.py
     "grad_clip": OpChoice(lambda: None, _grad_clip_kernels),
+    # V4 mHC's Sinkhorn (hyper_connection.py)
+    "hc_sinkhorn": OpChoice(lambda iters, eps: composite.sinkhorn,
+                            lambda iters, eps: _kernels().hc_sinkhorn_op(iters, eps)),
 }
 
 

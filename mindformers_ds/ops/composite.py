@@ -30,6 +30,16 @@ def swiglu(gate_up):
     return ops.silu(gate) * up
 
 
+def sinkhorn(comb, iters: int, eps: float):
+    """V4 mHC: alternate column / row normalisation of comb [.., n, n], columns first and last
+    (2 iters - 1 steps), each dividing by the sum + eps."""
+    comb = comb / (comb.sum(-2, keepdims=True) + eps)
+    for _ in range(iters - 1):
+        comb = comb / (comb.sum(-1, keepdims=True) + eps)
+        comb = comb / (comb.sum(-2, keepdims=True) + eps)
+    return comb
+
+
 def clamp_gate_up(gate_up, limit: float):
     """V4's `swiglu_limit`: gate clipped from above, up to [-limit, limit], before silu(gate) * up."""
     gate, up = ops.split(gate_up, gate_up.shape[-1] // 2, -1)

@@ -111,6 +111,29 @@ def swiglu_op():
     return FusedSwiglu(fwd, g)
 
 
+class FusedSinkhorn(_Fused):
+    def __init__(self, iters: int, eps: float, fwd, bwd):
+        super().__init__()
+        self.params = Tensor([float(iters), eps], ms.float32)
+
+        def bprop(comb, p, out, dout):
+            return bwd(comb, dout, p), ops.zeros_like(p)
+        self.op = fwd(bprop)
+
+    def construct(self, comb, iters, eps):
+        return self.op(comb, self.params)
+
+
+def hc_sinkhorn_op(iters: int, eps: float):
+    """V4 mHC's Sinkhorn; the backward recomputes the forward from comb (ops/cpu/sinkhorn.cc)."""
+    g = _custom("hc_sinkhorn", _names("hc_sinkhorn", "grad")[0], lambda c, d, p: c, lambda c, d, p: c)
+    if g is None:
+        _fallback("hc_sinkhorn", "no kernel")
+        return composite.sinkhorn
+    fwd = lambda bprop: _custom("hc_sinkhorn", _names("hc_sinkhorn", "fwd")[0], lambda c, p: c, lambda c, p: c, bprop)
+    return FusedSinkhorn(iters, eps, fwd, g)
+
+
 class FusedRope(_Fused):
     def __init__(self, interleave: bool, fwd, bwd):
         super().__init__()

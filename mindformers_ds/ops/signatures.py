@@ -95,6 +95,13 @@ SIGNATURES: Dict[str, Dict] = {
                        ascend_note="composite Mul + Select on Ascend",
                        inputs=[("grad", "float32"), ("coef", "float32"), ("finite", "float32")],
                        outputs=[("out", "float32")], grad_inputs=[], grad_outputs=[]),
+    # V4's mHC Sinkhorn over [R, n, n] (params: iters, eps). CPU only for now: its AscendC
+    # counterpart is not written yet (issue 23).
+    "hc_sinkhorn": dict(cpu="HcSinkhorn", cpu_grad="HcSinkhornGrad", ascend=None, ascend_grad=None,
+                        ascend_note="the composite (alternating normalisations) on Ascend: no AscendC kernel yet",
+                        inputs=[("comb", "float32"), ("params", "float32")], outputs=[("out", "float32")],
+                        grad_inputs=[("comb", "float32"), ("dout", "float32"), ("params", "float32")],
+                        grad_outputs=[("dcomb", "float32")]),
     "fp8_block_dequant": dict(cpu="Fp8BlockDequant", cpu_grad=None, ascend="MfdsFp8BlockDequant", ascend_grad=None,
                               inputs=[("codes", "uint8"), ("scale", "float32")], outputs=[("out", "float32")],
                               grad_inputs=[], grad_outputs=[]),
