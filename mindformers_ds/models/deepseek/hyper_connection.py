@@ -44,26 +44,14 @@ class HyperConnection(nn.Cell):
     def construct(self, streams):
         """streams [B, S, n, H] -> (post [B, S, n], comb [B, S, n, n], block input [B, S, H])."""
         b, s, n, h = streams.shape
-        mixes = normed_projection(streams.reshape(b * s, n * h), self.fn, self.norm_eps, self.matmul)  # [BS, (2+n)n]
+        flat = unit_rms_norm(streams.reshape(b * s, n * h), self.norm_eps)
+        mixes = self.matmul(flat, self.fn)                                   # [BS, (2+n)n]
         pre = ops.sigmoid(mixes[:, :n] * self.scale[0] + self.base[:n]) + self.eps
         post = 2.0 * ops.sigmoid(mixes[:, n:2 * n] * self.scale[1] + self.base[n:2 * n])
         comb = mixes[:, 2 * n:].reshape(b * s, n, n) * self.scale[2] + self.base[2 * n:].reshape(n, n)
         comb = self.sinkhorn(ops.softmax(comb, -1) + self.eps, self.iters, self.eps)
-        return post.reshape(b, s, n), comb.reshape(b, s, n, n), collapse(streams, pre)
-
-
-def normed_projection(flat, weight, eps: float, matmul):
-    """unit_rms_norm(flat) @ weight^T as (flat @ weight^T) / rms(flat): the norm is one scalar per
-    row, so it scales the [N, (2+n)n] product instead of making a normalised copy of the [N, n*H]
-    streams (one fewer stream-sized tensor kept for the backward, per connection)."""
-    return matmul(flat, weight) * ops.rsqrt((flat * flat).mean(-1, keep_dims=True) + eps)
-
-
-def collapse(streams, pre):
-    """sum_k pre[k] * streams[k]: [B, S, n, H], pre [BS, n] -> [B, S, H], as one batched [1, n] x
-    [n, H] product (the broadcast product would be one more stream-sized tensor)."""
-    b, s, n, h = streams.shape
-    return ops.BatchMatMul()(pre.reshape(b * s, 1, n), streams.reshape(b * s, n, h)).reshape(b, s, h)
+        collapsed = (pre.reshape(b, s, n, 1) * streams).sum(2)
+        return post.reshape(b, s, n), comb.reshape(b, s, n, n), collapsed
 
 
 def merge_streams(streams, block_out, post, comb):
@@ -87,5 +75,6 @@ class HyperHead(nn.Cell):
 
     def construct(self, streams):
         b, s, n, h = streams.shape
-        mixes = normed_projection(streams.reshape(b * s, n * h), self.hc_fn, self.norm_eps, self.matmul)
-        return collapse(streams, ops.sigmoid(mixes * self.hc_scale + self.hc_base) + self.eps)
+        flat = unit_rms_norm(streams.reshape(b * s, n * h), self.norm_eps)
+        pre = ops.sigmoid(self.matmul(flat, self.hc_fn) * self.hc_scale + self.hc_base) + self.eps
+        return (pre.reshape(b, s, n, 1) * streams).sum(2)
