@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-from .step_metrics import reset_peak_rss, rss_mb
+from .step_metrics import rss_mb, split_peak_rss
 
 
 def profiled_step(step, inputs, out_dir: str):
@@ -69,15 +69,14 @@ def measure(config_path: str, sets, steps: int, batch: int, profile_dir: str = "
     outs = step(*inputs)
     first_loss = float(R.named(outs[0])[R.LM_SUM].asnumpy()) * 1.0 / n_tok
     compile_s = time.perf_counter() - t0
-    first_peak = rss_mb("VmHWM")
-    steps_peak = reset_peak_rss()   # from here the peak is the steady steps' own (compile excluded)
+    peaks = split_peak_rss()   # from here the peak is the steady steps' own (compile excluded)
     times, cpu = [], []
     for _ in range(steps):
         t0, c0 = time.perf_counter(), time.process_time()
         R.named(step(*inputs)[0])[R.LM_SUM].asnumpy()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    later_peak = rss_mb("VmHWM")   # the steps' own if the reset worked, else the whole run's
+    peak_fields = peaks()   # before the profiled step, whose profiler buffers are not the step's
     median = statistics.median(times)
     flops = train_flops_per_token(mc, seq) * batch * seq
     extra = {"profile": profiled_step(step, inputs, profile_dir)} if profile_dir else {}
@@ -85,8 +84,7 @@ def measure(config_path: str, sets, steps: int, batch: int, profile_dir: str = "
             "params": model.num_parameters(), "first_step_s": compile_s, "step_s": median,
             "tokens_per_sec": batch * seq / median, "tokens_per_cpu_sec": batch * seq / statistics.median(cpu),
             "step_times": times, "tflops": flops / median / 1e12, "first_loss": first_loss,
-            "baseline_rss_mb": baseline, "first_step_peak_rss_mb": first_peak,
-            "steps_peak_rss_mb": later_peak if steps_peak else None, "peak_rss_mb": max(first_peak, later_peak)}
+            "baseline_rss_mb": baseline, **peak_fields}
 
 
 def main(argv=None) -> int:

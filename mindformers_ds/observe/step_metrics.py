@@ -28,6 +28,19 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def split_peak_rss():
+    """Called at the end of the compiling first step: keeps its peak and restarts VmHWM; returns
+    the function that, after the later steps, gives `first_step_peak_rss_mb`, `steps_peak_rss_mb`
+    (None where the reset is not allowed) and `peak_rss_mb` (the whole process's)."""
+    first, reset = rss_mb("VmHWM"), reset_peak_rss()
+
+    def fields() -> dict:
+        later = rss_mb("VmHWM")   # the later steps' own if the reset worked, else the whole run's
+        return {"first_step_peak_rss_mb": first, "steps_peak_rss_mb": later if reset else None,
+                "peak_rss_mb": max(first, later)}
+    return fields
+
+
 def rss_mb(field: str = "VmHWM") -> float:
     """A memory line of /proc/self/status in MB: VmHWM (peak resident set) or VmRSS (current).
     Not ru_maxrss for the peak: it survives fork+exec and would report the parent's."""

@@ -69,10 +69,9 @@ MFDS_AOT(HcSinkhornGrad) {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       // forward again: state[t] is step t's output, den[t] its denominators
-      std::memcpy(state.data(), comb + r * nn, sizeof(float) * nn);
-      normalise(state.data(), n, true, eps, den.data());
-      for (int t = 1; t < steps; ++t) {
-        std::memcpy(state.data() + t * nn, state.data() + (t - 1) * nn, sizeof(float) * nn);
+      for (int t = 0; t < steps; ++t) {
+        const float *from = t == 0 ? comb + r * nn : state.data() + (t - 1) * nn;
+        std::memcpy(state.data() + t * nn, from, sizeof(float) * nn);
         normalise(state.data() + t * nn, n, column_step(t), eps, den.data() + t * n);
       }
       float *g = dcomb + r * nn;

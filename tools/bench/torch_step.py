@@ -1,5 +1,6 @@
 """The PyTorch side of train_throughput.py: transformers' DeepseekV3ForCausalLM (or, for a V4
-config, DeepseekV4ForCausalLM) built from the same config, trained with torch.optim.AdamW on the same random batch, in this process alone.
+config, DeepseekV4ForCausalLM) built from the same config, trained with torch.optim.AdamW on the
+same random batch, in this process alone.
 
     python tools/bench/torch_step.py --config X.yaml --steps N [--compile]
 
@@ -39,7 +40,7 @@ def main() -> int:
     import torch
     from mindformers_ds import config
     from mindformers_ds.observe.flops import train_flops_per_token
-    from mindformers_ds.observe.step_metrics import reset_peak_rss, rss_mb
+    from mindformers_ds.observe.step_metrics import rss_mb, split_peak_rss
     cfg = config.load(a.config, check_paths=False)
     mc = cfg.model.model_config()
     seq, batch = cfg.data.seq_length, cfg.train.micro_batch_size
@@ -63,8 +64,7 @@ def main() -> int:
     t0 = time.perf_counter()
     first_loss = run()
     first = time.perf_counter() - t0
-    first_peak = rss_mb("VmHWM")
-    steps_peak = reset_peak_rss()   # from here the peak is the steady steps' own
+    peaks = split_peak_rss()   # from here the peak is the steady steps' own
     times, cpu = [], []
     for _ in range(a.steps):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -78,9 +78,7 @@ def main() -> int:
                       "step_s": median, "tokens_per_sec": batch * seq / median,
                       "tokens_per_cpu_sec": batch * seq / statistics.median(cpu), "step_times": times,
                       "tflops": flops / median / 1e12, "first_loss": first_loss, "baseline_rss_mb": baseline,
-                      "first_step_peak_rss_mb": first_peak,
-                      "steps_peak_rss_mb": rss_mb("VmHWM") if steps_peak else None,
-                      "peak_rss_mb": max(first_peak, rss_mb("VmHWM")), "threads": torch.get_num_threads()}))
+                      **peaks(), "threads": torch.get_num_threads()}))
     return 0
 
 
