@@ -104,14 +104,16 @@ def test_sparse_attention_changes_the_logits(hf_v32):
     assert np.abs(dense(ids).asnumpy() - sparse).max() > 1e-2
 
 
-@pytest.mark.parametrize("fused_ops", [(), ("mla_attention", "sparse_mla_attention")], ids=["composite", "kernels"])
+@pytest.mark.parametrize("fused_ops", [(), ("mla_attention", "sparse_mla_attention", "index_topk")],
+                         ids=["composite", "kernels"])
 def test_one_step_matches_pytorch_and_leaves_the_indexer_frozen(hf_v32, fused_ops):
     """One training step against transformers, with the masked dense composite and with the
-    top-k attention kernel (ops/cpu/sparse_attention.cc) that costs O(S k)."""
+    kernels that cost O(S k) in the attention: the top-k attention (ops/cpu/sparse_attention.cc)
+    over the keys the indexer kernel (ops/cpu/index_topk.cc) picks."""
     hf, path = hf_v32
     model = DeepseekForCausalLM.from_pretrained(path, fused_ops=fused_ops)
     kinds = {type(c).__name__ for _, c in model.cells_and_names()}
-    assert ("FusedSparseMlaAttention" in kinds) == bool(fused_ops)
+    assert ("FusedSparseMlaAttention" in kinds) == ("FusedIndexTopk" in kinds) == bool(fused_ops)
     names = {p.name for p in model.trainable_params()}
     assert not any(".indexer." in n for n in names)
     before = {p.name: p.asnumpy().copy() for p in model.get_parameters() if ".indexer." in p.name}

@@ -13,7 +13,7 @@ must call it) or it has none (`ascend` None: `ascend_note` says what runs there 
   * the CPU kernel in ops/cpu: defined with MFDS_AOT, checks nparam == inputs + outputs (>= for a
     `variadic` op, whose one input repeats) and the
     dtypes of the table, and is exported by the built library;
-  * the Python face (mindformers_ds/ops/kernels.py) has the factory `<op>_op` and tests/test_ops.py
+  * the Python face (mindformers_ds/ops/kernels.py) has the factory `<op>_op` and a test in tests/
     exercises it.
 Every ascendc/<op> directory must be in the table. Prints one line per problem; exit status 1
 when there is any.
@@ -273,9 +273,9 @@ def check_python(root: str, op: str) -> List[str]:
     kernels = python_faces(root)
     if not re.search(rf"^def {op}_op\(", kernels, re.M) or f'"{op}"' not in kernels:
         problems.append(f"mindformers_ds/ops/kernels.py: no factory {op}_op registering \"{op}\"")
-    tests = open(os.path.join(root, "tests", "test_ops.py")).read()
+    tests = "".join(open(path).read() for path in sorted(glob.glob(os.path.join(root, "tests", "test_*.py"))))
     if f"{op}_op(" not in tests:
-        problems.append(f"tests/test_ops.py: never calls kernels.{op}_op (no test of the fused {op})")
+        problems.append(f"tests/: no test calls {op}_op (no test of the fused {op})")
     return problems
 
 

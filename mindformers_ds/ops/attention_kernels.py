@@ -1,6 +1,7 @@
 """The fused faces of MLA's attention core: dense (`mla_attention`: our CPU kernel, CANN's
 FlashAttentionScore on Ascend) and over each query's top-k keys (`sparse_mla_attention`, V3.2:
-our CPU kernel; on Ascend its composite until an AscendC kernel exists). Each has the call signature of its composite
+our CPU kernel; on Ascend its composite until an AscendC kernel exists), and the Lightning
+Indexer's choice of those keys (`index_topk`: CPU kernel, composite on Ascend). Each has the call signature of its composite
 (composite.MlaAttentionCore, composite.SparseMlaAttentionCore) and falls back to it, with one
 warning, where no kernel can run. Its own module because kernels.py holds the rest and both
 attention faces share the layouts (ops/cpu/mla_layout.h)."""
@@ -109,3 +110,34 @@ def sparse_mla_attention_op(scale: float, dtype=ms.float32):
                                                                 [q[0], q[2], q[1], 2]),
                                 lambda q, qp, kv, kp, i, b, s: (q, ms.float32), bprop)
     return FusedSparseMlaAttention(scale, fwd, g)
+
+
+class FusedIndexTopk(_Fused):
+    """composite.index_topk as one CPU kernel (ops/cpu/index_topk.cc): the scores are made and
+    ranked block by block, no [B, Hi, S, T] or [B, S, T] tensor exists. Its outputs are indices
+    and the scores they were picked by, which the model only compares with -inf: no gradient
+    flows (the indexer's inputs are detached and its parameters frozen where it runs)."""
+
+    def __init__(self, scale: float, fwd):
+        super().__init__()
+        self.scale = Tensor([scale], ms.float32)
+
+        def bprop(q, keys, w, mask, sc, out, dout):
+            return ops.zeros_like(q), ops.zeros_like(keys), ops.zeros_like(w), ops.zeros_like(mask), ops.zeros_like(sc)
+        self.op = fwd(bprop)
+
+    def construct(self, q, keys, w, mask, scale, k):
+        return self.op(q, keys, w, mask, self.scale)
+
+
+def index_topk_op(topk: int, scale: float):
+    """The kernel keeps min(topk, T) keys per query (T: the keys of the call)."""
+    if _target() != "CPU":  # no AscendC kernel yet: signatures.py's ascend_note
+        return composite.index_topk
+    shape = lambda q, keys, w, m, s: ([q[0], q[1], min(topk, keys[1])], [q[0], q[1], min(topk, keys[1])])
+    fwd = lambda bprop: _custom("index_topk", _names("index_topk", "fwd")[0], shape,
+                                lambda q, keys, w, m, s: (ms.float32, ms.int32), bprop)
+    if fwd(None) is None:
+        _fallback("index_topk", "no kernel")
+        return composite.index_topk
+    return FusedIndexTopk(scale, fwd)

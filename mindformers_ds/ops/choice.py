@@ -73,6 +73,9 @@ OPS: Dict[str, OpChoice] = {
     # V4 mHC's Sinkhorn (hyper_connection.py)
     "hc_sinkhorn": OpChoice(lambda iters, eps: composite.sinkhorn,
                             lambda iters, eps: _kernels().hc_sinkhorn_op(iters, eps)),
+    # V3.2's frozen Lightning Indexer (indexer.py): its scores and top-k in one pass
+    "index_topk": OpChoice(lambda topk, scale: composite.index_topk,
+                           lambda topk, scale: _attention_kernels().index_topk_op(topk, scale)),
 }
 
 

@@ -115,6 +115,24 @@ class SparseMlaAttentionCore(nn.Cell):
         return self.dense(q, q_pe, kv, k_pe, dense_bias, scale)
 
 
+def index_scores(q, keys, w, mask, scale: float):
+    """The Lightning Indexer's scores [B, S, T] (-inf where the mask [B, 1, S, T] bool drops a key):
+    sum_h w[b, s, h] * relu((q[b, s, h] . keys[b, t]) * scale) of q [B, S, Hi, Di], keys [B, T, Di],
+    w [B, S, Hi]."""
+    b, _, hi, di = q.shape
+    k = ops.broadcast_to(keys.expand_dims(1), (b, hi, keys.shape[1], di))
+    logits = ops.relu(ops.BatchMatMul(transpose_b=True)(q.transpose(0, 2, 1, 3), k) * scale)   # [B, Hi, S, T]
+    index = (logits * w.transpose(0, 2, 1).expand_dims(-1)).sum(1)
+    return ops.where(mask[:, 0], index, ops.full_like(index, float("-inf")))
+
+
+def index_topk(q, keys, w, mask, scale: float, k: int):
+    """Each query's k best keys under index_scores -> (their scores [B, S, k] descending, -inf for a
+    dropped key; their indices [B, S, k] int32). Ties go to the lower index (ops.topk's order)."""
+    top, chosen = ops.topk(index_scores(q, keys, w, mask, scale), k)
+    return top, chosen.astype(ms.int32)
+
+
 # ---------------------------------------------------------------------------------------
 # MoE dispatch: blocked grouped matmul with static shapes
 # ---------------------------------------------------------------------------------------

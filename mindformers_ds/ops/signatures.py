@@ -102,6 +102,13 @@ SIGNATURES: Dict[str, Dict] = {
                         inputs=[("comb", "float32"), ("params", "float32")], outputs=[("out", "float32")],
                         grad_inputs=[("comb", "float32"), ("dout", "float32"), ("params", "float32")],
                         grad_outputs=[("dcomb", "float32")]),
+    # V3.2's Lightning Indexer (frozen): scores and top-k in one pass, no [B, Hi, S, T] tensor. CPU only
+    # for now; outputs are indices and their scores, which nothing differentiates (no backward).
+    "index_topk": dict(cpu="IndexTopk", cpu_grad=None, ascend=None, ascend_grad=None,
+                       ascend_note="the composite scores (BatchMatMul, relu, head sum) and TopK on Ascend",
+                       inputs=[("q", "float32"), ("keys", "float32"), ("w", "float32"), ("mask", "bool"),
+                               ("scale", "float32")],
+                       outputs=[("top", "float32"), ("chosen", "int32")], grad_inputs=[], grad_outputs=[]),
     "fp8_block_dequant": dict(cpu="Fp8BlockDequant", cpu_grad=None, ascend="MfdsFp8BlockDequant", ascend_grad=None,
                               inputs=[("codes", "uint8"), ("scale", "float32")], outputs=[("out", "float32")],
                               grad_inputs=[], grad_outputs=[]),

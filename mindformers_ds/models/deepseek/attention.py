@@ -158,7 +158,7 @@ class MLAttention(nn.Cell):
         kv = self.expand_kv(c_kv)
         if not self.has_indexer:
             return self.attend(q, q_pe, kv, k_pe, mask)
-        chosen, allowed, index = self.indexer(x, q_resid, cos, sin, mask)
+        chosen, allowed, index = self.indexer(x, q_resid, cos, sin, mask, self.reports_index)
         if not self.reports_index:  # each query attends only to the keys the indexer picks
             return self.attend_top_k(q, q_pe, kv, k_pe, chosen, allowed)
         sparse_mask = self.indexer.chosen_mask(chosen, allowed, kv.shape[1])

@@ -16,7 +16,8 @@ V4_ATTENTION_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavi
 V4_MLP_TYPES = ("hash_moe", "moe")
 FUSED_OPS = ("rms_norm", "swiglu", "rope", "moe_permute", "grouped_matmul", "router_topk", "mla_attention",
              "sparse_mla_attention", "lm_head_nll", "grad_clip",  # grad_clip: the optimizer step's norm and scaling
-             "hc_sinkhorn")  # V4 mHC
+             "hc_sinkhorn",  # V4 mHC
+             "index_topk")  # V3.2's Lightning Indexer: scoring and top-k
 
 
 @dataclass(frozen=True)

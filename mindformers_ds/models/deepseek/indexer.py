@@ -7,7 +7,8 @@
     uses the interleaved one), with the same cos/sin tables
     score[b, s, t] = sum_h w[b, s, h] * relu(q_i[b, s, h] . k[b, t] / sqrt(Di)),
                      w = weights_proj(x) / sqrt(Hi)
-then the causal (and packing) mask, and top-k over t. This is transformers' bf16 reading of the
+then the causal (and packing) mask, and top-k over t (`index_topk`: one CPU kernel when fused, which
+never builds the [B, Hi, S, T] logits; the training stages, which need every score, run the composite). This is transformers' bf16 reading of the
 release (the Hadamard rotation it skips preserves dot products; FP8 scoring is a kernel
 detail). Its input is detached: nothing flows back from the indexer into the main model, and
 its selection is a mask, so the LM loss gives it no gradient either. By default (`frozen`, as in
@@ -20,7 +21,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 
-from ...ops import composite
+from ...ops import choice, composite
 from .config import DeepseekConfig
 from .layers import Linear
 
@@ -56,7 +57,7 @@ class LightningIndexer(nn.Cell):
             p.requires_grad = False
         self.scale = self.head_dim ** -0.5
         self.head_weight = self.n_heads ** -0.5
-        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
+        self.select = choice.operator("index_topk", c.fused_ops, topk=self.topk, scale=self.scale)
 
     def _rope(self, x, cos, sin):
         """Half-split RoPE on the first rope_dim channels of x [B, H, S, D]."""
@@ -68,29 +69,35 @@ class LightningIndexer(nn.Cell):
         b, t, _ = x.shape
         return self._rope(self.k_norm(self.wk(x)).reshape(b, 1, t, self.head_dim), cos, sin).reshape(b, t, -1)
 
+    def _queries(self, x, q_resid, cos, sin):
+        """The roped index queries [B, S, Hi, Di] and the head weights [B, S, Hi] of tokens x [B, S, H]."""
+        b, s, _ = x.shape
+        q = self.wq_b(q_resid).reshape(b, s, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = self._rope(q, cos, sin).transpose(0, 2, 1, 3)
+        return q, self.weights_proj(x) * self.head_weight
+
     def scores(self, x, q_resid, cos, sin, keys, mask):
         """Index scores [B, S, T] (masked entries -inf) of the queries x [B, S, H] over keys [B, T, Di]."""
-        b, s, _ = x.shape
-        t = keys.shape[1]
-        q = self.wq_b(q_resid).reshape(b, s, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
-        q = self._rope(q, cos, sin)                                            # [B, Hi, S, Di]
-        k = ops.broadcast_to(keys.expand_dims(1), (b, self.n_heads, t, self.head_dim))
-        logits = ops.relu(self.bmm_nt(q, k) * self.scale)
-        w = self.weights_proj(x).transpose(0, 2, 1).expand_dims(-1) * self.head_weight  # [B, Hi, S, 1]
-        index = (logits * w).sum(1)                                             # [B, S, T]
-        return ops.where(mask[:, 0], index, ops.full_like(index, NEG_INF))
+        q, w = self._queries(x, q_resid, cos, sin)
+        return composite.index_scores(q, keys, w, mask, self.scale)
 
-    def top_keys(self, x, q_resid, cos, sin, keys, mask):
+    def top_keys(self, x, q_resid, cos, sin, keys, mask, with_scores: bool = False):
         """Each query's top-k keys under the attention mask [B|1, 1, S, T] bool, over keys [B, T, Di]
         -> (their indices [B, S, k] int32, whether the mask allows each [B, S, k] bool, the index
-        scores [B, S, T]). Masked keys score -inf, so a query with fewer than k allowed keys gets
-        all of them and some masked ones (flagged)."""
+        scores [B, S, T] when `with_scores` (the training stages' KL reads them), else None). Masked
+        keys score -inf, so a query with fewer than k allowed keys gets all of them and some masked
+        ones (flagged). Without the scores the choice is `index_topk` (a kernel when fused)."""
         x, q_resid = ops.stop_gradient(x), ops.stop_gradient(q_resid)
         b, s, _ = x.shape
         t = keys.shape[1]
-        index = self.scores(x, q_resid, cos, sin, keys, ops.broadcast_to(mask, (b, 1, s, t)))
-        top, chosen = ops.topk(index, min(self.topk, t))                        # [B, S, k]
-        return chosen.astype(ms.int32), top > NEG_INF, index
+        mask = ops.broadcast_to(mask, (b, 1, s, t))
+        if with_scores:
+            index = self.scores(x, q_resid, cos, sin, keys, mask)
+            top, chosen = ops.topk(index, min(self.topk, t))
+            return chosen.astype(ms.int32), top > NEG_INF, index
+        q, w = self._queries(x, q_resid, cos, sin)
+        top, chosen = self.select(q, keys, w, mask, self.scale, min(self.topk, t))
+        return chosen, top > NEG_INF, None
 
     @staticmethod
     def chosen_mask(chosen, allowed, keys: int):
@@ -100,6 +107,6 @@ class LightningIndexer(nn.Cell):
                                              allowed.astype(ms.float32), axis=-1)
         return (picked > 0).expand_dims(1)
 
-    def construct(self, x, q_resid, cos, sin, mask):
+    def construct(self, x, q_resid, cos, sin, mask, with_scores: bool = False):
         """top_keys() over the keys of the same tokens x [B, S, H] (training and recompute)."""
-        return self.top_keys(x, q_resid, cos, sin, self.keys(ops.stop_gradient(x), cos, sin), mask)
+        return self.top_keys(x, q_resid, cos, sin, self.keys(ops.stop_gradient(x), cos, sin), mask, with_scores)
