@@ -112,19 +112,21 @@ def sparse_mla_attention_op(scale: float, dtype=ms.float32):
     return FusedSparseMlaAttention(scale, fwd, g)
 
 
+def _index_topk_bprop(q, keys, w, mask, scale, out, dout):
+    """No gradient: the outputs are indices and the scores they were picked by (see FusedIndexTopk)."""
+    return ops.zeros_like(q), ops.zeros_like(keys), ops.zeros_like(w), ops.zeros_like(mask), ops.zeros_like(scale)
+
+
 class FusedIndexTopk(_Fused):
     """composite.index_topk as one CPU kernel (ops/cpu/index_topk.cc): the scores are made and
     ranked block by block, no [B, Hi, S, T] or [B, S, T] tensor exists. Its outputs are indices
     and the scores they were picked by, which the model only compares with -inf: no gradient
     flows (the indexer's inputs are detached and its parameters frozen where it runs)."""
 
-    def __init__(self, scale: float, fwd):
+    def __init__(self, scale: float, op):
         super().__init__()
         self.scale = Tensor([scale], ms.float32)
-
-        def bprop(q, keys, w, mask, sc, out, dout):
-            return ops.zeros_like(q), ops.zeros_like(keys), ops.zeros_like(w), ops.zeros_like(mask), ops.zeros_like(sc)
-        self.op = fwd(bprop)
+        self.op = op
 
     def construct(self, q, keys, w, mask, scale, k):
         return self.op(q, keys, w, mask, self.scale)
@@ -135,9 +137,9 @@ def index_topk_op(topk: int, scale: float):
     if _target() != "CPU":  # no AscendC kernel yet: signatures.py's ascend_note
         return composite.index_topk
     shape = lambda q, keys, w, m, s: ([q[0], q[1], min(topk, keys[1])], [q[0], q[1], min(topk, keys[1])])
-    fwd = lambda bprop: _custom("index_topk", _names("index_topk", "fwd")[0], shape,
-                                lambda q, keys, w, m, s: (ms.float32, ms.int32), bprop)
-    if fwd(None) is None:
+    op = _custom("index_topk", _names("index_topk", "fwd")[0], shape,
+                 lambda q, keys, w, m, s: (ms.float32, ms.int32), _index_topk_bprop)
+    if op is None:
         _fallback("index_topk", "no kernel")
         return composite.index_topk
-    return FusedIndexTopk(scale, fwd)
+    return FusedIndexTopk(scale, op)

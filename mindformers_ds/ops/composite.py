@@ -128,7 +128,8 @@ def index_scores(q, keys, w, mask, scale: float):
 
 def index_topk(q, keys, w, mask, scale: float, k: int):
     """Each query's k best keys under index_scores -> (their scores [B, S, k] descending, -inf for a
-    dropped key; their indices [B, S, k] int32). Ties go to the lower index (ops.topk's order)."""
+    dropped key; their indices [B, S, k] int32). ops.topk orders ties its own way (the kernel:
+    lower index first), so tied keys at the k-th place may differ between the two."""
     top, chosen = ops.topk(index_scores(q, keys, w, mask, scale), k)
     return top, chosen.astype(ms.int32)
 

@@ -16,8 +16,9 @@
 // [lo, hi), scores only that span, kChunk keys at a time: one oneDNN GEMM of the block's
 // [kRows * Hi, Di] queries against the chunk's [kChunk, Di] keys, then relu, the head weights and
 // the head sum over the chunk (vectorised along the keys). Selection ranks only the keys that
-// reach a bar estimated from a sample of the row (select_row). Cost O(S * T * Hi * Di) for the GEMMs, as the composite, but
-// nothing of size S * T outlives its block (the composite materialised [B, Hi, S, T] logits).
+// reach a bar estimated from a sample of the row (select_row). Cost O(S * T * Hi * Di) for the
+// GEMMs, as the composite, but nothing of size S * T outlives its block (the composite
+// materialised [B, Hi, S, T] logits).
 #include "common.h"
 
 #include <algorithm>
@@ -48,6 +49,11 @@ bool dims_of(int *ndims, int64_t **shapes, Dims *d) {
          d->k > 0 && d->k <= d->t;
 }
 
+// The mask row of query s of batch row bi (a [1, 1, S, T] mask is shared by the batch).
+inline const uint8_t *mask_row(const Dims &d, const uint8_t *mask, int64_t bi, int64_t s) {
+  return mask + ((d.mask_b == 1 ? 0 : bi) * d.s + s) * d.t;
+}
+
 // Scores of the block's rows [s0, s0 + n) over keys [lo, hi) into sc (row stride hi - lo).
 void score_block(const Dims &d, const float *q, const float *keys, const float *w, const uint8_t *mask, float scale,
                  int64_t bi, int64_t s0, int64_t n, int64_t lo, int64_t hi, float *logits, float *sc) {
@@ -60,22 +66,15 @@ void score_block(const Dims &d, const float *q, const float *keys, const float *
     for (int64_t i = 0; i < n; ++i) {
       float *row = sc + i * span + (t0 - lo);
       const float *wi = w + (bi * d.s + s0 + i) * d.hi;
-      const uint8_t *m = mask + ((d.mask_b == 1 ? 0 : bi) * d.s + s0 + i) * d.t + t0;
+      const uint8_t *m = mask_row(d, mask, bi, s0 + i) + t0;
+      std::fill(row, row + tc, 0.0f);
       for (int64_t h = 0; h < d.hi; ++h) {
         const float *lg = logits + (i * d.hi + h) * kChunk;
         const float wh = wi[h];
-        if (h == 0) {
 #pragma omp simd
-          for (int64_t j = 0; j < tc; ++j) {
-            const float v = lg[j] * scale;
-            row[j] = (v > 0.0f ? v : 0.0f) * wh;
-          }
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < tc; ++j) {
-            const float v = lg[j] * scale;
-            row[j] += (v > 0.0f ? v : 0.0f) * wh;
-          }
+        for (int64_t j = 0; j < tc; ++j) {
+          const float v = lg[j] * scale;
+          row[j] += (v > 0.0f ? v : 0.0f) * wh;
         }
       }
 #pragma omp simd
@@ -162,7 +161,7 @@ MFDS_AOT(IndexTopk) {
       const int64_t bi = item / blocks, s0 = (item % blocks) * kRows, n = std::min(kRows, d.s - s0);
       int64_t block_lo = d.t, block_hi = 0;
       for (int64_t i = 0; i < n; ++i) {   // the union of the rows' spans of allowed keys
-        const uint8_t *m = mask + ((d.mask_b == 1 ? 0 : bi) * d.s + s0 + i) * d.t;
+        const uint8_t *m = mask_row(d, mask, bi, s0 + i);
         const int64_t a = std::find(m, m + d.t, uint8_t(1)) - m;   // memchr-fast
         int64_t z = d.t;
         while (z > a && !m[z - 1]) --z;

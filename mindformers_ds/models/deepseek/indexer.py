@@ -7,10 +7,10 @@
     uses the interleaved one), with the same cos/sin tables
     score[b, s, t] = sum_h w[b, s, h] * relu(q_i[b, s, h] . k[b, t] / sqrt(Di)),
                      w = weights_proj(x) / sqrt(Hi)
-then the causal (and packing) mask, and top-k over t (`index_topk`: one CPU kernel when fused, which
-never builds the [B, Hi, S, T] logits; the training stages, which need every score, run the composite). This is transformers' bf16 reading of the
-release (the Hadamard rotation it skips preserves dot products; FP8 scoring is a kernel
-detail). Its input is detached: nothing flows back from the indexer into the main model, and
+then the causal (and packing) mask, and top-k over t (`index_topk`: one CPU kernel when fused,
+which never builds the [B, Hi, S, T] logits; the training stages, which need every score, run the
+composite). This is transformers' bf16 reading of the release (the Hadamard rotation it skips
+preserves dot products; FP8 scoring is a kernel detail). Its input is detached: nothing flows back from the indexer into the main model, and
 its selection is a mask, so the LM loss gives it no gradient either. By default (`frozen`, as in
 the reference) its parameters do not train; the training stages (indexer_loss.py,
 `train.indexer_stage`) train them through the KL of their scores against the main attention.
