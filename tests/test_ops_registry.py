@@ -127,3 +127,14 @@ def test_ascend_registered_kernels_match_composite():
     swiglu = kernels.swiglu_op()
     assert isinstance(swiglu, kernels.FusedSwiglu)
     np.testing.assert_allclose(swiglu(gate_up).asnumpy(), composite.swiglu(gate_up).asnumpy(), atol=1e-5)
+    # V3.2's top-k attention: 3 keys per query of 6 keys, a masked one among them
+    from mindformers_ds.ops import attention_kernels
+    b, sq, sk, h, dn, dr, dv, k = 2, 4, 6, 3, 5, 4, 6, 3
+    f = lambda *shape: Tensor(rng.standard_normal(shape).astype(np.float32))
+    index = Tensor(np.stack([rng.permutation(sk)[:k] for _ in range(b * sq)]).reshape(b, sq, k).astype(np.int32))
+    bias = np.zeros((b, sq, k), np.float32)
+    bias[0, 1, 2] = -1e30
+    args = (f(b, sq, h, dn + dr), f(b, h, sq, dr), f(b, sk, h, dn + dv), f(b, sk, dr), index, Tensor(bias), 0.37)
+    sparse = attention_kernels.sparse_mla_attention_op(0.37)
+    assert isinstance(sparse, attention_kernels.FusedSparseMlaAttention)
+    np.testing.assert_allclose(sparse(*args).asnumpy(), composite.SparseMlaAttentionCore()(*args).asnumpy(), atol=1e-5)

@@ -75,9 +75,9 @@ def mla_attention_op(scale: float, dtype=ms.float32):
 
 
 class FusedSparseMlaAttention(_Fused):
-    """composite.SparseMlaAttentionCore as one CPU kernel and its backward (ops/cpu/sparse_attention.cc):
-    each query gathers its K chosen keys, and the backward
-    scatters into them; no [Sq, Sk] tensor is built. The backward recomputes the probabilities from
+    """composite.SparseMlaAttentionCore as one kernel and its backward (ops/cpu/sparse_attention.cc;
+    on Ascend ops/ascendc/sparse_mla_attention): each query gathers its K chosen keys, and the
+    backward scatters into them; no [Sq, Sk] tensor is built. The backward recomputes the probabilities from
     each row's saved max and log-sum."""
 
     def __init__(self, scale: float, fwd, bwd):
@@ -94,9 +94,9 @@ class FusedSparseMlaAttention(_Fused):
 
 
 def sparse_mla_attention_op(scale: float, dtype=ms.float32):
-    if _target() != "CPU":  # no AscendC kernel yet: signatures.py's ascend_note
-        return composite.SparseMlaAttentionCore()
-    if dtype != ms.float32:
+    """The CPU kernel (float32), or on Ascend the AscendC kernel (float16/bfloat16/float32, from the
+    mfds OPP package); otherwise the masked dense composite."""
+    if _target() == "CPU" and dtype != ms.float32:
         _fallback("sparse_mla_attention", "the CPU kernel is float32 only")
         return composite.SparseMlaAttentionCore()
     g = _custom("sparse_mla_attention", _names("sparse_mla_attention", "grad")[0],

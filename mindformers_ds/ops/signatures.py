@@ -66,10 +66,9 @@ SIGNATURES: Dict[str, Dict] = {
                                        ("out", "float"), ("stats", "float32")],
                           grad_outputs=[("dq", "float"), ("dq_pe", "float"), ("dkv", "float"), ("dk_pe", "float")]),
     # V3.2's attention over each query's top-k keys (index [B, Sq, K], their additive bias [B, Sq, K]):
-    # cost O(Sq * K). Its AscendC counterpart is not written yet (issue 20, README).
+    # cost O(Sq * K), on CPU and in AscendC (ops/ascendc/sparse_mla_attention: vector unit, online softmax).
     "sparse_mla_attention": dict(cpu="SparseMlaAttention", cpu_grad="SparseMlaAttentionGrad",
-                                 ascend=None, ascend_grad=None,
-                                 ascend_note="the masked dense composite on Ascend (no AscendC kernel yet)",
+                                 ascend="MfdsSparseMlaAttention", ascend_grad="MfdsSparseMlaAttentionGrad",
                                  inputs=[("q", "float"), ("q_pe", "float"), ("kv", "float"), ("k_pe", "float"),
                                          ("index", "int32"), ("bias", "float32"), ("scale", "float32")],
                                  outputs=[("out", "float"), ("stats", "float32")],

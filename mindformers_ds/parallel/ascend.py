@@ -88,6 +88,13 @@ def plan(model, par, batch: int, seq: int) -> List[OpStrategy]:
                                   ((batch, h * seq, dr), (batch, seq, dr))))
             out.append(OpStrategy(name, "BatchMatMul(probs,v)", ((dp, tp, 1, 1), (dp, tp, 1, 1)),
                                   ((batch, h, seq, seq), (batch, h, seq, dv))))
+            if cell.has_indexer:   # V3.2's top-k kernel: the same head split, its keys chosen per row
+                k = min(c.index_topk, seq)
+                out.append(OpStrategy(name, "SparseMlaAttention(top-k kernel)",
+                                      ((dp, 1, tp, 1), (dp, tp, 1, 1), (dp, 1, tp, 1), (dp, 1, 1), (dp, 1, 1),
+                                       (dp, 1, 1), (1,)),
+                                      ((batch, seq, h, dn + dr), (batch, h, seq, dr), (batch, seq, h, dn + dv),
+                                       (batch, seq, dr), (batch, seq, k), (batch, seq, k), (1,))))
         elif isinstance(cell, V4Attention):
             out += _v4_attention(name, c, dp, tp, batch, seq)
         elif isinstance(cell, Experts):
@@ -183,6 +190,7 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
     from ..models.deepseek.moe import Experts, TopkRouter
     from ..models.deepseek.v4_attention import V4Attention
     from ..ops import composite
+    from ..ops.attention_kernels import FusedSparseMlaAttention
     strategies = plan(model, par, batch, seq)
     by_cell: Dict[str, Dict[str, Tuple[Tuple[int, ...], ...]]] = {}   # cell -> op -> strategy
     out_strategy: Dict[str, Tuple[Tuple[int, ...], ...]] = {}
@@ -197,12 +205,14 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
         if isinstance(cell, (Linear, TopkRouter)):
             cell.matmul.shard(st["MatMul"], out_strategy.get(name))
         elif isinstance(cell, MLAttention):
-            # the dense core and V3.2's masked-dense top-k composite get the same head split; the
-            # top-k kernel (a Custom op) is given no strategy here (not run on Ascend: README)
+            # the dense core and V3.2's masked-dense top-k composite get the same head split, and
+            # so does the top-k kernel (its Custom primitive; each head's rows are independent)
             cores = [cell.core, getattr(getattr(cell, "sparse_core", None), "dense", None)]
             for core in [c for c in cores if isinstance(c, composite.MlaAttentionCore)]:
                 core.bmm_nt.shard(st["BatchMatMul(q_nope,k_nope)"])  # the same primitive multiplies q_pe.k_pe
                 core.bmm.shard(st["BatchMatMul(probs,v)"])          # with a strategy MindSpore derives
+            if isinstance(getattr(cell, "sparse_core", None), FusedSparseMlaAttention):
+                cell.sparse_core.op.shard(st["SparseMlaAttention(top-k kernel)"])
         elif isinstance(cell, V4Attention):
             cell.bmm_nt.shard(st["BatchMatMul(q,keys)"])
             cell.bmm.shard(st["BatchMatMul(probs,keys)"])
