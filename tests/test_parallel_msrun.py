@@ -57,6 +57,16 @@ def full_weights(out, tmp):
         return {n: f.get_f32(n) for n in f.keys()}
 
 
+def full_weights_at(ck, tmp):
+    """Weights of one checkpoint directory, merged from its shards when it has them."""
+    run = os.path.join(tmp, "view_" + os.path.basename(os.path.dirname(os.path.dirname(ck))) + os.path.basename(ck))
+    os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
+    link = os.path.join(run, "checkpoints", os.path.basename(ck))
+    if not os.path.exists(link):
+        os.symlink(ck, link)
+    return full_weights(run, tmp)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("single") / "run")

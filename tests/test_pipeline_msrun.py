@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from mindformers_ds.checkpoint.safetensors_io import SafetensorsFile
 from mindformers_ds.utils.logging import read_metrics
-from test_parallel_msrun import CFG, assert_plan_matches_each_rank, full_weights
+from test_parallel_msrun import CFG, assert_plan_matches_each_rank, full_weights, full_weights_at
 
 STEPS = 3
 
@@ -110,11 +110,13 @@ def test_pipeline_matches_one_process(name, reference, tmp_path):
         assert {n.split(".")[2] for n in first_names if n.startswith("model.layers.")} == {"0", "2"}
 
 
-FAMILIES = {   # config, stage layout
-    # V4: 3 layers (hash-routed then learned MoE), mHC streams [B, S, n, H] between layers; stages of 2 and 1
-    "v4_mhc_streams": ("configs/deepseek_v4/finetune_tiny.yaml", {"parallel.pp_offset": "[1,0]"}),
-    # V3.2: 4 layers of MLA with the Lightning Indexer's top-k sparse attention (and MTP); stages of 2 and 2
-    "v32_sparse_attention": ("configs/deepseek_v32/finetune_tiny.yaml", {}),
+FAMILIES = {   # config, stage layout, the indexers' training stage (its KL terms are summed over the stages)
+    # V4: 3 layers (hash-routed then learned MoE), mHC streams [B, S, n, H] between layers; stages of 2
+    # and 1; the CSA indexer trains with everything else
+    "v4_mhc_streams": ("configs/deepseek_v4/finetune_tiny.yaml", {"parallel.pp_offset": "[1,0]"}, "sparse"),
+    # V3.2: 4 layers of MLA with the Lightning Indexer's top-k sparse attention (and MTP); stages of 2
+    # and 2, in the dense warm-up: attention dense, only the indexers train
+    "v32_sparse_attention": ("configs/deepseek_v32/finetune_tiny.yaml", {}, "dense_warmup"),
 }
 
 
@@ -123,18 +125,28 @@ FAMILIES = {   # config, stage layout
 def test_pipeline_carries_each_family_across_stages(family, tmp_path):
     """At pp=2 each family's boundary tensor crosses the stages and the run equals one process on
     the same 2 micro-batches."""
-    config, stages = FAMILIES[family]
+    config, stages, indexer_stage = FAMILIES[family]
     config = os.path.join(ROOT, config)
-    base = sets(**{"train.eval_every": 0, "train.exact_match_samples": 0, "logging.progress_bar": "false",
+    base = sets(**{"train.indexer_stage": indexer_stage, "train.eval_every": 0, "train.exact_match_samples": 0, "logging.progress_bar": "false",
                    "logging.log_every": 1, "data.max_samples": 200, "train.max_steps": 2, "checkpoint.save_every": 0,
                    "train.micro_batch_size": 4})
     ref, out = str(tmp_path / "single"), str(tmp_path / "pp2")
     run(ref, 1, sets(**{"train.grad_accum_steps": 2}), config, base)
-    run(out, 2, sets(**{"parallel.pp": 2, "parallel.micro_batches": 2, **stages}), config, base)
+    warmup = indexer_stage == "dense_warmup"   # its steps' checkpoints show what the warm-up moved
+    run(out, 2, sets(**{"parallel.pp": 2, "parallel.micro_batches": 2, **stages,
+                        **({"checkpoint.save_every": 1} if warmup else {})}), config, base)
     a, b = curve(ref), curve(out)
     np.testing.assert_allclose([b[1], b[2]], [a[1], a[2]], rtol=1e-5, atol=0)
+    kl = {r["step"]: r["indexer_kl"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r}
+    ref_kl = {r["step"]: r["indexer_kl"] for r in read_metrics(os.path.join(ref, "metrics.jsonl")) if "loss" in r}
+    np.testing.assert_allclose(kl[2], ref_kl[2], rtol=1e-5, atol=0)   # every layer's KL, from both stages
     wa, wb = full_weights(ref, str(tmp_path)), full_weights(out, str(tmp_path))
     assert wa.keys() == wb.keys()
     for n in wa:  # absolute, as tests/test_parallel_v4.py explains for V4's near-zero mHC gradients
         assert np.abs(wb[n] - wa[n]).max() <= 1e-5, n
     assert_plan_matches_each_rank(out)   # V4 with its own CPU constants (parallel/cpu_single.yaml)
+    if warmup:   # step 2 moved the indexers of both stages, and kept every other weight bit-identical
+        first = full_weights_at(os.path.join(out, "checkpoints", "step_00000001"), str(tmp_path))
+        moved = {n for n in wb if not np.array_equal(wb[n], first[n])}
+        assert all(".indexer." in n for n in moved), sorted(moved)[:3]
+        assert {n.split(".")[2] for n in moved} == {"0", "1", "2", "3", "4"}   # 4 layers and the MTP layer

@@ -80,8 +80,9 @@ __aicore__ inline float Dot(AscendC::LocalTensor<float> a, AscendC::LocalTensor<
 template <typename T>
 class TopkRows {
  public:
+  // minRaw: the longest run the caller converts through LoadFloat / StoreFloat besides the rows
   __aicore__ inline void Init(AscendC::TPipe &pipe, const SparseDims &d, GM_ADDR q, GM_ADDR qpe, GM_ADDR kv, GM_ADDR kpe,
-                              GM_ADDR index, GM_ADDR bias, GM_ADDR scale) {
+                              GM_ADDR index, GM_ADDR bias, GM_ADDR scale, uint32_t minRaw = 0) {
     d_ = d;
     qGm_.SetGlobalBuffer((__gm__ T *)q);
     qpeGm_.SetGlobalBuffer((__gm__ T *)qpe);
@@ -91,7 +92,7 @@ class TopkRows {
     biasGm_.SetGlobalBuffer((__gm__ float *)bias);
     scale_ = ((__gm__ float *)scale)[0];
     const uint32_t widest = d.padN > d.padV ? (d.padN > d.padR ? d.padN : d.padR) : (d.padV > d.padR ? d.padV : d.padR);
-    pipe.InitBuffer(raw_, widest * 4);
+    pipe.InitBuffer(raw_, (widest > minRaw ? widest : AlignElems(minRaw, 4)) * 4);
     pipe.InitBuffer(qn_, d.padN * 4);
     pipe.InitBuffer(qp_, d.padR * 4);
     pipe.InitBuffer(idx_, d.padK * 4);
@@ -172,7 +173,7 @@ class TopkRows {
       auto raw = raw_.Get<T>();
       LoadRun(raw, src, at, n);
       AscendC::PipeBarrier<PIPE_ALL>();
-      AscendC::Cast(dst, raw, AscendC::RoundMode::CAST_NONE, AlignElems(n, sizeof(T)));
+      AscendC::Cast(dst, raw, AscendC::RoundMode::CAST_NONE, n);   // n, not padded: rows sit back to back
       AscendC::PipeBarrier<PIPE_ALL>();
     }
   }
@@ -184,7 +185,7 @@ class TopkRows {
       StoreRun(dst, at, src, n);
     } else {
       auto raw = raw_.Get<T>();
-      AscendC::Cast(raw, src, AscendC::RoundMode::CAST_RINT, AlignElems(n, 4));
+      AscendC::Cast(raw, src, AscendC::RoundMode::CAST_RINT, n);
       AscendC::PipeBarrier<PIPE_ALL>();
       StoreRun(dst, at, raw, n);
     }

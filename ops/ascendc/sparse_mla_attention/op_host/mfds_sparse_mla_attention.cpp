@@ -22,8 +22,8 @@ static ge::graphStatus TilingOf(gert::TilingContext *ctx, size_t first, bool gra
   // per gathered key: raw rows (up to 4 bytes each) and their float32 copies, its score and index
   const uint64_t perKey = (padN + padV + padR) * (4 + 4) + 4 * 4;
   // per row: q_nope, q_pe, the accumulators, dout/out (grad), the row's index, bias and scores,
-  // reduction scratch
-  const uint64_t fixed = (padN + padR) * 4 * 4 + padV * 4 * 6 + padK * 4 * 3 + 4096;
+  // reduction scratch; the grad's workspace chunk and its cast buffer (2048 floats each)
+  const uint64_t fixed = (padN + padR) * 4 * 4 + padV * 4 * 6 + padK * 4 * 3 + 4096 + (grad ? 2 * 2048 * 4 : 0);
   MfdsSparseAttentionTilingData t;
   mfds_tiling::RowSplit s = mfds_tiling::SplitRows(ctx, b * h * sq, 1, 0);
   auto platform = platform_ascendc::PlatformAscendC(ctx->GetPlatformInfo());

@@ -17,7 +17,7 @@ class SparseMlaAttentionGradKernel {
                               GM_ADDR dkv, GM_ADDR dkpe, GM_ADDR workspace, const MfdsSparseAttentionTilingData &t) {
     d_ = mfds::SparseDimsOf(t);
     mfds::CoreRows(d_.rowsPerCore, d_.lastRows, d_.cores, row0_, nrows_);
-    rows_.Init(pipe_, d_, q, qpe, kv, kpe, index, bias, scale);
+    rows_.Init(pipe_, d_, q, qpe, kv, kpe, index, bias, scale, kChunk);   // the final cast goes by chunks
     doutGm_.SetGlobalBuffer((__gm__ T *)dout);
     outGm_.SetGlobalBuffer((__gm__ T *)out);
     statsGm_.SetGlobalBuffer((__gm__ float *)stats);
