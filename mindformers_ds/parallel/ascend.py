@@ -190,7 +190,6 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
     from ..models.deepseek.moe import Experts, TopkRouter
     from ..models.deepseek.v4_attention import V4Attention
     from ..ops import composite
-    from ..ops.attention_kernels import FusedSparseMlaAttention
     strategies = plan(model, par, batch, seq)
     by_cell: Dict[str, Dict[str, Tuple[Tuple[int, ...], ...]]] = {}   # cell -> op -> strategy
     out_strategy: Dict[str, Tuple[Tuple[int, ...], ...]] = {}
@@ -211,8 +210,9 @@ def apply(model, par, batch: int, seq: int) -> List[OpStrategy]:
             for core in [c for c in cores if isinstance(c, composite.MlaAttentionCore)]:
                 core.bmm_nt.shard(st["BatchMatMul(q_nope,k_nope)"])  # the same primitive multiplies q_pe.k_pe
                 core.bmm.shard(st["BatchMatMul(probs,v)"])          # with a strategy MindSpore derives
-            if isinstance(getattr(cell, "sparse_core", None), FusedSparseMlaAttention):
-                cell.sparse_core.op.shard(st["SparseMlaAttention(top-k kernel)"])
+            sparse = getattr(cell, "sparse_core", None)   # the kernel's cell, when not the composite
+            if sparse is not None and not isinstance(sparse, composite.SparseMlaAttentionCore):
+                sparse.op.shard(st["SparseMlaAttention(top-k kernel)"])
         elif isinstance(cell, V4Attention):
             cell.bmm_nt.shard(st["BatchMatMul(q,keys)"])
             cell.bmm.shard(st["BatchMatMul(probs,keys)"])
