@@ -47,24 +47,22 @@ __aicore__ inline void StoreRun(AscendC::GlobalTensor<T> &dst, uint64_t at, Asce
   AscendC::DataCopyPad(dst[at], src, p);
 }
 
-// exp / log of one scalar through the vector unit (the AI core's scalar unit has no libm)
-__aicore__ inline float VecExp(AscendC::LocalTensor<float> &scratch, float x) {
+// exp (or log) of one scalar through the vector unit (the AI core's scalar unit has no libm)
+__aicore__ inline float ScalarOnVector(AscendC::LocalTensor<float> &scratch, float x, bool log) {
   AscendC::PipeBarrier<PIPE_ALL>();
   scratch.SetValue(0, x);
   AscendC::PipeBarrier<PIPE_ALL>();
-  AscendC::Exp(scratch, scratch, 8);
+  if (log) {
+    AscendC::Ln(scratch, scratch, 8);
+  } else {
+    AscendC::Exp(scratch, scratch, 8);
+  }
   AscendC::PipeBarrier<PIPE_ALL>();
   return scratch.GetValue(0);
 }
 
-__aicore__ inline float VecLog(AscendC::LocalTensor<float> &scratch, float x) {
-  AscendC::PipeBarrier<PIPE_ALL>();
-  scratch.SetValue(0, x);
-  AscendC::PipeBarrier<PIPE_ALL>();
-  AscendC::Ln(scratch, scratch, 8);
-  AscendC::PipeBarrier<PIPE_ALL>();
-  return scratch.GetValue(0);
-}
+__aicore__ inline float VecExp(AscendC::LocalTensor<float> &scratch, float x) { return ScalarOnVector(scratch, x, false); }
+__aicore__ inline float VecLog(AscendC::LocalTensor<float> &scratch, float x) { return ScalarOnVector(scratch, x, true); }
 
 // dot(a, b) over n floats (tmp: n floats of scratch, red: the reduction's work space)
 __aicore__ inline float Dot(AscendC::LocalTensor<float> a, AscendC::LocalTensor<float> b, AscendC::LocalTensor<float> tmp,
