@@ -27,6 +27,24 @@ def unit_rms_norm(x, eps: float):
     return xf * ops.rsqrt((xf * xf).mean(-1, keep_dims=True) + eps)
 
 
+def normed_projection(streams, weight, eps: float):
+    """rms_norm(flat streams) @ weight^T, computed as (flat @ weight^T) * rsqrt(mean(flat^2) + eps):
+    the per-token scale commutes with the projection, so the normalised copy of the streams
+    ([B*S, n*H], as large as the residual) is neither stored for the backward nor differentiated.
+    streams [B, S, n, H], weight [m, n*H] -> [B*S, m] (float32)."""
+    b, s, n, h = streams.shape
+    flat = streams.reshape(b * s, n * h).astype(ms.float32)
+    return ops.MatMul(transpose_b=True)(flat, weight) * ops.rsqrt((flat * flat).mean(-1, keep_dims=True) + eps)
+
+
+def collapse_streams(pre, streams):
+    """sum_k pre[k] * streams[k] as one [1, n] x [n, H] product per token: the weighted
+    [B, S, n, H] copy the broadcast-and-sum form keeps for its backward is never made.
+    pre [B*S, n], streams [B, S, n, H] -> [B, S, H]."""
+    b, s, n, h = streams.shape
+    return ops.BatchMatMul()(pre.reshape(b * s, 1, n), streams.reshape(b * s, n, h)).reshape(b, s, h)
+
+
 class HyperConnection(nn.Cell):
     """The mixing weights around one block (`attn_hc` / `ffn_hc`); parameter names as transformers."""
 
@@ -37,21 +55,18 @@ class HyperConnection(nn.Cell):
         self.base = zeros_param(((2 + n) * n,), "base")
         self.scale = Parameter(Tensor(np.ones((3,), np.float32)), name="scale")
         self.iters, self.eps, self.norm_eps = c.hc_sinkhorn_iters, c.hc_eps, c.rms_norm_eps
-        self.matmul = ops.MatMul(transpose_b=True)
         # alternating column / row normalisations (ops/composite.py: sinkhorn), or its kernel
         self.sinkhorn = choice.operator("hc_sinkhorn", c.fused_ops, iters=self.iters, eps=self.eps)
 
     def construct(self, streams):
         """streams [B, S, n, H] -> (post [B, S, n], comb [B, S, n, n], block input [B, S, H])."""
         b, s, n, h = streams.shape
-        flat = unit_rms_norm(streams.reshape(b * s, n * h), self.norm_eps)
-        mixes = self.matmul(flat, self.fn)                                   # [BS, (2+n)n]
+        mixes = normed_projection(streams, self.fn, self.norm_eps)          # [BS, (2+n)n]
         pre = ops.sigmoid(mixes[:, :n] * self.scale[0] + self.base[:n]) + self.eps
         post = 2.0 * ops.sigmoid(mixes[:, n:2 * n] * self.scale[1] + self.base[n:2 * n])
         comb = mixes[:, 2 * n:].reshape(b * s, n, n) * self.scale[2] + self.base[2 * n:].reshape(n, n)
         comb = self.sinkhorn(ops.softmax(comb, -1) + self.eps, self.iters, self.eps)
-        collapsed = (pre.reshape(b, s, n, 1) * streams).sum(2)
-        return post.reshape(b, s, n), comb.reshape(b, s, n, n), collapsed
+        return post.reshape(b, s, n), comb.reshape(b, s, n, n), collapse_streams(pre, streams)
 
 
 def merge_streams(streams, block_out, post, comb):
@@ -71,10 +86,7 @@ class HyperHead(nn.Cell):
         self.hc_base = zeros_param((n,), "hc_base")
         self.hc_scale = Parameter(Tensor(np.ones((1,), np.float32)), name="hc_scale")
         self.eps, self.norm_eps = c.hc_eps, c.rms_norm_eps
-        self.matmul = ops.MatMul(transpose_b=True)
 
     def construct(self, streams):
-        b, s, n, h = streams.shape
-        flat = unit_rms_norm(streams.reshape(b * s, n * h), self.norm_eps)
-        pre = ops.sigmoid(self.matmul(flat, self.hc_fn) * self.hc_scale + self.hc_base) + self.eps
-        return (pre.reshape(b, s, n, 1) * streams).sum(2)
+        pre = ops.sigmoid(normed_projection(streams, self.hc_fn, self.norm_eps) * self.hc_scale + self.hc_base) + self.eps
+        return collapse_streams(pre, streams)

@@ -118,6 +118,7 @@ class HyperConnectionFacts(BlockFacts):
         return {"hyper_connections": float(2 * n * h * (2 + n) * n + 2 * n * n * h)}
 
     def activations(self, a: ActivationShape) -> Dict[str, float]:
-        """The n streams, the flat norm, the mixes (fp32)."""
+        """The n streams and the mixes (fp32); the normalised copy of the streams is never made
+        (hyper_connection.py: normed_projection)."""
         n, h = self.c.hc_mult, self.c.hidden_size
-        return {"hyper_connections": FP32 * a.tokens * (2 * n * h + (2 + n) * n)}
+        return {"hyper_connections": FP32 * a.tokens * (n * h + (2 + n) * n)}
