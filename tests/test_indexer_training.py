@@ -4,8 +4,8 @@ fine-tune: a base run, the warm-up resumed from it (recall rises), the sparse st
 across the stage boundary (fresh optimizer, the log says so)."""
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,8 +16,8 @@ from mindformers_ds import config
 from mindformers_ds.checkpoint.safetensors_io import SafetensorsFile
 from mindformers_ds.config import ConfigError
 from mindformers_ds.models.deepseek import build_model
+from mindformers_ds.train.curriculum import deepseek_stages, run_curriculum
 from mindformers_ds.train.indexer_training import apply_indexer_stage
-from mindformers_ds.train.trainer import Trainer
 from test_train_step import make_step, step_inputs
 
 DEMO = os.path.join(ROOT, "configs/deepseek_v32/finetune_tiny.yaml")
@@ -59,13 +59,6 @@ def test_a_stage_needs_an_indexer_and_lora_off(tmp_path):
         config.load(DEMO, ["train.indexer_stage=warm"])
 
 
-def _run(out, extra):
-    cfg = config.load(DEMO, COMMON + [f"train.output_dir={out}"] + extra)
-    summary = Trainer(cfg).run()
-    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    return summary, [r for r in records if "loss" in r and "type" not in r]
-
-
 def _weights(step_dir):
     with SafetensorsFile(os.path.join(step_dir, "model.safetensors")) as f:
         return {n: f.get_f32(n) for n in f.keys()}
@@ -73,20 +66,15 @@ def _weights(step_dir):
 
 @pytest.fixture(scope="module")
 def curriculum(tmp_path_factory):
-    root = tmp_path_factory.mktemp("curriculum")
-    base, warm, sparse = (str(root / n) for n in ("base", "warm", "sparse"))
-    _run(base, ["train.max_steps=60", "checkpoint.save_every=60"])
-    base_ckpt = os.path.join(base, "checkpoints", "step_00000060")
-    stage = ["lr_schedule.type=constant", "lr_schedule.warmup_steps=0"]
-    _, warm_steps = _run(warm, stage + [f"train.resume={base_ckpt}", "train.max_steps=70", "checkpoint.save_every=10",
-                                        "train.indexer_stage=dense_warmup", "optimizer.lr=1e-3"])
-    warm_ckpt = os.path.join(warm, "checkpoints", "step_00000070")
-    summary, sparse_steps = _run(sparse, stage + [f"train.resume={warm_ckpt}", "train.max_steps=75",
-                                                  "checkpoint.save_every=5", "train.indexer_stage=sparse",
-                                                  "optimizer.lr=3e-4", "train.exact_match_samples=16"])
-    return {"base": base_ckpt, "warm": warm_ckpt, "warm_steps": warm_steps, "sparse_dir": sparse,
-            "sparse_steps": sparse_steps, "summary": summary,
-            "sparse_ckpt": os.path.join(sparse, "checkpoints", "step_00000075")}
+    root = str(tmp_path_factory.mktemp("curriculum"))
+    base, warm, sparse = deepseek_stages(60, 10, 5)
+    results = run_curriculum(DEMO, root, [base, warm, replace(sparse, overrides=[*sparse.overrides,
+                                                                                 "train.exact_match_samples=16"])],
+                             COMMON)
+    base, warm, sparse = results
+    assert base.checkpoint == os.path.join(root, "base", "checkpoints", "step_00000060")
+    return {"base": base.checkpoint, "warm": warm.checkpoint, "warm_steps": warm.steps, "sparse_dir": sparse.output_dir,
+            "sparse_steps": sparse.steps, "summary": sparse.summary, "sparse_ckpt": sparse.checkpoint}
 
 
 def test_dense_warmup_trains_the_indexers_alone_and_their_recall_rises(curriculum):
