@@ -5,6 +5,7 @@ across the stage boundary (fresh optimizer, the log says so)."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -73,7 +74,7 @@ def curriculum(tmp_path_factory):
                              COMMON)
     base, warm, sparse = results
     assert base.checkpoint == os.path.join(root, "base", "checkpoints", "step_00000060")
-    return {"base": base.checkpoint, "warm": warm.checkpoint, "warm_steps": warm.steps, "sparse_dir": sparse.output_dir,
+    return {"results": results, "base": base.checkpoint, "warm": warm.checkpoint, "warm_steps": warm.steps, "sparse_dir": sparse.output_dir,
             "sparse_steps": sparse.steps, "summary": sparse.summary, "sparse_ckpt": sparse.checkpoint}
 
 
@@ -101,6 +102,21 @@ def test_sparse_stage_resumes_the_warmup_with_a_fresh_optimizer_and_trains_every
     moved = {n for n in before if not np.array_equal(before[n], after[n])}
     assert any(".indexer." in n for n in moved) and any(".indexer." not in n for n in moved)
     assert "exact_match_after" in curriculum["summary"]   # the held-out exact match is reported
+
+
+def test_the_curriculum_tool_reports_each_stage(curriculum):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from curriculum import stage_figures
+    base, warm, sparse = (stage_figures(r) for r in curriculum["results"])
+    assert [f["steps"] for f in (base, warm, sparse)] == [[1, 60], [61, 70], [71, 75]]
+    assert base["indexer_recall"] is None and base["exact_match_after"] is None   # frozen; no samples asked
+    layers = len(warm["indexer_recall"]["first"])
+    assert layers == len(warm["indexer_kl"]["last"]) == len(sparse["indexer_recall"]["last"]) > 1
+    assert warm["indexer_recall"]["last"] == np.round(np.mean([s["indexer_recall"] for s in
+                                                               curriculum["warm_steps"][-3:]], 0), 3).tolist()
+    assert sparse["loss_first10"] == np.mean([s["loss"] for s in curriculum["sparse_steps"]])   # 5 steps: all
+    assert sparse["exact_match_after"] == curriculum["summary"]["exact_match_after"]
+    assert sparse["checkpoint"] == curriculum["sparse_ckpt"]
 
 
 def test_report_draws_the_indexers_recall_and_kl(curriculum, tmp_path):

@@ -15,7 +15,6 @@ Writes <out>/curriculum.json (the same figures, machine-readable).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -76,8 +75,9 @@ def main(argv=None) -> int:
     print(f"\n{a.config}; {figures['cpu']}")
     for f in figures["stages"]:
         em = f["exact_match_after"]
+        held_out = "n/a (no data.eval_file)" if f["eval_loss"] is None else f"{f['eval_loss']:.4f}"
         print(f"{f['stage']:>12} steps {f['steps'][0]}-{f['steps'][1]}: loss {f['loss_first10']:.4f} -> "
-              f"{f['loss_last10']:.4f}; held-out loss {f['eval_loss']:.4f}; exact match after "
+              f"{f['loss_last10']:.4f}; held-out loss {held_out}; exact match after "
               f"{'n/a' if em is None else f'{em:.1%}'}")
         for key in ("indexer_recall", "indexer_kl"):
             if f[key]:

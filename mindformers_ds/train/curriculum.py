@@ -1,6 +1,7 @@
-"""DeepSeek's indexer curriculum as one call: a base fine-tune with the indexers frozen (the
-release's behaviour, standing in for a pretrained model), the dense warm-up (only the indexers
-train, by their KL), then the sparse stage (top-k attention, everything trains). Each stage is a
+"""DeepSeek's indexer curriculum as one call: a base fine-tune with the indexers frozen, standing
+in for the pretrained model (dense when its top-k covers every key, as DeepSeek's starting point
+was), the dense warm-up (only the indexers train, by their KL), then the sparse stage (top-k
+attention, everything trains). Each stage is a
 separate run in its own directory that resumes the previous stage's last checkpoint
 (`train.resume=<step dir>`), so it crosses the stage boundary the way a user would: the weights
 load, the optimizer starts fresh (train/indexer_training.py says why) and the global step goes on.
