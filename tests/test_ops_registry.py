@@ -59,6 +59,7 @@ def test_check_reports_each_disagreement(tmp_path):
           'this->Input("eps").ParamType(REQUIRED).DataType(MFDS_FLOAT_TYPES)')
     _edit(os.path.join(asc, "rope", "op_kernel", "mfds_rope.cpp"), "GM_ADDR mode", "GM_ADDR mode_")
     _edit(os.path.join(root, "ops", "cpu", "swiglu.cc"), "nparam != 2", "nparam != 3")
+    _edit(os.path.join(asc, "common", "sinkhorn_limits.h"), "kSinkhornMaxIters = 32", "kSinkhornMaxIters = 40")
     with open(os.path.join(root, "tests", "test_ops.py")) as f:
         tests = f.read().replace("fp8_block_dequant_op(", "fp8_op(")
     with open(os.path.join(root, "tests", "test_ops.py"), "w") as f:
@@ -69,7 +70,7 @@ def test_check_reports_each_disagreement(tmp_path):
     expected = {"swiglu.json": "input_desc", "mfds_rms_norm.cpp": "Input(eps) dtypes",
                 "mfds_rope.cpp": "expected ['x', 'cos', 'sin', 'mode', 'y', 'workspace', 'tiling']",
                 "swiglu.cc": "nparam != 2", "no test calls": "fp8_block_dequant", "flash_mla": "signatures.py",
-                "ascendc/mla_attention": "never be used"}
+                "ascendc/mla_attention": "never be used", "sinkhorn_limits.h": "kSinkhornMaxIters = 40 but"}
     for where, what in expected.items():
         assert any(where in p and what in p for p in problems), (where, what, problems)
     assert len(problems) == len(expected), problems
@@ -138,3 +139,9 @@ def test_ascend_registered_kernels_match_composite():
     sparse = attention_kernels.sparse_mla_attention_op(0.37)
     assert isinstance(sparse, attention_kernels.FusedSparseMlaAttention)
     np.testing.assert_allclose(sparse(*args).asnumpy(), composite.SparseMlaAttentionCore()(*args).asnumpy(), atol=1e-5)
+    # V4 mHC's Sinkhorn, forward and backward: 37 positive 4 x 4 matrices (a partial tile)
+    from test_ops import Call, compare
+    comb = Tensor(rng.uniform(0.05, 1.0, (37, 4, 4)).astype(np.float32))
+    sinkhorn = Call(kernels.hc_sinkhorn_op(20, 1e-6), 20, 1e-6)
+    assert isinstance(sinkhorn.fn, kernels.FusedSinkhorn), "hc_sinkhorn fell back to the composite path on Ascend"
+    compare(sinkhorn, Call(composite.sinkhorn, 20, 1e-6), (comb,), [f(37, 4, 4)], (0,))

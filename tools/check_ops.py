@@ -14,7 +14,8 @@ must call it) or it has none (`ascend` None: `ascend_note` says what runs there 
     `variadic` op, whose one input repeats) and the
     dtypes of the table, and is exported by the built library;
   * the Python face (mindformers_ds/ops/kernels.py) has the factory `<op>_op` and a test in tests/
-    exercises it.
+    exercises it;
+  * limits a kernel's host side and its Python face share (SHARED_LIMITS) are equal.
 Every ascendc/<op> directory must be in the table. Prints one line per problem; exit status 1
 when there is any.
 
@@ -279,8 +280,25 @@ def check_python(root: str, op: str) -> List[str]:
     return problems
 
 
-def run(root: str, build_lib: bool = True) -> List[str]:
+# Limits a kernel's host side and its Python face must agree on: (header, C++ name, Python name).
+SHARED_LIMITS = [("ops/ascendc/common/sinkhorn_limits.h", "kSinkhornMaxIters", "ASCEND_SINKHORN_MAX_ITERS")]
+
+
+def check_limits(root: str) -> List[str]:
     problems = []
+    faces = python_faces(root)
+    for header, cpp, py in SHARED_LIMITS:
+        with open(os.path.join(root, header)) as f:
+            c = re.search(rf"\b{cpp}\s*=\s*(\d+)", f.read())
+        p = re.search(rf"^{py}\s*=\s*(\d+)", faces, re.M)
+        if not c or not p or c.group(1) != p.group(1):
+            problems.append(f"{header}: {cpp} = {c.group(1) if c else '?'} but mindformers_ds/ops: {py} = "
+                            f"{p.group(1) if p else '?'} (the kernel and its Python face must agree)")
+    return problems
+
+
+def run(root: str, build_lib: bool = True) -> List[str]:
+    problems = check_limits(root)
     ascendc = os.path.join(root, "ops", "ascendc")
     dirs = {d for d in os.listdir(ascendc) if os.path.isdir(os.path.join(ascendc, d)) and d != "common"}
     for extra in sorted(dirs - set(SIGNATURES)):

@@ -124,8 +124,18 @@ class FusedSinkhorn(_Fused):
         return self.op(comb, self.params)
 
 
+# The AscendC backward keeps every step's matrices in UB, its tiles sized for this many iterations
+# (ops/ascendc/common/sinkhorn_limits.h: kSinkhornMaxIters; tools/check_ops.py checks they agree).
+ASCEND_SINKHORN_MAX_ITERS = 32
+
+
 def hc_sinkhorn_op(iters: int, eps: float):
-    """V4 mHC's Sinkhorn; the backward recomputes the forward from comb (ops/cpu/sinkhorn.cc)."""
+    """V4 mHC's Sinkhorn; the backward recomputes the forward from comb (ops/cpu/sinkhorn.cc; on
+    Ascend ops/ascendc/hc_sinkhorn, for at most ASCEND_SINKHORN_MAX_ITERS iterations)."""
+    if _target() == "Ascend" and iters > ASCEND_SINKHORN_MAX_ITERS:
+        _fallback("hc_sinkhorn", f"hc_sinkhorn_iters={iters}: the AscendC kernel sizes its tiles for at most "
+                                 f"{ASCEND_SINKHORN_MAX_ITERS}")
+        return composite.sinkhorn
     g = _custom("hc_sinkhorn", _names("hc_sinkhorn", "grad")[0], lambda c, d, p: c, lambda c, d, p: c)
     if g is None:
         _fallback("hc_sinkhorn", "no kernel")

@@ -94,10 +94,10 @@ SIGNATURES: Dict[str, Dict] = {
                        ascend_note="composite Mul + Select on Ascend",
                        inputs=[("grad", "float32"), ("coef", "float32"), ("finite", "float32")],
                        outputs=[("out", "float32")], grad_inputs=[], grad_outputs=[]),
-    # V4's mHC Sinkhorn over [R, n, n] (params: iters, eps). CPU only for now: its AscendC
-    # counterpart is not written yet (issue 23).
-    "hc_sinkhorn": dict(cpu="HcSinkhorn", cpu_grad="HcSinkhornGrad", ascend=None, ascend_grad=None,
-                        ascend_note="the composite (alternating normalisations) on Ascend: no AscendC kernel yet",
+    # V4's mHC Sinkhorn over [R, n, n] (params: iters, eps); on Ascend the matrices run lane-major
+    # on the vector unit (ops/ascendc/hc_sinkhorn), up to ops/kernels.py's ASCEND_SINKHORN_MAX_ITERS.
+    "hc_sinkhorn": dict(cpu="HcSinkhorn", cpu_grad="HcSinkhornGrad", ascend="MfdsHcSinkhorn",
+                        ascend_grad="MfdsHcSinkhornGrad",
                         inputs=[("comb", "float32"), ("params", "float32")], outputs=[("out", "float32")],
                         grad_inputs=[("comb", "float32"), ("dout", "float32"), ("params", "float32")],
                         grad_outputs=[("dcomb", "float32")]),
