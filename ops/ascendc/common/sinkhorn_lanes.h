@@ -6,7 +6,7 @@
 // The arithmetic and its order follow ops/cpu/sinkhorn.cc: each denominator is the sum in
 // index order plus eps; the backward of y = c / (s + eps) is dc = (dy - sum_i dy_i y_i) / (s + eps).
 #pragma once
-#include "kernel_operator.h"
+#include "kernel_common.h"
 
 namespace mfds {
 
@@ -69,5 +69,40 @@ __aicore__ inline void NormaliseBackLanes(AscendC::LocalTensor<float> g, AscendC
 }
 
 __aicore__ inline bool SinkhornColumnStep(uint32_t t) { return t % 2 == 0; }   // columns first, then rows, ...
+
+// What both Sinkhorn kernels read from the tiling data (MfdsRowTilingData: rows of n*n elements,
+// aux0 = n) and from params = (iters, eps), and the Gather offset tables they share.
+struct SinkhornTile {
+  uint32_t n = 1, nn = 1, nnPad = 8, tileRows = 8, lanes = 8, steps = 1;
+  uint64_t row0 = 0, nrows = 0;   // this core's matrices
+  float eps = 1e-6f;
+
+  template <typename Tiling>
+  __aicore__ inline void Init(const Tiling &t, GM_ADDR params) {
+    n = t.aux0;
+    nn = n * n;
+    nnPad = AlignElems(nn, sizeof(float));
+    tileRows = t.tileRows;
+    lanes = AlignElems(tileRows, sizeof(float));
+    CoreRows(t.rowsPerCore, t.lastRows, t.cores, row0, nrows);
+    steps = 2 * static_cast<uint32_t>(((__gm__ float *)params)[0]) - 1;
+    eps = ((__gm__ float *)params)[1];
+  }
+
+  __aicore__ inline uint32_t RowsAt(uint64_t done) const {   // matrices in the tile starting at `done`
+    return static_cast<uint32_t>(nrows - done < tileRows ? nrows - done : tileRows);
+  }
+
+  __aicore__ inline uint32_t PlaneElems() const { return nn * lanes; }
+
+  __aicore__ inline void InitOffsets(AscendC::TPipe &pipe, AscendC::TBuf<AscendC::QuePosition::VECCALC> &toLanes,
+                                     AscendC::TBuf<AscendC::QuePosition::VECCALC> &toRows) const {
+    pipe.InitBuffer(toLanes, PlaneElems() * sizeof(uint32_t));
+    pipe.InitBuffer(toRows, tileRows * nnPad * sizeof(uint32_t));
+    auto lanesTable = toLanes.Get<uint32_t>();
+    auto rowsTable = toRows.Get<uint32_t>();
+    SinkhornOffsets(lanesTable, rowsTable, tileRows, lanes, nn, nnPad);
+  }
+};
 
 }  // namespace mfds
